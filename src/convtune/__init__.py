@@ -1,0 +1,58 @@
+"""convtune: from conversation spreadsheets to fine-tuning datasets and fine-tuned chat models.
+
+The library is the product; the `convtune` command line only parses, calls these, and renders.
+
+    import convtune
+    report = convtune.prepare("conversations.csv", "out/")
+    check = convtune.check_file("out/conversations.train.jsonl", model="gpt-4o-mini-2024-07-18")
+"""
+
+from .check import check_file, detect_format, validate
+from .conversation import Conversation, Message
+from .errors import ConvtuneError, InputError, OptionError, OutputExistsError
+from .examples import Example, ExampleBuilder, ExampleOptions
+from .findings import Finding, Findings
+from .modelinfo import ModelInfo, default_epochs, resolve_model
+from .prepare import PrepareOptions, PrepareReport, prepare
+from .report import DatasetReport
+from .split import split_stream
+from .spreadsheet import SheetOptions, open_sheet
+
+__all__ = [
+    "Conversation",
+    "ConvtuneError",
+    "DatasetReport",
+    "Example",
+    "ExampleBuilder",
+    "ExampleOptions",
+    "Finding",
+    "Findings",
+    "InputError",
+    "Message",
+    "ModelInfo",
+    "OptionError",
+    "OutputExistsError",
+    "PrepareOptions",
+    "PrepareReport",
+    "SheetOptions",
+    "check_file",
+    "default_epochs",
+    "detect_format",
+    "open_sheet",
+    "prepare",
+    "read_conversations",
+    "resolve_model",
+    "split_stream",
+    "validate",
+]
+
+
+def read_conversations(path, options: SheetOptions | None = None):
+    """The actors and the conversations of a spreadsheet, with the reading findings.
+
+    Returns `(actors, conversations, findings)`; `conversations` is a list, for exploring a file
+    in a notebook. `prepare` streams instead.
+    """
+    findings = Findings()
+    sheet = open_sheet(path, options or SheetOptions(), findings)
+    return sheet.actors, list(sheet.conversations), findings

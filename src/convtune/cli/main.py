@@ -1,0 +1,63 @@
+"""`convtune`: the command group and the one place errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..errors import ConvtuneError
+from .check_cmd import check
+from .prepare_cmd import prepare
+
+EXAMPLES = """
+\b
+Examples:
+  convtune prepare conversations.csv -o out/
+  convtune check out/conversations.train.jsonl --model gpt-4o-mini-2024-07-18
+"""
+
+
+@click.group(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="convtune")
+def cli() -> None:
+    """From conversation spreadsheets to checked fine-tuning datasets."""
+
+
+cli.add_command(prepare)
+cli.add_command(check)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; library errors become one line on stderr and exit code 1 (2 for usage)."""
+    try:
+        code = cli.main(args=argv, prog_name="convtune", standalone_mode=False)
+    except click.Abort:
+        click.echo("convtune: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except ConvtuneError as exc:
+        click.echo(f"convtune: error: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("convtune: interrupted", err=True)
+        return 130
+    except BrokenPipeError:  # `convtune check x | head`
+        return 0
+    except Exception as exc:  # never a traceback for a user; one line and a way to see more
+        if os.environ.get("CONVTUNE_DEBUG"):
+            raise
+        click.echo(
+            f"convtune: internal error: {type(exc).__name__}: {exc}"
+            " (set CONVTUNE_DEBUG=1 for the traceback, and please report it)",
+            err=True,
+        )
+        return 70
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""`convtune prepare`: spreadsheet in, train/validation JSONL out, report on screen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import prepare as prepare_module
+from ..examples import FORMATS, LAYOUTS, ExampleOptions
+from ..spreadsheet import SheetOptions
+from . import render
+
+
+def _context(value: str) -> int | None:
+    if value.lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter("a number of messages, or 'all'") from None
+    if n < 0:
+        raise click.BadParameter("must be 0 or more")
+    return n
+
+
+@click.command(
+    epilog="""
+\b
+Examples:
+  convtune prepare conversations.csv -o out/
+  convtune prepare support.xlsx --sheet Support --format prompt-completion --context 0
+  convtune prepare chats.csv --layout conversation --system "You are Nimbus." --valid-ratio 0.1
+"""
+)
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out-dir",
+    type=click.Path(path_type=Path),
+    default=Path("out"),
+    show_default=True,
+    help="Folder for INPUT-STEM.train.jsonl and .valid.jsonl.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="chat",
+    show_default=True,
+    help="chat: OpenAI chat JSONL; prompt-completion: legacy GPT-3; sharegpt: Axolotl, LLaMA-Factory.",
+)
+@click.option(
+    "--context",
+    default="5",
+    show_default=True,
+    help="Messages before each reply to include, or 'all'. 0 gives empty prompts ('voice' data).",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(LAYOUTS),
+    default="turn",
+    show_default=True,
+    help="turn: one example per reply; conversation: one per conversation, every reply trained.",
+)
+@click.option("--system", default=None, help="A system message for every chat/sharegpt example.")
+@click.option(
+    "--stop/--no-stop",
+    default=True,
+    show_default=True,
+    help="prompt-completion: end completions with '\\n<actor 1>: ' so the model learns to stop.",
+)
+@click.option(
+    "--valid-ratio",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Share of conversations for validation (0: no validation file).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@click.option(
+    "--delimiter", default=None, help="CSV delimiter (default: detected among ; , tab |)."
+)
+@click.option(
+    "--encoding", default="utf-8", show_default=True, help="Text encoding of a CSV, e.g. cp1252."
+)
+@click.option("--sheet", default=None, help="Sheet of an .xlsx workbook (default: the first).")
+@click.option(
+    "--separator", default="###", show_default=True, help="Row text between conversations."
+)
+@click.option(
+    "--model",
+    default=None,
+    help="Model whose tokenizer and limit apply (default gpt-4o-mini-2024-07-18; davinci-002 for prompt-completion), or a local model folder.",
+)
+@click.option(
+    "--max-tokens",
+    type=int,
+    default=None,
+    help="Longest example in tokens (default: the model's limit).",
+)
+@click.option(
+    "--overlong",
+    type=click.Choice(["drop", "truncate"]),
+    default="drop",
+    show_default=True,
+    help="Examples over --max-tokens: drop them, or cut their oldest context. Always reported.",
+)
+@click.option(
+    "--price-per-1m", type=float, default=None, help="Training price in USD per million tokens."
+)
+@click.option(
+    "--no-tokens",
+    is_flag=True,
+    help="Skip token counting (faster; no cost estimate, no length limit).",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def prepare(
+    input_path: Path,
+    out_dir: Path,
+    fmt: str,
+    context: str,
+    layout: str,
+    system: str | None,
+    stop: bool,
+    valid_ratio: float,
+    seed: int,
+    delimiter: str | None,
+    encoding: str,
+    sheet: str | None,
+    separator: str,
+    model: str | None,
+    max_tokens: int | None,
+    overlong: str,
+    price_per_1m: float | None,
+    no_tokens: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Prepare fine-tuning JSONL (train and validation) from a conversation spreadsheet."""
+    options = prepare_module.PrepareOptions(
+        sheet=SheetOptions(
+            delimiter=delimiter, encoding=encoding, sheet=sheet, separator=separator
+        ),
+        examples=ExampleOptions(
+            format=fmt, context=_context(context), layout=layout, system=system, stop=stop
+        ),
+        valid_ratio=valid_ratio,
+        seed=seed,
+        model=model,
+        max_tokens=max_tokens,
+        overlong=overlong,
+        price_per_1m=price_per_1m,
+        force=force,
+        count_tokens=not no_tokens,
+    )
+    size = input_path.stat().st_size if input_path.is_file() else 0
+    with render.progress_bar("preparing", size) as update:
+        report = prepare_module.prepare(input_path, out_dir, options, progress=update)
+    if as_json:
+        render.print_json(report.to_dict())
+    else:
+        render.show_prepare(report)
