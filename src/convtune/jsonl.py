@@ -13,11 +13,8 @@ from .errors import InputError, OutputExistsError
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
 
 
-_string = json.encoder.py_encode_basestring
-try:  # the C version, as json.dumps itself uses
-    from _json import encode_basestring as _string  # type: ignore[no-redef]
-except ImportError:  # pragma: no cover - other Pythons
-    pass
+# The C string encoder json.dumps itself uses (json.encoder keeps it, or its Python fallback).
+_string = json.encoder.encode_basestring
 
 
 def dumps(record: dict) -> str:

@@ -285,21 +285,22 @@ def _conversations(
                 continue
         if not first and not second:
             continue
-        if first == separator or second == separator:
-            if (first == separator or not first) and (second == separator or not second):
-                if current is None or not current.messages:
-                    findings.warning(
-                        "empty_conversation",
-                        "separator row with no conversation before it",
-                        line,
-                    )
-                    index += 1
-                else:
-                    _finish(current, findings)
-                    yield current
-                    index += 1
-                current = None
-                continue
+        if (first == separator or second == separator) and (
+            (first == separator or not first) and (second == separator or not second)
+        ):
+            if current is None or not current.messages:
+                findings.warning(
+                    "empty_conversation",
+                    "separator row with no conversation before it",
+                    line,
+                )
+                index += 1
+            else:
+                _finish(current, findings)
+                yield current
+                index += 1
+            current = None
+            continue
         if separator in first or separator in second:
             findings.error(
                 "separator_in_message",
