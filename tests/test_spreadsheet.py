@@ -56,12 +56,12 @@ def test_excel_export_bom_crlf_quotes_multiline_trailing_columns(write):
 
 
 def test_delimiter_override(write):
-    sheet, convs, _ = read(write("Human|AI\nhi;there|yes\n"), delimiter="|")
+    _sheet, convs, _ = read(write("Human|AI\nhi;there|yes\n"), delimiter="|")
     assert texts(convs) == [[("user", "hi;there"), ("assistant", "yes")]]
 
 
 def test_tab_delimiter_by_name(write):
-    sheet, convs, _ = read(write("Human\tAI\nhi\tyes\n"), delimiter="tab")
+    sheet, _convs, _ = read(write("Human\tAI\nhi\tyes\n"), delimiter="tab")
     assert sheet.delimiter == "\t"
 
 
@@ -73,7 +73,7 @@ def test_not_utf8_names_byte_offset_and_suggests_encoding(write):
     assert str(path) in message and ":2:" in message
     assert "byte 14" in message  # 0-based: "Human;AI\n" is 9 bytes, "Hola;" 5 more
     assert "--encoding cp1252" in message
-    sheet, convs, _ = read(path, encoding="cp1252")
+    _sheet, convs, _ = read(path, encoding="cp1252")
     assert convs[0].messages[1].text == "¿Qué tal?"
 
 
