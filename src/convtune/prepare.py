@@ -247,6 +247,9 @@ def prepare(
     return report
 
 
+prepare_dataset = prepare  # the CLI's name for it: its own command is called `prepare`
+
+
 def _fit(
     builder: ExampleBuilder, example: Example, counter: TokenCounter, limit: int, policy: str
 ) -> tuple[Example, int] | None:
