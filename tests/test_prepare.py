@@ -163,3 +163,40 @@ def test_real_file_prompt_completion_matches_the_floor(tmp_path):
         [sys.executable, str(ROOT / "bench" / "floor.py"), str(src), str(floor)], check=True
     )
     assert (tmp_path / "sgd_taskoriented_small.train.jsonl").read_bytes() == floor.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["prompt-completion", "chat"])
+def test_counting_process_gives_the_same_report(tmp_path, monkeypatch, fmt):
+    """Large inputs count tokens in a child process; the figures must not change."""
+    from convtune import pipeline
+
+    src = shared("sgd_taskoriented_small.csv")
+    serial = run(
+        src,
+        tmp_path / "s",
+        examples={"format": fmt, "stop": False} if fmt == "prompt-completion" else {"format": fmt},
+    )
+    monkeypatch.setattr(pipeline, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(pipeline, "BATCH", 7)
+    parallel = run(
+        src,
+        tmp_path / "p",
+        examples={"format": fmt, "stop": False} if fmt == "prompt-completion" else {"format": fmt},
+    )
+    assert parallel.train.to_dict() | {"path": ""} == serial.train.to_dict() | {"path": ""}
+    assert parallel.valid.histogram == serial.valid.histogram
+    for name in ("train", "valid"):
+        a = (tmp_path / "s" / f"sgd_taskoriented_small.{name}.jsonl").read_bytes()
+        assert a == (tmp_path / "p" / f"sgd_taskoriented_small.{name}.jsonl").read_bytes()
+
+
+def test_tokens_match_check_on_the_written_file(tmp_path):
+    """prepare's per-message sums equal check's whole-example counts of the same file."""
+    from convtune import check_file
+
+    src = shared("tm4_coffee_small.csv")
+    for fmt in ("prompt-completion", "chat"):
+        report = run(src, tmp_path / fmt, valid_ratio=0, examples={"format": fmt})
+        checked = check_file(report.outputs[0])
+        assert checked.tokens == report.train.tokens
+        assert checked.histogram == report.train.histogram

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convtune import ConvtuneError, ExampleOptions, PrepareOptions, prepare
-from convtune.tokens import LegacyTokens, OpenAICounter
+from convtune.tokens import MessageCounts, OpenAICounter
 
 cell = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00#"),
@@ -94,7 +94,7 @@ def test_arbitrary_bytes_never_crash(tmp_path_factory, data):
     stop=st.booleans(),
 )
 def test_legacy_token_sum_equals_whole_string_count(texts, encoding, stop):
-    """LegacyTokens' per-message sum is exactly the count of the whole prompt and completion."""
+    """The per-message sum is exactly the count of the whole prompt and completion."""
     from convtune.conversation import Message
 
     counter = OpenAICounter(encoding)
@@ -104,5 +104,38 @@ def test_legacy_token_sum_equals_whole_string_count(texts, encoding, stop):
     labels = {"user": "Human", "assistant": "AI"}
     prompt = "\n".join([*(f"{labels[m.role]}: {m.text}" for m in window[:-1]), "AI:"])
     completion = f" {window[-1].text}" + ("\nHuman: " if stop else "")
-    fast = LegacyTokens(counter, actors, stop).example(window, voice=False)
+    counts_of = MessageCounts(
+        counter.count_many, "prompt-completion", actors, stop=stop, voice=False, system=None
+    )
+    texts: list[str] = []
+    counts_of.texts(window, texts)
+    fast = counts_of.example(window, [counter.count(t) for t in texts], 0, len(window) - 1)
     assert fast == counter.count_prompt_completion(prompt, completion)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(
+        st.text(min_size=1, max_size=30).map(str.strip).filter(bool), min_size=1, max_size=6
+    ),
+    system=st.one_of(st.none(), st.text(min_size=1, max_size=20)),
+)
+def test_chat_token_sum_equals_cookbook_count(texts, system):
+    from convtune.conversation import Message
+    from convtune.examples import ExampleBuilder, ExampleOptions
+
+    counter = OpenAICounter("o200k_base")
+    window = [Message("user" if i % 2 == 0 else "assistant", t, 1) for i, t in enumerate(texts)]
+    window[-1].role = "assistant"
+    from convtune.conversation import Conversation
+
+    conversation = Conversation(0, 1, window)
+    builder = ExampleBuilder(("H", "A"), ExampleOptions(system=system, context=None))
+    record = builder.build(conversation, 0, len(window) - 1).record
+    counts_of = MessageCounts(
+        counter.count_many, "chat", ("H", "A"), stop=True, voice=False, system=system
+    )
+    got: list[str] = []
+    counts_of.texts(window, got)
+    fast = counts_of.example(window, [counter.count(t) for t in got], 0, len(window) - 1)
+    assert fast == counter.count_messages(record["messages"])

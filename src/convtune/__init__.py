@@ -13,7 +13,7 @@ from .errors import ConvtuneError, InputError, OptionError, OutputExistsError
 from .examples import Example, ExampleBuilder, ExampleOptions
 from .findings import Finding, Findings
 from .modelinfo import ModelInfo, default_epochs, resolve_model
-from .prepare import PrepareOptions, PrepareReport, prepare
+from .pipeline import PrepareOptions, PrepareReport, prepare
 from .report import DatasetReport
 from .split import split_stream
 from .spreadsheet import SheetOptions, open_sheet

@@ -10,8 +10,10 @@ chat template.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import importlib.util
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
@@ -81,9 +83,16 @@ class OpenAICounter:
     """An OpenAI encoding, with a small cache: a message recurs in every window it falls in."""
 
     def __init__(self, encoding: str) -> None:
+        if encoding not in _PATTERNS:
+            raise ConvtuneError(f"unknown encoding {encoding!r}")
         self.name = encoding
-        self._encode = _tiktoken_encoding(encoding).encode_ordinary
         self._cache: dict[str, int] = {}
+
+    def _encode(self, text: str) -> list[int]:
+        # Loaded at first use: when a child process counts, this process never needs the tables.
+        encode = _tiktoken_encoding(self.name).encode_ordinary
+        self._encode = encode  # type: ignore[method-assign]
+        return encode(text)
 
     def count(self, text: str) -> int:
         n = self._cache.get(text)
@@ -92,6 +101,9 @@ class OpenAICounter:
                 self._cache.clear()
             n = self._cache[text] = len(self._encode(text))
         return n
+
+    def count_many(self, texts: list[str]) -> list[int]:
+        return [self.count(t) for t in texts]
 
     def count_messages(self, messages: list[dict]) -> int:
         total = TOKENS_PER_EXAMPLE
@@ -151,38 +163,148 @@ def counter_for(model: ModelInfo) -> TokenCounter:
     return OpenAICounter(model.encoding)
 
 
-class LegacyTokens:
-    """Exact token counts of prompt/completion examples built from a window of messages.
+class MessageCounts:
+    """Token counts of examples from per-message counts: each message is counted once.
 
-    The prompt `A: x\\nB: y\\nB:` is cut by the encodings' pre-tokenizers at each `\\n` that
-    precedes a label starting with a letter or digit, and after each `:` that precedes a space,
-    so its count is the sum of the counts of `A:`, ` x\\n`, `B:`, ` y\\n` and the final `B:`.
-    Each message's ` text\\n` is then counted once, not once per window it falls in (six times
-    with the default context of 5). A test compares this with counting the whole strings.
+    An example is a window of a conversation's messages, and with the default context of 5 a
+    message falls in six windows; counting messages, not examples, does a sixth of the work, and
+    lets the counting run in another process (`CountingProcess`) while the pipeline reads and
+    writes. The sums are exact:
+    - chat: OpenAI's cookbook count, 3 per example and, per message, 3 plus its role and content;
+    - prompt-completion: the prompt `A: x\\nB: y\\nB:` is cut by the encodings' pre-tokenizers at
+      each `\\n` before a label that starts with a letter or digit and after each `:` before a
+      space, so it counts as `A:` + ` x\\n` + `B:` + ` y\\n` + `B:` (a hypothesis test compares
+      this with counting whole strings).
     """
 
-    def __init__(self, counter: OpenAICounter, actors: tuple[str, str], stop: bool) -> None:
-        self.count = counter.count
-        self.labels = {
-            "user": counter.count(f"{actors[0]}:"),
-            "assistant": counter.count(f"{actors[1]}:"),
-        }
-        self.stop = counter.count(f"{actors[0]}: ") if stop else None
+    def __init__(
+        self,
+        count_many: Callable[[list[str]], list[int]],
+        fmt: str,
+        actors: tuple[str, str],
+        *,
+        stop: bool,
+        voice: bool,
+        system: str | None,
+    ) -> None:
+        self.fmt = fmt
+        self.stop = stop
+        self.voice = voice
+        if fmt == "chat":
+            user, assistant, role_system, content = count_many(
+                ["user", "assistant", "system", system or ""]
+            )
+            self.role = {"user": user, "assistant": assistant}
+            self.base = TOKENS_PER_EXAMPLE + (
+                TOKENS_PER_MESSAGE + role_system + content if system else 0
+            )
+        else:
+            user, assistant, stop_tokens = count_many(
+                [f"{actors[0]}:", f"{actors[1]}:", f"{actors[0]}: "]
+            )
+            self.label = {"user": user, "assistant": assistant}
+            self.stop_tokens = stop_tokens if stop else 0
 
     @staticmethod
-    def applies(counter: TokenCounter, actors: tuple[str, str]) -> bool:
-        return isinstance(counter, OpenAICounter) and all(a[:1].isalnum() for a in actors)
+    def applies(counter: TokenCounter | None, fmt: str, actors: tuple[str, str]) -> bool:
+        if not isinstance(counter, OpenAICounter):
+            return False
+        return fmt == "chat" or (
+            fmt == "prompt-completion" and all(a[:1].isalnum() for a in actors)
+        )
 
-    def example(self, window: list, voice: bool) -> int:
-        """Tokens of the example whose context is `window[:-1]` and reply `window[-1]`."""
-        count = self.count
-        *context, reply = window
+    def texts(self, messages: list, out: list[str]) -> None:
+        """Append the strings to count for one conversation (see `example` for their order)."""
+        if self.fmt == "chat":
+            out.extend(m.text for m in messages)
+            return
+        out.extend(f" {m.text}\n" for m in messages)
+        if not self.stop:
+            out.extend(f" {m.text}" for m in messages)
+
+    def example(self, messages: list, counts: list[int], start: int, end: int) -> int:
+        """Tokens of the example with context messages[start:end] and target messages[end]."""
+        if self.fmt == "chat":
+            role = self.role
+            total = self.base
+            for i in range(start, end + 1):
+                total += TOKENS_PER_MESSAGE + role[messages[i].role] + counts[i]
+            return total
         total = 0
-        if not voice:
-            labels = self.labels
-            for m in context:
-                total += labels[m.role] + count(f" {m.text}\n")
-            total += labels["assistant"]
-        if self.stop is None:
-            return total + count(f" {reply.text}")
-        return total + count(f" {reply.text}\n") + self.stop
+        if not self.voice:
+            label = self.label
+            for i in range(start, end):
+                total += label[messages[i].role] + counts[i]
+            total += label["assistant"]
+        if self.stop:
+            return total + counts[end] + self.stop_tokens
+        return total + counts[len(messages) + end]
+
+
+class CountingProcess:
+    """Counts batches of strings in a child process, so counting overlaps the pipeline's work.
+
+    `submit` never blocks (a thread feeds the child's stdin); `result` returns the counts of the
+    oldest batch not yet returned. On a 2-core machine this takes the token count, the slowest
+    step of `prepare`, off the critical path.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        import queue
+        import subprocess
+        import sys
+        import threading
+
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "convtune.tokens_worker", encoding],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._feeder = threading.Thread(target=self._feed, daemon=True)
+        self._feeder.start()
+
+    def _feed(self) -> None:
+        from .tokens_worker import write_frame
+
+        stdin = self._child.stdin
+        try:
+            while (texts := self._outbox.get()) is not None:
+                write_frame(stdin, texts)
+        except (BrokenPipeError, OSError):
+            pass  # the child died; result() reports it
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()  # type: ignore[union-attr]
+
+    def submit(self, texts: list[str]) -> None:
+        self._outbox.put(texts)
+
+    def result(self) -> list[int]:
+        from .tokens_worker import read_frame
+
+        counts = read_frame(self._child.stdout)
+        if counts is None:
+            self._child.wait(timeout=5)
+            detail = (self._child.stderr.read() or b"").decode(errors="replace").strip()  # type: ignore[union-attr]
+            last = detail.splitlines()[-1] if detail else f"exit code {self._child.returncode}"
+            raise ConvtuneError(f"the token counting process stopped: {last}")
+        return counts  # type: ignore[return-value]
+
+    def count_many(self, texts: list[str]) -> list[int]:
+        """Counts of a few strings, synchronously (only when no batch is in flight)."""
+        self.submit(texts)
+        return self.result()
+
+    def close(self) -> None:
+        self._outbox.put(None)
+        self._feeder.join(timeout=5)
+        try:
+            self._child.wait(timeout=5)
+        except Exception:  # pragma: no cover - only if the child hangs
+            self._child.kill()
+            self._child.wait()
+        for stream in (self._child.stdout, self._child.stderr):
+            if stream is not None:
+                stream.close()

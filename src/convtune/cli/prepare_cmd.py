@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from .. import pipeline
 from ..examples import FORMATS, LAYOUTS, ExampleOptions
-from ..prepare import PrepareOptions, prepare_dataset
 from ..spreadsheet import SheetOptions
 from . import render
 
@@ -139,7 +139,7 @@ def prepare(
     as_json: bool,
 ) -> None:
     """Prepare fine-tuning JSONL (train and validation) from a conversation spreadsheet."""
-    options = PrepareOptions(
+    options = pipeline.PrepareOptions(
         sheet=SheetOptions(
             delimiter=delimiter, encoding=encoding, sheet=sheet, separator=separator
         ),
@@ -157,7 +157,7 @@ def prepare(
     )
     size = input_path.stat().st_size if input_path.is_file() else 0
     with render.progress_bar("preparing", size) as update:
-        report = prepare_dataset(input_path, out_dir, options, progress=update)
+        report = pipeline.prepare(input_path, out_dir, options, progress=update)
     if as_json:
         render.print_json(report.to_dict())
     else:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..prepare import PrepareReport
+from ..pipeline import PrepareReport
 from ..report import DatasetReport
 
 out = Console(highlight=False, soft_wrap=False)
