@@ -9,7 +9,9 @@ import pytest
 from convtune import check_file, resolve_model
 from convtune.tokens import HuggingFaceCounter
 
-CHAT = {"messages": [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi"}]}
+CHAT = {
+    "messages": [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi"}]
+}
 
 
 @pytest.fixture(scope="module")
@@ -17,13 +19,16 @@ def tiny_tokenizer(tmp_path_factory):
     """A word-level tokenizer with a ChatML template, made on the fly (no hub)."""
     tokenizers = pytest.importorskip("tokenizers")
     transformers = pytest.importorskip("transformers")
-    vocab = {w: i for i, w in enumerate(["[UNK]", "<|im_start|>", "<|im_end|>", "user", "assistant", "hello", "there", "hi"])}
+    vocab = {
+        w: i
+        for i, w in enumerate(
+            ["[UNK]", "<|im_start|>", "<|im_end|>", "user", "assistant", "hello", "there", "hi"]
+        )
+    }
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
-    fast.chat_template = (
-        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
-    )
+    fast.chat_template = "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
     folder = tmp_path_factory.mktemp("tiny-tokenizer")
     fast.save_pretrained(folder)
     return folder

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import OptionError
 from .findings import Findings
 from .jsonl import read_lines
 from .modelinfo import default_model, resolve_model
@@ -169,7 +170,7 @@ class LegacyDelimiters:
             body = completion[: m.start()]
         if m := _LABEL_END.search(prompt):
             self.labels.add(m.group(1))
-        for label in self.labels:
+        for label in sorted(self.labels):
             if f"{label}:" in body:
                 findings.warning(
                     "delimiter_in_message",
@@ -189,9 +190,12 @@ def example_tokens(record: dict, fmt: str, counter: TokenCounter) -> int:
         return counter.count_messages(record["messages"])
     if fmt == "sharegpt":
         roles = {"human": "user", "gpt": "assistant", "system": "system"}
-        return counter.count_messages(
-            [{"role": roles[t["from"]], "content": t["value"]} for t in record["conversations"]]
-        )
+        messages = [
+            {"role": roles[t["from"]], "content": t["value"]} for t in record["conversations"]
+        ]
+        if isinstance(record.get("system"), str):  # LLaMA-Factory's top-level system prompt
+            messages.insert(0, {"role": "system", "content": record["system"]})
+        return counter.count_messages(messages)
     return counter.count_prompt_completion(record["prompt"], record["completion"])
 
 
@@ -202,7 +206,7 @@ def check_file(
     max_tokens: int | None = None,
     price_per_1m: float | None = None,
     training: bool = True,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,  # called with the characters read so far
 ) -> DatasetReport:
     """Check a JSONL dataset: every error with its line, warnings, tokens and cost.
 
@@ -210,6 +214,10 @@ def check_file(
     another format is an error. Examples with errors are not counted for tokens.
     """
     path = Path(path)
+    if max_tokens is not None and max_tokens < 1:
+        raise OptionError("--max-tokens must be a positive number of tokens")
+    if price_per_1m is not None and price_per_1m < 0:
+        raise OptionError("--price-per-1m cannot be negative")
     findings = Findings()
     counter: TokenCounter | None = None
     stats: DatasetStats | None = None
@@ -217,11 +225,18 @@ def check_file(
     first_line = 0
     legacy = LegacyDelimiters()
     lines = read_lines(path)
+    read = 0  # characters read, for progress
     for number, text in lines:
+        read += len(text)
+        if progress is not None and number % 1000 == 0:
+            progress(read)
         try:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
             findings.error("not_json", "not valid JSON", number, detail=exc.msg)
+            continue
+        except RecursionError:
+            findings.error("not_json", "not valid JSON", number, detail="nested too deeply")
             continue
         if not isinstance(record, dict):
             findings.error("not_object", "a line that is not a JSON object", number)
@@ -261,9 +276,7 @@ def check_file(
             legacy(record, findings, number)
         assert stats is not None and counter is not None
         stats.add(text.strip(), number, example_tokens(record, fmt, counter))
-        if progress is not None and stats.examples % 1000 == 0:
-            progress(1000)
-    if stats is None:
+    if stats is None:  # no valid example at all
         info = resolve_model(model or default_model("chat"))
         stats = DatasetStats(
             str(path),
@@ -272,7 +285,7 @@ def check_file(
             tokenizer=None,
             max_tokens=max_tokens,
             price_per_1m=price_per_1m,
-            training=training,
+            training=False,  # the size and cost of nothing would only repeat the error
         )
         if not findings.errors:
             findings.error("empty_file", "the file has no examples")

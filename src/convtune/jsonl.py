@@ -80,20 +80,31 @@ class AtomicWriter:
 
 
 def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """`(line number, text)` for each non-blank line of a UTF-8 JSONL file."""
+    """`(line number, text)` for each non-blank line of a UTF-8 JSONL file.
+
+    Lines are decoded one by one, so a bad byte is reported on its own line.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError("no such file", path=path)
-    with open(path, encoding="utf-8-sig", newline=None) as f:
-        number = 0
-        try:
-            for number, text in enumerate(f, start=1):
-                if text.strip():
-                    yield number, text
-        except UnicodeDecodeError as exc:
-            raise InputError(
-                f"not valid UTF-8 ({exc.reason})",
-                path=path,
-                line=number + 1,
-                hint="JSONL files must be UTF-8",
-            ) from None
+    if path.is_dir():
+        raise InputError("is a folder, not a JSONL file", path=path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after the generator is done
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", path=path) from None
+    with f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"not valid UTF-8 at byte {exc.start} of the line ({exc.reason})",
+                    path=path,
+                    line=number,
+                    hint="JSONL files must be UTF-8",
+                ) from None
+            if text.strip():
+                yield number, text

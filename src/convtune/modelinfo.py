@@ -82,7 +82,12 @@ def resolve_model(name: str) -> ModelInfo:
     base = name.split(":")[1] if name.startswith("ft:") and name.count(":") >= 2 else name
     if base in OPENAI_MODELS:
         info = OPENAI_MODELS[base]
-        return info if base == name else ModelInfo(name, info.encoding, info.context, None)
+        # a fine-tuned model trains again at its base model's price
+        return (
+            info
+            if base == name
+            else ModelInfo(name, info.encoding, info.context, info.price_per_1m)
+        )
     for known in OPENAI_MODELS.values():
         if known.name.startswith(base + "-"):  # an undated alias such as gpt-4o-mini
             return ModelInfo(name, known.encoding, known.context, known.price_per_1m)

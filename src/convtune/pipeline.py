@@ -46,6 +46,8 @@ class PrepareOptions:
             raise OptionError(f"unknown policy {self.overlong!r}; choose drop or truncate")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise OptionError("--max-tokens must be a positive number of tokens")
+        if self.price_per_1m is not None and self.price_per_1m < 0:
+            raise OptionError("--price-per-1m cannot be negative")
         if not 0 <= self.valid_ratio < 1:
             raise OptionError("--valid-ratio must be at least 0 and below 1")
 

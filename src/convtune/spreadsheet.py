@@ -97,7 +97,11 @@ def _csv_rows(path: Path, options: SheetOptions) -> tuple[Iterator[Row], int, Ca
         delimiter = _detect_delimiter(path, raw.read(64 * 1024), encoding)
         raw.seek(0)
     text = io.TextIOWrapper(raw, encoding=encoding, newline="")
-    return _csv_iter(path, raw, text, delimiter, encoding), size, raw.tell, delimiter
+
+    def position() -> int:
+        return size if raw.closed else raw.tell()
+
+    return _csv_iter(path, raw, text, delimiter, encoding), size, position, delimiter
 
 
 def _detect_delimiter(path: Path, head: bytes, encoding: str) -> str:

@@ -27,12 +27,15 @@ Examples:
 )
 @click.option(
     "--max-tokens",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Longest example in tokens (default: the model's limit).",
 )
 @click.option(
-    "--price-per-1m", type=float, default=None, help="Training price in USD per million tokens."
+    "--price-per-1m",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Training price in USD per million tokens.",
 )
 @click.option("--validation", is_flag=True, help="A validation file: no minimum size, no cost.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -49,20 +52,13 @@ def check(
     """Check a fine-tuning JSONL file (chat, prompt-completion or sharegpt). Exit 1 on errors."""
     size = path.stat().st_size if path.is_file() else 0
     with render.progress_bar("checking", size) as update:
-        done = {"n": 0}
-
-        def progress(n: int) -> None:
-            done["n"] += n
-            if update:
-                update(min(size, done["n"] * 200))
-
         report = check_file(
             path,
             model=model,
             max_tokens=max_tokens,
             price_per_1m=price_per_1m,
             training=not validation,
-            progress=progress,
+            progress=update,
         )
     if as_json:
         render.print_json(report.to_dict())

@@ -95,7 +95,7 @@ Examples:
 )
 @click.option(
     "--max-tokens",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Longest example in tokens (default: the model's limit).",
 )
@@ -107,7 +107,10 @@ Examples:
     help="Examples over --max-tokens: drop them, or cut their oldest context. Always reported.",
 )
 @click.option(
-    "--price-per-1m", type=float, default=None, help="Training price in USD per million tokens."
+    "--price-per-1m",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Training price in USD per million tokens.",
 )
 @click.option(
     "--no-tokens",

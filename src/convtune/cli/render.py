@@ -113,6 +113,8 @@ def show_prepare(report: PrepareReport) -> None:
     if report.truncated:
         extra.append(f"{report.truncated:,} truncated")
     table.add_row("examples", f"{report.examples:,}" + (f"  ({', '.join(extra)})" if extra else ""))
+    warnings = report.warnings + sum(r.warnings for r in (report.train, report.valid) if r)
+    table.add_row("warnings", f"{warnings:,}" + ("  (below)" if warnings else ""))
     if report.train is not None:
         dataset_rows(table, report.train, "train")
     if report.valid is not None:
