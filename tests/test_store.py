@@ -1,0 +1,136 @@
+"""The local store: a real SQLite file, migrations, pagination and ordering as OpenAI has them."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+from convtune.local.store import MIGRATIONS, Store, new_id
+from convtune.objects import Job, JobError
+
+
+def make_job(store: Store, **kw) -> Job:
+    job = Job(
+        id=new_id("ftjob-"),
+        created_at=1,
+        model="SmolLM2-135M-Instruct",
+        training_file="file-x",
+        **kw,
+    )
+    store.add_job(job, {"lora_r": 8})
+    return job
+
+
+def test_schema_and_migrations_are_recorded(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"files", "jobs", "events", "checkpoints", "models", "migrations"} <= tables
+    assert [r[0] for r in store.db.execute("SELECT name FROM migrations")] == [
+        m[0] for m in MIGRATIONS
+    ]
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+    Store(tmp_path / "db.sqlite").close()  # opening again applies nothing twice
+
+
+def test_ids_look_like_openai_ids():
+    ids = {new_id("ftjob-") for _ in range(100)}
+    assert len(ids) == 100
+    assert all(i.startswith("ftjob-") and len(i) == 30 and i[6:].isalnum() for i in ids)
+
+
+def test_jobs_newest_first_with_after_and_metadata(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    jobs = [make_job(store, metadata={"team": "a" if i % 2 else "b"}) for i in range(5)]
+    listed, more = store.list_jobs(limit=2)
+    assert [j.id for j in listed] == [jobs[4].id, jobs[3].id] and more
+    listed, more = store.list_jobs(after=jobs[3].id, limit=10)
+    assert [j.id for j in listed] == [jobs[2].id, jobs[1].id, jobs[0].id] and not more
+    listed, _ = store.list_jobs(metadata={"team": "a"})
+    assert {j.id for j in listed} == {jobs[1].id, jobs[3].id}
+
+
+def test_job_round_trip_and_status_guard(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    job = make_job(store, seed=7, suffix="support")
+    store.update_job(
+        job.id, error=JobError("bad", "line 3: broken", "training_file"), trained_tokens=12
+    )
+    back = store.get_job(job.id)
+    assert back.error == JobError("bad", "line 3: broken", "training_file")
+    assert back.seed == 7 and back.suffix == "support" and back.trained_tokens == 12
+    assert store.job_runtime(job.id)["options"] == {"lora_r": 8}
+    assert store.set_status(job.id, "succeeded", unless=("cancelled",), event="done", finished_at=5)
+    assert not store.set_status(job.id, "running", unless=("succeeded",))
+    assert store.get_job(job.id).status == "succeeded" and store.get_job(job.id).finished_at == 5
+    assert store.list_events(job.id)[0][0].message == "done"
+    d = back.to_dict()
+    assert d["object"] == "fine_tuning.job" and d["method"]["type"] == "supervised"
+    assert "suffix" not in d
+
+
+def test_events_newest_first_pages_and_since(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    job = make_job(store)
+    events = [
+        store.add_event(job.id, f"e{i}", type="metrics" if i % 2 else "message", data={"step": i})
+        for i in range(7)
+    ]
+    page, more = store.list_events(job.id, limit=3)
+    assert [e.message for e in page] == ["e6", "e5", "e4"] and more
+    page, more = store.list_events(job.id, after=page[-1].id, limit=10)
+    assert [e.message for e in page] == ["e3", "e2", "e1", "e0"] and not more
+    since = store.events_since(job.id)
+    assert [e.message for _, e in since] == [f"e{i}" for i in range(7)]
+    assert store.events_since(job.id, since[4][0])[0][1].data == {"step": 5}
+    assert events[1].to_dict()["object"] == "fine_tuning.job.event"
+
+
+def test_a_second_process_can_write_while_one_reads(tmp_path):
+    """WAL: a worker appends events while a follower reads, each with its own connection."""
+    path = tmp_path / "db.sqlite"
+    store = Store(path)
+    job = make_job(store)
+
+    def writer() -> None:
+        own = Store(path)
+        for i in range(200):
+            own.add_event(job.id, f"w{i}")
+        own.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen = 0
+    while thread.is_alive() or seen < 200:
+        seen = len(store.events_since(job.id))
+        if not thread.is_alive() and seen < 200:
+            break
+    thread.join()
+    assert len(store.events_since(job.id)) == 200
+
+
+def test_checkpoints_and_models(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    job = make_job(store)
+    store.add_checkpoint(
+        job.id, 10, 1, {"train_loss": 1.5}, "ft:m::j:ckpt-step-10", tmp_path / "c10"
+    )
+    store.add_checkpoint(
+        job.id, 20, 2, {"train_loss": 1.0}, "ft:m::j:ckpt-step-20", tmp_path / "c20"
+    )
+    (latest, folder, epoch), _ = store.list_checkpoints(job.id)
+    assert latest.step_number == 20 and folder == tmp_path / "c20" and epoch == 2
+    assert latest.to_dict()["object"] == "fine_tuning.job.checkpoint"
+    store.add_model(
+        "ft:m:s:j", "m", job.id, tmp_path / "merged", None, "prompt-completion", ("Human", "AI")
+    )
+    assert store.get_model("ft:m:s:j")["actors"] == ("Human", "AI")
+    assert [m.id for m in store.list_models()] == ["ft:m:s:j"]
+    store.delete_model("ft:m:s:j")
+    assert store.get_model("ft:m:s:j") is None
+    with sqlite3.connect(
+        tmp_path / "db.sqlite"
+    ) as raw:  # cascades: deleting a job removes its rows
+        raw.execute("PRAGMA foreign_keys=ON")
+        raw.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+    assert store.list_checkpoints(job.id) == []
