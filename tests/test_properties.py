@@ -104,9 +104,8 @@ def test_legacy_token_sum_equals_whole_string_count(texts, encoding, stop):
     labels = {"user": "Human", "assistant": "AI"}
     prompt = "\n".join([*(f"{labels[m.role]}: {m.text}" for m in window[:-1]), "AI:"])
     completion = f" {window[-1].text}" + ("\nHuman: " if stop else "")
-    counts_of = MessageCounts(
-        counter.count_many, "prompt-completion", actors, stop=stop, voice=False, system=None
-    )
+    counts_of = MessageCounts("prompt-completion", actors, stop=stop, voice=False, system=None)
+    counts_of.set_labels(counter.count_many(counts_of.label_texts()))
     texts: list[str] = []
     counts_of.texts(window, texts)
     fast = counts_of.example(window, [counter.count(t) for t in texts], 0, len(window) - 1)
@@ -132,10 +131,26 @@ def test_chat_token_sum_equals_cookbook_count(texts, system):
     conversation = Conversation(0, 1, window)
     builder = ExampleBuilder(("H", "A"), ExampleOptions(system=system, context=None))
     record = builder.build(conversation, 0, len(window) - 1).record
-    counts_of = MessageCounts(
-        counter.count_many, "chat", ("H", "A"), stop=True, voice=False, system=system
-    )
+    counts_of = MessageCounts("chat", ("H", "A"), stop=True, voice=False, system=system)
+    counts_of.set_labels(counter.count_many(counts_of.label_texts()))
     got: list[str] = []
     counts_of.texts(window, got)
     fast = counts_of.example(window, [counter.count(t) for t in got], 0, len(window) - 1)
     assert fast == counter.count_messages(record["messages"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(st.integers(-50, 50), max_size=400), chunk=st.integers(1, 64))
+def test_duplicate_finder_matches_a_set(values, chunk):
+    from convtune.report import DuplicateFinder
+
+    finder = DuplicateFinder(chunk=chunk)
+    for line, value in enumerate(values, start=1):
+        finder.add(value, line)
+    seen: set[int] = set()
+    expected = []
+    for line, value in enumerate(values, start=1):
+        if value in seen:
+            expected.append(line)
+        seen.add(value)
+    assert finder.finish() == (len(expected), expected[:5])

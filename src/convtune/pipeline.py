@@ -212,22 +212,19 @@ class _Run:
         self.process: CountingProcess | None = None
         if MessageCounts.applies(self.counter, ex.format, sheet.actors):
             assert isinstance(self.counter, OpenAICounter)
-            count_many = self.counter.count_many
+            self.per_message = MessageCounts(
+                ex.format, sheet.actors, stop=ex.stop, voice=ex.context == 0, system=ex.system
+            )
             if sheet.size >= PARALLEL_MIN_BYTES and sheet.delimiter is not None:  # CSV: bytes
                 self.process = CountingProcess(self.counter.name)
-                count_many = self.process.count_many
-            self.per_message = MessageCounts(
-                count_many,
-                ex.format,
-                sheet.actors,
-                stop=ex.stop,
-                voice=ex.context == 0,
-                system=ex.system,
-            )
+                self.process.submit(self.per_message.label_texts())  # the first result, later
+            else:
+                self.per_message.set_labels(self.counter.count_many(self.per_message.label_texts()))
 
     def all(self, progress: Callable[[int, int], None] | None) -> None:
         items = split_stream(self.sheet.conversations, self.options.valid_ratio, self.options.seed)
         previous: list | None = None
+        labels_pending = self.process is not None
         for batch in _batches(items, BATCH):
             if progress is not None:
                 progress(self.sheet.position(), self.sheet.size)
@@ -238,6 +235,9 @@ class _Run:
                     self.per_message.texts(conversation.messages, texts)
                 if self.process is not None:
                     self.process.submit(texts)
+                    if labels_pending:  # counted while the first batch was being read
+                        self.per_message.set_labels(self.process.result())
+                        labels_pending = False
                     if previous is not None:
                         self.batch(previous, self.process.result())
                     previous = batch

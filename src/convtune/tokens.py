@@ -13,7 +13,6 @@ import base64
 import contextlib
 import gzip
 import importlib.util
-from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
@@ -178,32 +177,33 @@ class MessageCounts:
     """
 
     def __init__(
-        self,
-        count_many: Callable[[list[str]], list[int]],
-        fmt: str,
-        actors: tuple[str, str],
-        *,
-        stop: bool,
-        voice: bool,
-        system: str | None,
+        self, fmt: str, actors: tuple[str, str], *, stop: bool, voice: bool, system: str | None
     ) -> None:
         self.fmt = fmt
+        self.actors = actors
         self.stop = stop
         self.voice = voice
-        if fmt == "chat":
-            user, assistant, role_system, content = count_many(
-                ["user", "assistant", "system", system or ""]
-            )
+        self.system = system
+
+    def label_texts(self) -> list[str]:
+        """The fixed strings whose counts `set_labels` needs (roles, or actor labels)."""
+        if self.fmt == "chat":
+            return ["user", "assistant", "system", self.system or ""]
+        first, second = self.actors
+        return [f"{first}:", f"{second}:", f"{first}: "]
+
+    def set_labels(self, counts: list[int]) -> None:
+        """Take the counts of `label_texts()`; asked separately so a child process can count them."""
+        if self.fmt == "chat":
+            user, assistant, role_system, content = counts
             self.role = {"user": user, "assistant": assistant}
             self.base = TOKENS_PER_EXAMPLE + (
-                TOKENS_PER_MESSAGE + role_system + content if system else 0
+                TOKENS_PER_MESSAGE + role_system + content if self.system else 0
             )
         else:
-            user, assistant, stop_tokens = count_many(
-                [f"{actors[0]}:", f"{actors[1]}:", f"{actors[0]}: "]
-            )
+            user, assistant, stop_tokens = counts
             self.label = {"user": user, "assistant": assistant}
-            self.stop_tokens = stop_tokens if stop else 0
+            self.stop_tokens = stop_tokens if self.stop else 0
 
     @staticmethod
     def applies(counter: TokenCounter | None, fmt: str, actors: tuple[str, str]) -> bool:
