@@ -8,25 +8,30 @@ import sys
 import click
 
 from ..errors import ConvtuneError
+from .chat_cmd import chat
 from .check_cmd import check
+from .jobs_cmd import jobs, models
 from .prepare_cmd import prepare
+from .train_cmd import follow, train
 
 EXAMPLES = """
 \b
 Examples:
   convtune prepare conversations.csv -o out/
   convtune check out/conversations.train.jsonl --model gpt-4o-mini-2024-07-18
+  convtune train out/conversations.train.jsonl --validation-file out/conversations.valid.jsonl
+  convtune chat ft:SmolLM2-135M-Instruct::ftjob-abc123 --message "Hello"
 """
 
 
 @click.group(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="convtune")
 def cli() -> None:
-    """From conversation spreadsheets to checked fine-tuning datasets."""
+    """From conversation spreadsheets to checked fine-tuning datasets and fine-tuned chat models."""
 
 
-cli.add_command(prepare)
-cli.add_command(check)
+for command in (prepare, check, train, follow, jobs, models, chat):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,102 @@
+"""The whole flow on the bundled example, as `make demo` runs it.
+
+Prepare the spreadsheet, check the result, fine-tune SmolLM2-135M-Instruct locally (a short run
+on CPU), then ask three validation questions to the base model and to the fine-tuned one, side
+by side. Everything goes through the library; the CLI would do the same in four commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+import convtune
+from convtune.cli.follow_view import follow_job, summary
+from convtune.local.service import LocalService
+from convtune.service import ChatRequest, JobRequest
+
+ROOT = Path(__file__).resolve().parent
+OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("out/demo")
+console = Console()
+
+
+def questions(valid: Path, n: int = 3) -> list[tuple[list[dict], str]]:
+    """The first `n` validation examples: their context, and the reply the data gives."""
+    found = []
+    for line in valid.read_text(encoding="utf-8").splitlines():
+        messages = json.loads(line)["messages"]
+        context = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
+        if len(context) == 1:  # the opening question of a conversation
+            found.append((context, messages[-1]["content"]))
+        if len(found) == n:
+            break
+    return found
+
+
+def main() -> None:
+    console.rule("1. prepare")
+    report = convtune.prepare(
+        ROOT / "conversations.csv",
+        OUT,
+        convtune.PrepareOptions(force=True, model="SmolLM2-135M-Instruct"),
+    )
+    train, valid = (Path(p) for p in report.outputs)
+    console.print(
+        f"{report.conversations} conversations, {report.examples} examples → {train}, {valid}"
+    )
+
+    console.rule("2. check")
+    checked = convtune.check_file(train, model="SmolLM2-135M-Instruct")
+    console.print(
+        f"{checked.examples} examples, {checked.tokens.total:,} tokens, {checked.errors} errors"
+    )
+
+    console.rule("3. fine-tune SmolLM2-135M-Instruct on this CPU")
+    service = LocalService()
+    job = service.create_job(
+        JobRequest(
+            model="SmolLM2-135M-Instruct",
+            training_file=service.upload_file(train).id,
+            validation_file=service.upload_file(valid).id,
+            n_epochs=3,
+            suffix="nimbus",
+            seed=0,
+        )
+    )
+    console.print(f"job {job.id}")
+    finished = follow_job(service, job.id)
+    if finished is None:
+        return
+    summary(finished)
+    if finished.status != "succeeded":
+        sys.exit(1)
+
+    console.rule("4. base model vs fine-tuned, on validation questions")
+    table = Table(show_lines=True)
+    table.add_column("question", ratio=2)
+    table.add_column("SmolLM2-135M-Instruct", ratio=3)
+    table.add_column("fine-tuned", ratio=3)
+    table.add_column("in the data", ratio=3)
+    for context, expected in questions(valid):
+        answers = []
+        for model in ("SmolLM2-135M-Instruct", finished.fine_tuned_model):
+            request = ChatRequest(model, context, max_tokens=80, temperature=0)
+            answers.append("".join(service.chat(request)).strip())
+        table.add_row(context[-1]["content"], *answers, expected)
+    console.print(table)
+
+    console.rule("where everything is")
+    console.print(f"datasets:         {train}\n                  {valid}")
+    console.print(f"data directory:   {service.home}  (CONVTUNE_HOME)")
+    model = service.get_model(finished.fine_tuned_model)
+    console.print(f"fine-tuned model: {model['path']}  (merged, loads with transformers)")
+    console.print(f"LoRA adapter:     {model['adapter_path']}")
+    console.print(f"\nChat with it:     convtune chat {finished.fine_tuned_model}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Showing a job as it runs: messages as lines, metrics as one live progress bar.
+
+Ctrl-C detaches (the job goes on in its own process) and says how to follow it again.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..follow import Progress as JobProgress
+from ..follow import follow
+from ..objects import Job, JobEvent
+from . import render
+
+
+def _stamp(event: JobEvent) -> str:
+    return datetime.fromtimestamp(event.created_at).strftime("%H:%M:%S")
+
+
+def _loss(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def follow_job(service, job_id: str, *, poll: float = 1.0) -> Job | None:
+    """Render the job's events until it ends; None if the user detached with Ctrl-C."""
+    out = render.out
+    state = JobProgress()
+    bar = Progress(
+        TextColumn("[bold]training[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"),
+        TimeRemainingColumn(),
+        console=out,
+        transient=False,
+        disable=not out.is_terminal,
+    )
+    task = None
+    try:
+        with bar:
+            for item in follow(service, job_id, poll=poll):
+                if isinstance(item, Job):
+                    return item
+                event = item
+                if event.type == "metrics":
+                    state.update(event)
+                    if task is None:
+                        task = bar.add_task(
+                            "train", total=state.total_steps or None, loss="—", val="—"
+                        )
+                    bar.update(
+                        task,
+                        completed=state.step,
+                        total=state.total_steps or None,
+                        loss=_loss(state.train_loss),
+                        val=_loss(state.valid_loss),
+                    )
+                    if not out.is_terminal:  # logs and pipes get one line per metrics event
+                        out.print(f"{_stamp(event)}  {event.message}")
+                    continue
+                style = {"error": "red", "warn": "yellow"}.get(event.level, "")
+                text = f"{_stamp(event)}  {event.message}"
+                out.print(f"[{style}]{text}[/]" if style else text, highlight=False)
+    except KeyboardInterrupt:
+        out.print(
+            f"\nDetached from {job_id}; it goes on in the background."
+            f"\nFollow it again with: convtune follow {job_id}"
+        )
+        return None
+    return None
+
+
+def summary(job: Job) -> None:
+    out = render.out
+    if job.status == "succeeded":
+        out.print(f"\n[green]Fine-tuned model:[/] [bold]{job.fine_tuned_model}[/]")
+        out.print(f"Chat with it:     convtune chat {job.fine_tuned_model}")
+    elif job.status == "failed":
+        message = job.error.message if job.error else "unknown error"
+        out.print(f"\n[red]Job {job.id} failed:[/] {message}")
+        out.print(f"Resume it from its last checkpoint: convtune jobs resume {job.id}")
+    else:
+        out.print(f"\nJob {job.id} is {job.status}.")
+
+
+def wait_seconds(seconds: float) -> None:  # pragma: no cover - a seam for tests
+    time.sleep(seconds)

@@ -1,0 +1,151 @@
+"""`convtune train` and `convtune follow`: create a fine-tuning job and watch it run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..service import JobRequest
+from . import render
+from .backend import backend_option, service_for
+from .follow_view import follow_job, summary
+
+
+def _auto(kind):
+    def convert(value: str):
+        if value == "auto":
+            return value
+        try:
+            return kind(value)
+        except ValueError:
+            raise click.BadParameter(f"'auto' or a {kind.__name__}") from None
+
+    return convert
+
+
+@click.command(
+    epilog="""
+\b
+Examples:
+  convtune train out/conversations.train.jsonl --validation-file out/conversations.valid.jsonl
+  convtune train out/x.train.jsonl --model ./my-hf-model --n-epochs 3 --suffix support --detach
+  convtune train out/x.train.jsonl --max-steps 20 --lora-r 8
+"""
+)
+@click.argument("training_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--validation-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Validation JSONL: its loss is reported as training goes.",
+)
+@click.option(
+    "--model",
+    default="SmolLM2-135M-Instruct",
+    show_default=True,
+    help="Base model: SmolLM2-135M-Instruct, a Hugging Face model folder, a .gguf file or a hub id.",
+)
+@click.option(
+    "--suffix", default=None, help="Part of the fine-tuned model's name: ft:<base>:<suffix>:<job>."
+)
+@click.option(
+    "--n-epochs", default="auto", show_default=True, help="Epochs, or auto (OpenAI's rule)."
+)
+@click.option("--batch-size", default="auto", show_default=True, help="Examples per step, or auto.")
+@click.option(
+    "--learning-rate-multiplier",
+    default="auto",
+    show_default=True,
+    help="Times the base learning rate (2e-4 LoRA, 2e-5 full), or auto (1).",
+)
+@click.option(
+    "--lora-r", type=click.IntRange(min=1), default=16, show_default=True, help="LoRA rank."
+)
+@click.option(
+    "--lora-alpha", type=click.IntRange(min=1), default=32, show_default=True, help="LoRA alpha."
+)
+@click.option("--full", is_flag=True, help="Full fine-tune instead of LoRA.")
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=16),
+    default=1024,
+    show_default=True,
+    help="Longest example in tokens; longer ones lose their oldest tokens.",
+)
+@click.option(
+    "--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps."
+)
+@click.option("--seed", type=int, default=None, help="Seed of the run (default: random, recorded).")
+@click.option(
+    "--nproc-per-node",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes to train with (torchrun, DDP): one per GPU.",
+)
+@click.option("--detach", is_flag=True, help="Start the job and return at once.")
+@backend_option
+def train(
+    training_file: Path,
+    validation_file: Path | None,
+    model: str,
+    suffix: str | None,
+    n_epochs: str,
+    batch_size: str,
+    learning_rate_multiplier: str,
+    lora_r: int,
+    lora_alpha: int,
+    full: bool,
+    max_length: int,
+    max_steps: int | None,
+    seed: int | None,
+    nproc_per_node: int,
+    detach: bool,
+    backend: str,
+) -> None:
+    """Fine-tune a model on a JSONL file and follow the job live."""
+    service = service_for(backend)
+    train_file = service.upload_file(training_file)
+    valid_file = service.upload_file(validation_file) if validation_file else None
+    request = JobRequest(
+        model=model,
+        training_file=train_file.id,
+        validation_file=valid_file.id if valid_file else None,
+        n_epochs=_auto(int)(n_epochs),
+        batch_size=_auto(int)(batch_size),
+        learning_rate_multiplier=_auto(float)(learning_rate_multiplier),
+        suffix=suffix,
+        seed=seed,
+        options={
+            "lora_r": lora_r,
+            "lora_alpha": lora_alpha,
+            "full": full,
+            "max_length": max_length,
+            "max_steps": max_steps,
+            "nproc_per_node": nproc_per_node,
+        },
+    )
+    job = service.create_job(request)
+    render.out.print(f"Created fine-tuning job [bold]{job.id}[/] ({job.model}, {job.status})")
+    if detach:
+        render.out.print(f"Follow it with: convtune follow {job.id}")
+        return
+    finished = follow_job(service, job.id)
+    if finished is not None:
+        summary(finished)
+        if finished.status != "succeeded":
+            raise click.exceptions.Exit(1)
+
+
+@click.command(epilog="\b\nExample:\n  convtune follow ftjob-abc123")
+@click.argument("job_id")
+@backend_option
+def follow(job_id: str, backend: str) -> None:
+    """Follow a job's events and progress until it ends (Ctrl-C detaches, never cancels)."""
+    service = service_for(backend)
+    finished = follow_job(service, job_id)
+    if finished is not None:
+        summary(finished)
+        if finished.status != "succeeded":
+            raise click.exceptions.Exit(1)

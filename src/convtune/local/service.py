@@ -1,0 +1,368 @@
+"""`LocalService`: OpenAI's fine-tuning API, on this machine, with open models.
+
+Files are copied into the data directory, jobs are rows in the SQLite store, and each job runs in
+its own process (`python -m convtune.local.worker JOB`, or under `torchrun` for several
+processes), started in a new session so that it survives the terminal that started it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import ConvtuneError, OptionError
+from ..home import data_dir
+from ..objects import TERMINAL, Checkpoint, FileObject, Job, JobError, JobEvent, ModelObject
+from ..service import ChatRequest, JobRequest
+from .store import Store, new_id, now
+
+SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+PURPOSES = ("fine-tune", "fine-tune-results")
+ACTIVE = ("validating_files", "queued", "running")
+
+
+class NotFound(ConvtuneError):
+    """No file, job or model with that id."""
+
+
+class Conflict(ConvtuneError):
+    """The object is not in a state that allows this (cancel a finished job...)."""
+
+
+def database_path(home: Path | None = None) -> Path:
+    return (home or data_dir()) / "convtune.db"
+
+
+class LocalService:
+    """The local implementation of `FineTuningService`."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home or data_dir()
+        self.store = Store(database_path(self.home))
+        self._children: dict[str, subprocess.Popen] = {}
+        self._chat_models: dict[str, object] = {}
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def upload_file(self, path: Path, purpose: str = "fine-tune") -> FileObject:
+        """Copy a JSONL file into the data directory; an identical earlier upload is reused."""
+        path = Path(path)
+        if purpose not in PURPOSES:
+            raise OptionError(f"unknown purpose {purpose!r}; use fine-tune")
+        if not path.is_file():
+            raise ConvtuneError("no such file", path=path)
+        digest = _sha256(path)
+        existing = self.store.find_file(digest, path.name, purpose)
+        if existing is not None:
+            return existing
+        file_id = new_id("file-")
+        target = self.home / "files" / f"{file_id}.jsonl"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+        return self.store.add_file(
+            path.name, target.stat().st_size, purpose, target, digest, file_id
+        )
+
+    def file_path(self, file_id: str) -> Path:
+        found = self.store.get_file(file_id)
+        if found is None:
+            raise NotFound(f"no file {file_id!r}")
+        return found[1]
+
+    def get_file(self, file_id: str) -> FileObject:
+        found = self.store.get_file(file_id)
+        if found is None:
+            raise NotFound(f"no file {file_id!r}")
+        return found[0]
+
+    def list_files(self) -> list[FileObject]:
+        return self.store.list_files()
+
+    def delete_file(self, file_id: str) -> None:
+        path = self.file_path(file_id)
+        self.store.delete_file(file_id)
+        path.unlink(missing_ok=True)
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def create_job(self, request: JobRequest) -> Job:
+        """Record the job and start its worker; validation happens there, before any model load."""
+        from .models import resolve_base_model
+
+        base = resolve_base_model(request.model)
+        for file_id in filter(None, (request.training_file, request.validation_file)):
+            self.file_path(file_id)  # NotFound early, with the id
+        if request.suffix is not None and not SUFFIX.match(request.suffix):
+            raise OptionError("the suffix may have up to 40 letters, digits, '-', '_' or '.'")
+        _check_hyperparameters(request)
+        job = Job(
+            id=new_id("ftjob-"),
+            created_at=now(),
+            model=base.name,
+            training_file=request.training_file,
+            validation_file=request.validation_file,
+            hyperparameters=request.hyperparameters,
+            seed=request.seed if request.seed is not None else int.from_bytes(os.urandom(3), "big"),
+            suffix=request.suffix,
+            metadata=request.metadata,
+        )
+        options = dict(request.options)
+        options.setdefault("model_source", base.source)  # absolute: workers may run elsewhere
+        self.store.add_job(job, options)
+        self.store.add_event(job.id, f"Created fine-tuning job: {job.id}")
+        self._start(job.id, options)
+        return self.get_job(job.id)
+
+    def _start(self, job_id: str, options: dict, *, resume: bool = False) -> None:
+        folder = self.job_dir(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        nproc = int(options.get("nproc_per_node") or 1)
+        if nproc > 1:
+            command = [
+                str(Path(sys.executable).with_name("torchrun")),
+                f"--nproc_per_node={nproc}",
+                "-m",
+                "convtune.local.worker",
+                job_id,
+            ]
+        else:
+            command = [sys.executable, "-m", "convtune.local.worker", job_id]
+        if resume:
+            command.append("--resume")
+        env = dict(os.environ, CONVTUNE_HOME=str(self.home), PYTHONUNBUFFERED="1")
+        with open(folder / "worker.log", "ab") as log:
+            child = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+        self._children[job_id] = child
+        self.store.update_job(job_id, pid=child.pid, cancel_requested=0)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.home / "jobs" / job_id
+
+    def get_job(self, job_id: str) -> Job:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no fine-tuning job {job_id!r}")
+        if job.status in ACTIVE and not self._worker_alive(job_id):
+            job = self._mark_crashed(job_id)
+        return job
+
+    def list_jobs(
+        self, *, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None
+    ) -> list[Job]:
+        jobs, _ = self.store.list_jobs(after=after, limit=limit, metadata=metadata)
+        return [self.get_job(j.id) if j.status in ACTIVE else j for j in jobs]
+
+    def cancel_job(self, job_id: str, *, grace: float = 30.0) -> Job:
+        """Ask the worker to stop after its current step; kill it if it does not within `grace`."""
+        job = self.get_job(job_id)
+        if job.done:
+            raise Conflict(f"job {job_id} is already {job.status}")
+        self.store.update_job(job_id, cancel_requested=1)
+        pid = self.store.job_runtime(job_id).get("pid")
+        if pid and self._worker_alive(job_id):
+            with _suppress():
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and self._worker_alive(job_id):
+                time.sleep(0.1)
+            if self._worker_alive(job_id):
+                with _suppress():
+                    os.killpg(pid, signal.SIGKILL)
+                self._wait(job_id)
+        self.store.set_status(
+            job_id,
+            "cancelled",
+            unless=TERMINAL,
+            event="Fine-tuning job cancelled",
+            finished_at=now(),
+        )
+        return self.get_job(job_id)
+
+    def resume_job(self, job_id: str) -> Job:
+        """Continue a failed or cancelled job from its last checkpoint (or from the start)."""
+        job = self.get_job(job_id)
+        if job.status not in ("failed", "cancelled"):
+            raise Conflict(f"job {job_id} is {job.status}; only failed or cancelled jobs resume")
+        checkpoints = self.store.list_checkpoints(job_id)
+        where = (
+            f"checkpoint at step {checkpoints[0][0].step_number}" if checkpoints else "the start"
+        )
+        self.store.set_status(
+            job_id,
+            "queued",
+            event=f"Resuming fine-tuning job from {where}",
+            error=None,
+            finished_at=None,
+            fine_tuned_model=None,
+        )
+        self._start(job_id, self.store.job_runtime(job_id)["options"], resume=True)
+        return self.get_job(job_id)
+
+    def list_events(
+        self, job_id: str, *, after: str | None = None, limit: int = 20
+    ) -> list[JobEvent]:
+        self.get_job(job_id)
+        return self.store.list_events(job_id, after=after, limit=limit)[0]
+
+    def events_since(self, job_id: str, seq: int = 0) -> list[tuple[int, JobEvent]]:
+        return self.store.events_since(job_id, seq)
+
+    def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
+        self.get_job(job_id)
+        return [c for c, _, _ in self.store.list_checkpoints(job_id)]
+
+    # -- worker liveness -----------------------------------------------------------------------
+
+    def _wait(self, job_id: str) -> None:
+        child = self._children.get(job_id)
+        if child is not None:
+            with _suppress():
+                child.wait(timeout=10)
+
+    def _worker_alive(self, job_id: str) -> bool:
+        child = self._children.get(job_id)
+        if child is not None:
+            return child.poll() is None
+        pid = self.store.job_runtime(job_id).get("pid")
+        return bool(pid) and _process_alive(pid, job_id)
+
+    def _mark_crashed(self, job_id: str) -> Job:
+        # The worker writes its final status before exiting; re-read in case it just did.
+        job = self.store.get_job(job_id)
+        assert job is not None
+        if job.status not in ACTIVE:
+            return job
+        log = self.job_dir(job_id) / "worker.log"
+        last = _last_line(log)
+        reason = "the training process stopped unexpectedly (killed, or out of memory?)"
+        if last:
+            reason += f": {last}"
+        self.store.set_status(
+            job_id,
+            "failed",
+            unless=TERMINAL,
+            event=reason,
+            level="error",
+            error=JobError("worker_died", reason),
+            finished_at=now(),
+        )
+        job = self.store.get_job(job_id)
+        assert job is not None
+        return job
+
+    # -- models --------------------------------------------------------------------------------
+
+    def list_models(self) -> list[ModelObject]:
+        return self.store.list_models()
+
+    def get_model(self, model_id: str) -> dict:
+        model = self.store.get_model(model_id)
+        if model is None:
+            raise NotFound(
+                f"no fine-tuned model {model_id!r}", hint="convtune models list shows them"
+            )
+        return model
+
+    def delete_model(self, model_id: str) -> None:
+        """Remove a fine-tuned model from the database and its files from disk."""
+        model = self.get_model(model_id)
+        self.store.delete_model(model_id)
+        self._chat_models.pop(model_id, None)
+        folder = Path(model["path"]).parent
+        if folder.is_dir() and self.home in folder.parents:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def chat(self, request: ChatRequest) -> Iterator[str]:
+        from .chat import LocalChat
+
+        chat = self._chat_models.get(request.model)
+        if chat is None:
+            chat = self._chat_models[request.model] = LocalChat.load(self, request.model)
+        return chat.reply(request)  # type: ignore[attr-defined]
+
+
+def _check_hyperparameters(request: JobRequest) -> None:
+    checks = (
+        ("n_epochs", request.n_epochs, int, 1, 50),
+        ("batch_size", request.batch_size, int, 1, 256),
+        ("learning_rate_multiplier", request.learning_rate_multiplier, float, 1e-9, 100.0),
+    )
+    for name, value, kind, low, high in checks:
+        if value == "auto":
+            continue
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not low <= value <= high
+        ):
+            raise OptionError(
+                f"{name} must be 'auto' or a {kind.__name__} from {low:g} to {high:g}"
+            )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _process_alive(pid: int, job_id: str) -> bool:
+    """True if `pid` runs this job's worker (not a zombie, not a recycled pid)."""
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                with _suppress():
+                    os.waitpid(pid, os.WNOHANG)
+                return False
+            return job_id.encode() in (proc / "cmdline").read_bytes()
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+class _suppress:
+    """Ignore the errors of signalling or reaping a process that is already gone."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        return exc_type is not None and issubclass(
+            exc_type, OSError | subprocess.TimeoutExpired | ChildProcessError
+        )

@@ -1,0 +1,354 @@
+"""The process that runs one local fine-tuning job: `python -m convtune.local.worker JOB [--resume]`.
+
+It is the training entry point and runs unchanged under `torchrun --nproc_per_node N` (DDP):
+every rank trains, rank 0 alone talks to the store (status, events, checkpoints, the model).
+Order of work, as OpenAI's jobs do it: validate the files (no model loaded yet), queue, run,
+checkpoint each epoch, then save the LoRA adapter and a merged model and register it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+from ..check import check_file
+from ..home import data_dir
+from ..modelinfo import default_epochs
+from ..objects import TERMINAL, JobError
+from .service import database_path
+from .store import Store, now
+
+BASE_LEARNING_RATE = {True: 2e-4, False: 2e-5}  # LoRA, full fine-tune
+
+
+class Stop(Exception):
+    """The job was cancelled: leave quietly, the status is written by whoever cancelled."""
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """OpenAI scales the batch with the data (about 0.2% of it); on a CPU, 8 is the most useful."""
+    return max(1, min(8, round(n_examples * 0.002) or 1, n_examples))
+
+
+class JobRun:
+    def __init__(self, job_id: str, *, resume: bool) -> None:
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.home = data_dir()
+        self.store = Store(database_path(self.home))
+        self.job_id = job_id
+        self.resume = resume
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise SystemExit(f"no job {job_id}")
+        self.job = job
+        self.options = self.store.job_runtime(job_id)["options"]
+        self.stopping = False
+        self.folder = self.home / "jobs" / job_id
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    # -- store helpers (rank 0 only) -----------------------------------------------------------
+
+    def event(self, message: str, **kw) -> None:
+        if self.rank == 0:
+            self.store.add_event(self.job_id, message, **kw)
+
+    def status(self, status: str) -> None:
+        if self.rank == 0 and not self.store.set_status(self.job_id, status, unless=TERMINAL):
+            raise Stop()
+
+    def cancelled(self) -> bool:
+        if self.stopping:
+            return True
+        if self.rank == 0 and self.store.job_runtime(self.job_id).get("cancel_requested"):
+            self.stopping = True
+        return self.stopping
+
+    def fail(self, code: str, message: str, param: str | None = None) -> None:
+        if self.rank != 0:
+            return
+        self.store.set_status(
+            self.job_id,
+            "failed",
+            unless=TERMINAL,
+            event=message,
+            level="error",
+            error=JobError(code, message, param),
+            finished_at=now(),
+        )
+
+    # -- the job -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        job = self.job
+        self.status("validating_files")
+        train_path = self.file(job.training_file)
+        valid_path = self.file(job.validation_file) if job.validation_file else None
+        self.event(f"Validating training file: {job.training_file}")
+        for role, path in (("training_file", train_path), ("validation_file", valid_path)):
+            if path is None:
+                continue
+            report = check_file(path, training=role == "training_file", model="gpt-4o-mini")
+            errors = [f for f in report.findings if f["level"] == "error"]
+            if errors:
+                first = errors[0]
+                where = f"line {first['lines'][0]}: " if first["lines"] else ""
+                more = report.errors - 1
+                raise Invalid(
+                    f"invalid {role.replace('_', ' ')} {getattr(job, role)}: {where}{first['message']}"
+                    + (f" ({more} more error{'s' if more != 1 else ''})" if more else ""),
+                    role,
+                )
+        self.event("Files validated, moving job to queued state")
+        self.status("queued")
+        self.status("running")
+        self.event("Fine-tuning job started")
+        self.train(train_path, valid_path)
+
+    def file(self, file_id: str) -> Path:
+        found = self.store.get_file(file_id)
+        if found is None:
+            raise Invalid(f"no file {file_id}", "training_file")
+        return found[1]
+
+    def train(self, train_path: Path, valid_path: Path | None) -> None:
+        import torch
+
+        from .data import tokenize_file
+        from .models import load_base_model, resolve_base_model
+        from .trainer import TrainConfig, merge_and_save, train
+
+        options = self.options
+        ref = resolve_base_model(options.get("model_source") or self.job.model)
+        model, tokenizer, _ = load_base_model(ref)
+        max_length = int(options.get("max_length") or 1024)
+        train_examples, train_stats = tokenize_file(train_path, tokenizer, max_length=max_length)
+        valid_examples = None
+        if valid_path is not None:
+            valid_examples, _ = tokenize_file(valid_path, tokenizer, max_length=max_length)
+        if train_stats.truncated:
+            self.event(
+                f"{train_stats.truncated} training examples were longer than {max_length} tokens"
+                " and lost their oldest tokens",
+                level="warn",
+            )
+        hp = self.job.hyperparameters
+        n = len(train_examples)
+        lora = not options.get("full", False)
+        n_epochs = default_epochs(n) if hp["n_epochs"] == "auto" else int(hp["n_epochs"])
+        batch_size = auto_batch_size(n) if hp["batch_size"] == "auto" else int(hp["batch_size"])
+        multiplier = (
+            1.0
+            if hp["learning_rate_multiplier"] == "auto"
+            else float(hp["learning_rate_multiplier"])
+        )
+        if self.rank == 0:
+            self.store.update_job(
+                self.job_id,
+                hyperparameters={
+                    "n_epochs": n_epochs,
+                    "batch_size": batch_size,
+                    "learning_rate_multiplier": multiplier,
+                },
+            )
+        config = TrainConfig(
+            n_epochs=n_epochs,
+            batch_size=batch_size,
+            learning_rate=BASE_LEARNING_RATE[lora] * multiplier,
+            lora=lora,
+            lora_r=int(options.get("lora_r") or 16),
+            lora_alpha=int(options.get("lora_alpha") or 32),
+            max_steps=options.get("max_steps"),
+            seed=self.job.seed,
+            precision=options.get("precision") or "auto",
+        )
+        resume_from = None
+        checkpoints = self.store.list_checkpoints(self.job_id)
+        if self.resume and checkpoints:
+            resume_from = checkpoints[0][1]
+        self.event(
+            f"Training {ref.name} on {n} examples ({train_stats.trained_tokens:,} trained tokens),"
+            f" {n_epochs} epochs, batch size {batch_size}, "
+            + ("LoRA" if lora else "full fine-tune")
+            + (f", resuming from step {checkpoints[0][0].step_number}" if resume_from else "")
+        )
+        rows: list[dict] = []
+        started = time.monotonic()
+
+        def on_metrics(m) -> None:
+            data = {k: v for k, v in asdict(m).items() if v is not None}
+            rows.append(data)
+            message = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
+            if m.valid_loss is not None:
+                message += f", validation loss={m.valid_loss:.4f}"
+            self.event(message, type="metrics", data=data)
+            if self.rank == 0 and m.step:
+                rate = (time.monotonic() - started) / max(
+                    1, m.step - (rows[0]["step"] - 1 if rows else 0)
+                )
+                self.store.update_job(
+                    self.job_id, estimated_finish=now() + int(rate * (m.total_steps - m.step))
+                )
+
+        def on_epoch_end(epoch: int, step: int, save) -> None:
+            if self.rank != 0:
+                return
+            folder = self.folder / "checkpoints" / f"step-{step}"
+            save(folder)
+            metrics = {
+                k: v
+                for k, v in (rows[-1] if rows else {}).items()
+                if k
+                in (
+                    "step",
+                    "train_loss",
+                    "train_mean_token_accuracy",
+                    "valid_loss",
+                    "valid_mean_token_accuracy",
+                )
+            }
+            name = f"{self.model_id()}:ckpt-step-{step}"
+            self.store.add_checkpoint(self.job_id, step, epoch, metrics, name, folder)
+            self.event(f"Checkpoint created at step {step} (epoch {epoch})")
+
+        result = train(
+            model,
+            tokenizer,
+            train_examples,
+            valid_examples,
+            config,
+            on_metrics=on_metrics,
+            on_epoch_end=on_epoch_end,
+            should_stop=self.cancelled,
+            resume=resume_from,
+        )
+        if self.cancelled() or getattr(result, "stopped", False):
+            raise Stop()
+        if self.rank != 0:
+            return
+        model_id = self.model_id()
+        target = self.home / "models" / model_id.replace(":", "_")
+        merge_and_save(
+            result.model if hasattr(result, "model") else model,
+            tokenizer,
+            target / "merged",
+            adapter_folder=target / "adapter",
+        )
+        fmt, actors = _format_and_actors(train_path)
+        self.store.add_model(
+            model_id, ref.name, self.job_id, target / "merged", target / "adapter", fmt, actors
+        )
+        results = self.results_file(rows)
+        self.store.update_job(
+            self.job_id,
+            fine_tuned_model=model_id,
+            result_files=[results],
+            trained_tokens=int(
+                getattr(result, "trained_tokens", 0) or train_stats.trained_tokens * n_epochs
+            ),
+        )
+        self.event(f"New fine-tuned model created: {model_id}")
+        self.store.set_status(
+            self.job_id,
+            "succeeded",
+            unless=TERMINAL,
+            event="The job has successfully completed",
+            finished_at=now(),
+            estimated_finish=None,
+        )
+        del torch
+
+    def model_id(self) -> str:
+        return f"ft:{self.job.model}:{self.job.suffix or ''}:{self.job_id}"
+
+    def results_file(self, rows: list[dict]) -> str:
+        """OpenAI's results CSV: step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(
+            ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+        )
+        for r in rows:
+            writer.writerow(
+                [
+                    r.get("step"),
+                    r.get("train_loss"),
+                    r.get("train_mean_token_accuracy"),
+                    r.get("valid_loss", ""),
+                    r.get("valid_mean_token_accuracy", ""),
+                ]
+            )
+        path = self.folder / "results.csv"
+        path.write_text(out.getvalue(), encoding="utf-8")
+        import hashlib
+
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return self.store.add_file(
+            f"{self.job_id}-results.csv", path.stat().st_size, "fine-tune-results", path, digest
+        ).id
+
+
+class Invalid(Exception):
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _format_and_actors(path: Path) -> tuple[str, tuple[str, str] | None]:
+    """The training format, and for legacy data the two actor labels chat must speak with."""
+    from ..check import _LABEL_END, _STOP, detect_format
+
+    with open(path, encoding="utf-8") as f:
+        first = json.loads(next(line for line in f if line.strip()))
+    fmt = detect_format(first) or "chat"
+    if fmt != "prompt-completion":
+        return fmt, None
+    stop = _STOP.search(first.get("completion", ""))
+    label = _LABEL_END.search(first.get("prompt", ""))
+    actors = (stop.group(1) if stop else "Human", label.group(1) if label else "AI")
+    return fmt, actors
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    resume = "--resume" in args
+    job_id = next(a for a in args if not a.startswith("--"))
+    run = JobRun(job_id, resume=resume)
+
+    def on_term(signum, frame) -> None:  # cancel: stop after the current step
+        run.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        run.run()
+    except Stop:
+        if run.rank == 0:
+            run.store.set_status(
+                job_id,
+                "cancelled",
+                unless=TERMINAL,
+                event="Fine-tuning job cancelled",
+                finished_at=now(),
+            )
+        return 0
+    except Invalid as exc:
+        run.fail("invalid_file", str(exc), exc.param)
+        return 1
+    except Exception as exc:
+        traceback.print_exc()  # into the job's worker.log
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        run.fail("training_failed", f"training failed: {type(exc).__name__}: {message}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
