@@ -59,7 +59,12 @@ class TokenCounter(Protocol):
 
 @lru_cache(maxsize=4)
 def _tiktoken_encoding(name: str):
-    import tiktoken
+    """tiktoken's BPE engine for `name`, built from the table bpe-openai ships.
+
+    Only the engine (`CoreBPE`) is kept: `tiktoken.Encoding` would also keep the Python dict of
+    ranks alive (about 15 MB for cl100k_base), which counting never needs again.
+    """
+    from tiktoken._tiktoken import CoreBPE
 
     spec = importlib.util.find_spec("bpe_openai")
     if spec is None or spec.origin is None:
@@ -69,13 +74,11 @@ def _tiktoken_encoding(name: str):
     table = Path(spec.origin).parent / "data" / f"{name}.tiktoken.gz"
     ranks: dict[bytes, int] = {}
     with gzip.open(table, "rb") as f:
-        for line in f.read().splitlines():
-            if line:
-                token, rank = line.split()
+        for line in f:  # line by line: no second copy of the whole table
+            token, _, rank = line.partition(b" ")
+            if token:
                 ranks[base64.b64decode(token)] = int(rank)
-    return tiktoken.Encoding(
-        name, pat_str=_PATTERNS[name], mergeable_ranks=ranks, special_tokens=_SPECIAL[name]
-    )
+    return CoreBPE(ranks, _SPECIAL[name], _PATTERNS[name])
 
 
 class OpenAICounter:
