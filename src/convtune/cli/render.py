@@ -13,7 +13,7 @@ from rich.table import Table
 from ..pipeline import PrepareReport
 from ..report import DatasetReport
 
-out = Console(highlight=False, soft_wrap=False)
+out = Console(highlight=False, soft_wrap=True)  # ids and commands stay whole for copy-paste
 err = Console(stderr=True, highlight=False)
 
 PROGRESS_MIN_BYTES = 4 << 20  # files smaller than this are done before a bar is worth drawing
