@@ -8,6 +8,7 @@ import click
 
 from ..check import check_file
 from . import render
+from .options import token_options
 
 
 @click.command(
@@ -20,23 +21,7 @@ Examples:
 """
 )
 @click.argument("path", metavar="FILE", type=click.Path(path_type=Path))
-@click.option(
-    "--model",
-    default=None,
-    help="Model whose tokenizer, limit and price apply (default by format), or a local model folder.",
-)
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Longest example in tokens (default: the model's limit).",
-)
-@click.option(
-    "--price-per-1m",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Training price in USD per million tokens.",
-)
+@token_options
 @click.option("--validation", is_flag=True, help="A validation file: no minimum size, no cost.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context

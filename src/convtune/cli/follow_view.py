@@ -5,7 +5,6 @@ Ctrl-C detaches (the job goes on in its own process) and says how to follow it a
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -86,5 +85,12 @@ def summary(job: Job) -> None:
         out.print(f"\nJob {job.id} is {job.status}.")
 
 
-def wait_seconds(seconds: float) -> None:  # pragma: no cover - a seam for tests
-    time.sleep(seconds)
+def follow_to_end(service, job_id: str) -> None:
+    """Follow, print the outcome, and exit 1 unless the job succeeded (Ctrl-C: exit 0)."""
+    import click
+
+    finished = follow_job(service, job_id)
+    if finished is not None:
+        summary(finished)
+        if finished.status != "succeeded":
+            raise click.exceptions.Exit(1)

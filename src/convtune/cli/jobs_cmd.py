@@ -124,7 +124,7 @@ def cancel(job_id: str, yes: bool, backend: str) -> None:
 @backend_option
 def resume(job_id: str, detach: bool, backend: str) -> None:
     """Continue a failed or cancelled job from its last checkpoint."""
-    from .follow_view import follow_job, summary
+    from .follow_view import follow_to_end
 
     service = service_for(backend)
     job = service.resume_job(job_id)
@@ -132,11 +132,7 @@ def resume(job_id: str, detach: bool, backend: str) -> None:
     if detach:
         render.out.print(f"Follow it with: convtune follow {job.id}")
         return
-    finished = follow_job(service, job.id)
-    if finished is not None:
-        summary(finished)
-        if finished.status != "succeeded":
-            raise click.exceptions.Exit(1)
+    follow_to_end(service, job.id)
 
 
 @click.group(

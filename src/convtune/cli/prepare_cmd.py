@@ -10,6 +10,7 @@ from .. import pipeline
 from ..examples import FORMATS, LAYOUTS, ExampleOptions
 from ..spreadsheet import SheetOptions
 from . import render
+from .options import token_options
 
 
 def _context(value: str) -> int | None:
@@ -88,29 +89,13 @@ Examples:
 @click.option(
     "--separator", default="###", show_default=True, help="Row text between conversations."
 )
-@click.option(
-    "--model",
-    default=None,
-    help="Model whose tokenizer and limit apply (default gpt-4o-mini-2024-07-18; davinci-002 for prompt-completion), or a local model folder.",
-)
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Longest example in tokens (default: the model's limit).",
-)
+@token_options
 @click.option(
     "--overlong",
     type=click.Choice(["drop", "truncate"]),
     default="drop",
     show_default=True,
     help="Examples over --max-tokens: drop them, or cut their oldest context. Always reported.",
-)
-@click.option(
-    "--price-per-1m",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Training price in USD per million tokens.",
 )
 @click.option(
     "--no-tokens",

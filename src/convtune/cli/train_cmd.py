@@ -9,7 +9,7 @@ import click
 from ..service import JobRequest
 from . import render
 from .backend import backend_option, service_for
-from .follow_view import follow_job, summary
+from .follow_view import follow_to_end
 
 
 def _auto(kind):
@@ -131,11 +131,7 @@ def train(
     if detach:
         render.out.print(f"Follow it with: convtune follow {job.id}")
         return
-    finished = follow_job(service, job.id)
-    if finished is not None:
-        summary(finished)
-        if finished.status != "succeeded":
-            raise click.exceptions.Exit(1)
+    follow_to_end(service, job.id)
 
 
 @click.command(epilog="\b\nExample:\n  convtune follow ftjob-abc123")
@@ -144,8 +140,4 @@ def train(
 def follow(job_id: str, backend: str) -> None:
     """Follow a job's events and progress until it ends (Ctrl-C detaches, never cancels)."""
     service = service_for(backend)
-    finished = follow_job(service, job_id)
-    if finished is not None:
-        summary(finished)
-        if finished.status != "succeeded":
-            raise click.exceptions.Exit(1)
+    follow_to_end(service, job_id)
