@@ -27,6 +27,9 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
     """Every test gets its own CONVTUNE_HOME: nothing reads or writes the user's data folder."""
     home = tmp_path_factory.mktemp("convtune-home")
     monkeypatch.setenv("CONVTUNE_HOME", str(home))
+    # Job workers inherit this: tiny models train fastest on one thread, and two threads per
+    # process stall each other badly when the test process or another job holds the other core.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     return home
 
 

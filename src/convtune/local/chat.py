@@ -27,8 +27,11 @@ class LocalChat:
     def load(cls, service, model_id: str) -> LocalChat:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from .models import load_base_model, resolve_base_model
+
+        hf_logging.disable_progress_bar()  # a chat prints replies, not loading bars
 
         record = service.store.get_model(model_id)
         if record is not None:
@@ -58,7 +61,7 @@ class LocalChat:
 
     def reply(self, request: ChatRequest) -> Iterator[str]:
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         text, stops = self.prompt(request.messages)
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
@@ -77,15 +80,40 @@ class LocalChat:
             kwargs.update(do_sample=False)
         if stops:
             kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
+        done = threading.Event()  # set when the reader stops: generation stops too
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw) -> bool:
+                return done.is_set()
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
         thread = threading.Thread(target=self._generate, args=(kwargs,), daemon=True)
         thread.start()
-        return _until_stop(streamer, stops, strip_first=self.format == "prompt-completion")
+        return _joined(
+            _until_stop(streamer, stops, strip_first=self.format == "prompt-completion"),
+            done,
+            thread,
+        )
 
     def _generate(self, kwargs: dict) -> None:
         import torch
 
         with torch.inference_mode():
             self.model.generate(**kwargs)
+
+
+def _joined(
+    pieces: Iterator[str], done: threading.Event, thread: threading.Thread
+) -> Iterator[str]:
+    """Yield the pieces; however the reader stops, end generation and wait for its thread.
+
+    A process must not exit while torch still runs in another thread ("terminate called").
+    """
+    try:
+        yield from pieces
+    finally:
+        done.set()
+        thread.join()
 
 
 def _until_stop(pieces: Iterator[str], stops: list[str], *, strip_first: bool) -> Iterator[str]:

@@ -1,0 +1,241 @@
+"""Local jobs end to end with real processes: train, detach, follow, cancel, kill, resume, chat.
+
+A tiny random model made on the fly stands in for SmolLM2 (tests/tiny_models.py), so each job
+takes seconds; every job really runs in its own worker process, started by the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from convtune import ExampleOptions, PrepareOptions, prepare
+from convtune.local.service import LocalService
+from convtune.service import ChatRequest, JobRequest
+
+from .conftest import EXAMPLE, ROOT
+from .tiny_models import make_tiny_model
+
+CONVTUNE = str(ROOT / ".venv" / "bin" / "convtune")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("data")
+    chat = prepare(EXAMPLE, out / "chat", PrepareOptions(force=True))
+    legacy = prepare(
+        EXAMPLE,
+        out / "legacy",
+        PrepareOptions(force=True, examples=ExampleOptions(format="prompt-completion")),
+    )
+    bad = out / "bad.jsonl"
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+        '{"messages": [{"role": "robot", "content": "beep"}]}\n',
+        encoding="utf-8",
+    )
+    return {
+        "train": Path(chat.outputs[0]),
+        "valid": Path(chat.outputs[1]),
+        "legacy": Path(legacy.outputs[0]),
+        "bad": bad,
+    }
+
+
+def convtune(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CONVTUNE, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw
+    )
+
+
+def wait_for(predicate, timeout=120.0, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def job_id_from(output: str) -> str:
+    return next(word for word in output.split() if word.startswith("ftjob-"))
+
+
+def test_train_detach_follow_chat_delete(tiny, data, isolated_home):
+    started = time.monotonic()
+    result = convtune(
+        "train",
+        data["train"],
+        "--validation-file",
+        data["valid"],
+        "--model",
+        tiny,
+        "--n-epochs",
+        "2",
+        "--suffix",
+        "nimbus",
+        "--detach",
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 30  # --detach returns at once, the job runs on
+    job_id = job_id_from(result.stdout)
+    followed = convtune("follow", job_id)
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    assert "Files validated" in followed.stdout and "Step " in followed.stdout
+    model_id = f"ft:{tiny.name}:nimbus:{job_id}"
+    assert model_id in followed.stdout and f"convtune chat {model_id}" in followed.stdout
+
+    shown = json.loads(convtune("jobs", "show", job_id, "--json").stdout)
+    assert shown["status"] == "succeeded" and shown["fine_tuned_model"] == model_id
+    assert shown["hyperparameters"]["n_epochs"] == 2
+    assert shown["trained_tokens"] > 0 and len(shown["result_files"]) == 1
+    service = LocalService()
+    assert len(service.list_checkpoints(job_id)) == 2  # one per epoch
+    results = service.file_path(shown["result_files"][0]).read_text().splitlines()
+    assert results[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    assert len(results) > 2
+
+    listed = convtune("models", "list", "--json")
+    assert model_id in [m["id"] for m in json.loads(listed.stdout)["data"]]
+    reply = "".join(
+        service.chat(
+            ChatRequest(
+                model_id, [{"role": "user", "content": "Hello"}], max_tokens=8, temperature=0
+            )
+        )
+    )
+    assert isinstance(reply, str)
+    chat = convtune("chat", model_id, "--message", "Hello", "--max-tokens", "5")
+    assert chat.returncode == 0, chat.stderr
+
+    folder = Path(service.get_model(model_id)["path"]).parent
+    assert (folder / "merged" / "config.json").exists() and (folder / "adapter").exists()
+    assert convtune("models", "delete", model_id, "--yes").returncode == 0
+    assert not folder.exists()
+    assert convtune("models", "delete", model_id, "--yes").returncode == 1
+
+
+def test_bad_file_fails_in_validation_before_any_model_loads(tiny, data, isolated_home):
+    result = convtune("train", data["bad"], "--model", tiny)
+    assert result.returncode == 1
+    assert "line 2" in result.stdout and "role" in result.stdout
+    service = LocalService()
+    [job] = service.list_jobs()
+    assert job.status == "failed" and job.error.param == "training_file"
+    messages = [e.message for e in service.list_events(job.id, limit=100)]
+    assert not any(m.startswith("Training ") for m in messages)  # no model was loaded
+
+
+def test_cancel_stops_the_worker(tiny, data, isolated_home):
+    service = LocalService()
+    job = service.create_job(
+        JobRequest(
+            model=str(tiny),
+            training_file=service.upload_file(data["train"]).id,
+            n_epochs=50,
+        )
+    )
+    wait_for(lambda: any(e.type == "metrics" for e in service.list_events(job.id, limit=50)))
+    pid = service.store.job_runtime(job.id)["pid"]
+    result = convtune("jobs", "cancel", job.id, "--yes")
+    assert result.returncode == 0, result.stderr
+    job = service.get_job(job.id)
+    assert job.status == "cancelled" and job.finished_at
+    wait_for(
+        lambda: (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+        )
+    )
+    assert convtune("jobs", "cancel", job.id, "--yes").returncode == 1  # already cancelled
+
+
+def test_killed_worker_fails_then_resumes_from_checkpoint(tiny, data, isolated_home):
+    service = LocalService()
+    job = service.create_job(
+        JobRequest(
+            model=str(tiny),
+            training_file=service.upload_file(data["train"]).id,
+            n_epochs=4,
+            batch_size=4,
+        )
+    )
+    wait_for(lambda: service.list_checkpoints(job.id))
+    pid = service.store.job_runtime(job.id)["pid"]
+    os.killpg(pid, signal.SIGKILL)
+    failed = wait_for(lambda: (j := service.get_job(job.id)).status == "failed" and j)
+    assert "stopped unexpectedly" in failed.error.message
+    step = service.list_checkpoints(job.id)[0].step_number
+    resumed = convtune("jobs", "resume", job.id)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"from checkpoint at step {step}" in resumed.stdout
+    assert service.get_job(job.id).status == "succeeded"
+
+
+def test_ctrl_c_detaches_and_the_job_goes_on(tiny, data, isolated_home):
+    service = LocalService()
+    job = service.create_job(
+        JobRequest(
+            model=str(tiny),
+            training_file=service.upload_file(data["train"]).id,
+            n_epochs=6,
+        )
+    )
+    follower = subprocess.Popen([CONVTUNE, "follow", job.id], stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: any(e.type == "metrics" for e in service.list_events(job.id, limit=50)))
+    follower.send_signal(signal.SIGINT)
+    out, _ = follower.communicate(timeout=30)
+    assert "Detached" in out and f"convtune follow {job.id}" in out
+    assert follower.returncode == 0
+    assert service.get_job(job.id).status in ("running", "succeeded")
+    wait_for(lambda: service.get_job(job.id).done, timeout=300)
+    assert service.get_job(job.id).status == "succeeded"
+
+
+def test_legacy_data_trains_and_chat_speaks_its_protocol(tiny, data, isolated_home):
+    service = LocalService()
+    job = service.create_job(
+        JobRequest(
+            model=str(tiny),
+            training_file=service.upload_file(data["legacy"]).id,
+            n_epochs=1,
+        )
+    )
+    done = wait_for(lambda: (j := service.get_job(job.id)).done and j, timeout=300)
+    assert done.status == "succeeded", done.error
+    record = service.get_model(done.fine_tuned_model)
+    assert record["format"] == "prompt-completion" and record["actors"] == ("Human", "AI")
+    from convtune.local.chat import LocalChat
+
+    chat = LocalChat.load(service, done.fine_tuned_model)
+    prompt, stops = chat.prompt(
+        [
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi"},
+            {"role": "user", "content": "Bye"},
+        ]
+    )
+    assert prompt == "Human: Hello\nAI: Hi\nHuman: Bye\nAI:" and stops == ["\nHuman:"]
+    reply = "".join(
+        chat.reply(
+            ChatRequest(
+                done.fine_tuned_model,
+                [{"role": "user", "content": "Hello"}],
+                max_tokens=20,
+                temperature=0,
+            )
+        )
+    )
+    assert "\nHuman:" not in reply
