@@ -62,7 +62,7 @@ def main() -> None:
             model="SmolLM2-135M-Instruct",
             training_file=service.upload_file(train).id,
             validation_file=service.upload_file(valid).id,
-            n_epochs=5,
+            n_epochs=3,
             batch_size=4,
             suffix="nimbus",
             seed=0,
