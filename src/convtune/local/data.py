@@ -235,18 +235,10 @@ def _chat_spans(
     try:
         text = render(messages)
         spans = []
-        for i, message in enumerate(messages):
+        for i in range(len(messages)):
             if not trained[i]:
                 continue
-            span = None
-            if i > 0:  # the turn starts where the prompt (with the generation prompt) ends
-                prompt, through = render(messages[:i], True), render(messages[: i + 1])
-                if (
-                    len(prompt) < len(through)
-                    and text.startswith(through)
-                    and through.startswith(prompt)
-                ):
-                    span = _reply_in(text, message["content"], len(prompt), len(through))
+            span = _turn(text, messages, i, render) if i > 0 else None
             if span is None:
                 span = _search(text, messages, i)
             if span is None:
@@ -263,6 +255,18 @@ def _chat_spans(
             f"the model's chat template rejects this conversation: {exc}", line=line
         ) from exc
     return text, spans
+
+
+def _turn(text: str, messages: list[dict], i: int, render: Any) -> Span | None:
+    """Message i's reply, its turn starting where the conversation before it ends (rendered
+    with the generation prompt); None when that rendering is no prefix of the whole text."""
+    try:
+        prompt, through = render(messages[:i], True), render(messages[: i + 1])
+    except Exception:  # a template that refuses a partial conversation: search instead
+        return None
+    if len(prompt) < len(through) and text.startswith(through) and through.startswith(prompt):
+        return _reply_in(text, messages[i]["content"], len(prompt), len(through))
+    return None
 
 
 def _reply_in(text: str, content: str, start: int, end: int) -> Span:
