@@ -93,7 +93,7 @@ def main() -> None:
     console.rule("where everything is")
     console.print(f"datasets:         {train}\n                  {valid}")
     console.print(f"data directory:   {service.home}  (CONVTUNE_HOME)")
-    model = service.get_model(finished.fine_tuned_model)
+    model = service.model_record(finished.fine_tuned_model)
     console.print(f"fine-tuned model: {model['path']}  (merged, loads with transformers)")
     console.print(f"LoRA adapter:     {model['adapter_path']}")
     console.print(f"\nChat with it:     convtune chat {finished.fine_tuned_model}")

@@ -120,7 +120,7 @@ def test_train_detach_follow_chat_delete(tiny, data, isolated_home):
     chat = convtune("chat", model_id, "--message", "Hello", "--max-tokens", "5")
     assert chat.returncode == 0, chat.stderr
 
-    folder = Path(service.get_model(model_id)["path"]).parent
+    folder = Path(service.model_record(model_id)["path"]).parent
     assert (folder / "merged" / "config.json").exists() and (folder / "adapter").exists()
     assert convtune("models", "delete", model_id, "--yes").returncode == 0
     assert not folder.exists()
@@ -215,7 +215,7 @@ def test_legacy_data_trains_and_chat_speaks_its_protocol(tiny, data, isolated_ho
     )
     done = wait_for(lambda: (j := service.get_job(job.id)).done and j, timeout=300)
     assert done.status == "succeeded", done.error
-    record = service.get_model(done.fine_tuned_model)
+    record = service.model_record(done.fine_tuned_model)
     assert record["format"] == "prompt-completion" and record["actors"] == ("Human", "AI")
     from convtune.local.chat import LocalChat
 

@@ -10,8 +10,11 @@ import click
 from ..errors import ConvtuneError
 from .chat_cmd import chat
 from .check_cmd import check
+from .files_cmd import files
 from .jobs_cmd import jobs, models
+from .plot_cmd import plot
 from .prepare_cmd import prepare
+from .serve_cmd import serve
 from .train_cmd import follow, train
 
 EXAMPLES = """
@@ -30,7 +33,7 @@ def cli() -> None:
     """From conversation spreadsheets to checked fine-tuning datasets and fine-tuned chat models."""
 
 
-for command in (prepare, check, train, follow, jobs, models, chat):
+for command in (prepare, check, train, follow, jobs, models, files, chat, plot, serve):
     cli.add_command(command)
 
 

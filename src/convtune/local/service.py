@@ -275,7 +275,12 @@ class LocalService:
     def list_models(self) -> list[ModelObject]:
         return self.store.list_models()
 
-    def get_model(self, model_id: str) -> dict:
+    def get_model(self, model_id: str) -> ModelObject:
+        record = self.model_record(model_id)
+        return ModelObject(model_id, record["created"], record.get("owned_by") or "convtune")
+
+    def model_record(self, model_id: str) -> dict:
+        """The store's row of a fine-tuned model: where its weights are, its format, actors."""
         model = self.store.get_model(model_id)
         if model is None:
             raise NotFound(
@@ -285,7 +290,7 @@ class LocalService:
 
     def delete_model(self, model_id: str) -> None:
         """Remove a fine-tuned model from the database and its files from disk."""
-        model = self.get_model(model_id)
+        model = self.model_record(model_id)
         self.store.delete_model(model_id)
         self._chat_models.pop(model_id, None)
         folder = Path(model["path"]).parent
