@@ -3,17 +3,74 @@
 Chat-format models answer through their chat template and stop at its end-of-turn token. Models
 trained on legacy prompt/completion data speak the same `Human:`/`AI:` protocol they learned:
 the history written as the prompt was, and generation stops at the stop separator.
+
+A loaded model serves many callers (`convtune serve` takes hundreds of requests at once): each
+reply generates in its own thread, but one model generates one reply at a time (a lock per
+model), which keeps a seeded reply reproducible and two cores from thrashing between replies.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConvtuneError
 from ..service import ChatRequest
+
+
+class Reply(Iterator[str]):
+    """A reply as it is generated: iterate for its pieces; once they are exhausted,
+    `completion_tokens` and `finish_reason` ("stop" or "length", as OpenAI says it) are set.
+
+    `prompt_tokens` is known from the start. `close()` ends generation early (a client that
+    went away); it waits for the generating thread, so call it from a thread that may block.
+    """
+
+    def __init__(self, prompt_tokens: int, max_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.error: BaseException | None = None
+        self.ended_with_eos = False
+        self.hit_stop = False
+        self.done = threading.Event()  # set when the reader stops: generation stops too
+        self._thread: threading.Thread | None = None
+        self._pieces: Iterator[str] = iter(())
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self.done.set()
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self, pieces: Iterator[str]) -> Iterator[str]:
+        """Yield the pieces; however the reader stops, end generation and wait for its thread.
+
+        A process must not exit while torch still runs in another thread ("terminate called").
+        """
+        try:
+            yield from pieces
+        finally:
+            self.done.set()
+            if self._thread is not None:
+                self._thread.join()
+        if self.error is not None:
+            raise ConvtuneError(f"generation failed: {_brief(self.error)}") from self.error
+        if self.hit_stop or self.ended_with_eos:
+            self.finish_reason = "stop"
+        elif self.completion_tokens >= self.max_tokens:
+            self.finish_reason = "length"
+        else:
+            self.finish_reason = "stop"
 
 
 @dataclass
@@ -22,6 +79,7 @@ class LocalChat:
     tokenizer: Any
     format: str = "chat"
     actors: tuple[str, str] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def load(cls, service, model_id: str) -> LocalChat:
@@ -59,15 +117,20 @@ class LocalChat:
         )
         return text, []
 
-    def reply(self, request: ChatRequest) -> Iterator[str]:
+    def reply(self, request: ChatRequest) -> Reply:
+        """Start generating the reply in a thread; the `Reply` yields it piece by piece.
+
+        `request.stop` (if the request has it: the server's requests do) adds stop strings to
+        the model's own; like OpenAI, the reply ends before the first one and does not show it.
+        """
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         text, stops = self.prompt(request.messages)
+        stops = [*stops, *(s for s in (getattr(request, "stop", None) or []) if s)]
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        reply = Reply(int(inputs["input_ids"].shape[1]), request.max_tokens)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        if request.seed is not None:
-            torch.manual_seed(request.seed)
         kwargs: dict[str, Any] = dict(
             **inputs,
             max_new_tokens=request.max_tokens,
@@ -80,43 +143,57 @@ class LocalChat:
             kwargs.update(do_sample=False)
         if stops:
             kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
-        done = threading.Event()  # set when the reader stops: generation stops too
+        done = reply.done
 
         class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kw) -> bool:
-                return done.is_set()
+            def __call__(self, input_ids, scores, **kw) -> torch.Tensor:
+                return torch.full((input_ids.shape[0],), done.is_set(), dtype=torch.bool)
 
         kwargs["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
-        thread = threading.Thread(target=self._generate, args=(kwargs,), daemon=True)
-        thread.start()
-        return _joined(
-            _until_stop(streamer, stops, strip_first=self.format == "prompt-completion"),
-            done,
-            thread,
+        reply._thread = threading.Thread(
+            target=self._generate, args=(kwargs, request.seed, reply, streamer), daemon=True
         )
+        reply._thread.start()
 
-    def _generate(self, kwargs: dict) -> None:
+        def stopped() -> None:
+            reply.hit_stop = True
+
+        strip_first = self.format == "prompt-completion"
+        reply._pieces = reply._run(
+            _until_stop(streamer, stops, strip_first=strip_first, on_stop=stopped)
+        )
+        return reply
+
+    def _generate(self, kwargs: dict, seed: int | None, reply: Reply, streamer: Any) -> None:
         import torch
 
-        with torch.inference_mode():
-            self.model.generate(**kwargs)
+        try:
+            with self._lock:  # one reply at a time on this model
+                if reply.done.is_set():  # the reader left while this reply waited its turn
+                    streamer.end()
+                    return
+                if seed is not None:
+                    torch.manual_seed(seed)
+                with torch.inference_mode():
+                    output = self.model.generate(**kwargs)
+            new = output[0, reply.prompt_tokens :]
+            reply.completion_tokens = int(new.shape[0])
+            reply.ended_with_eos = bool(new.numel()) and int(new[-1]) in self._eos_ids()
+        except Exception as exc:  # the reader must not wait forever for the streamer's end
+            reply.error = exc
+            streamer.end()
+
+    def _eos_ids(self) -> set[int]:
+        ids = getattr(self.model.generation_config, "eos_token_id", None)
+        found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            found.add(self.tokenizer.eos_token_id)
+        return found
 
 
-def _joined(
-    pieces: Iterator[str], done: threading.Event, thread: threading.Thread
+def _until_stop(
+    pieces: Iterator[str], stops: list[str], *, strip_first: bool, on_stop=lambda: None
 ) -> Iterator[str]:
-    """Yield the pieces; however the reader stops, end generation and wait for its thread.
-
-    A process must not exit while torch still runs in another thread ("terminate called").
-    """
-    try:
-        yield from pieces
-    finally:
-        done.set()
-        thread.join()
-
-
-def _until_stop(pieces: Iterator[str], stops: list[str], *, strip_first: bool) -> Iterator[str]:
     """Pass pieces through, holding back what might be the start of a stop string."""
     held = ""
     first = strip_first
@@ -127,6 +204,7 @@ def _until_stop(pieces: Iterator[str], stops: list[str], *, strip_first: bool) -
             first = not held
         cut = min((held.find(s) for s in stops if s in held), default=-1)
         if cut >= 0:
+            on_stop()
             if held[:cut]:
                 yield held[:cut]
             return
@@ -137,3 +215,8 @@ def _until_stop(pieces: Iterator[str], stops: list[str], *, strip_first: bool) -
                 yield out
     if held:
         yield held
+
+
+def _brief(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

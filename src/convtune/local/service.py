@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import ConvtuneError, OptionError
@@ -42,10 +42,17 @@ def database_path(home: Path | None = None) -> Path:
 
 
 class LocalService:
-    """The local implementation of `FineTuningService`."""
+    """The local implementation of `FineTuningService`.
 
-    def __init__(self, home: Path | None = None) -> None:
+    `max_running` caps how many jobs train at once (`convtune serve --concurrency`): more jobs
+    wait in line as `queued`, oldest first. None, as the CLI has it, runs every job at once.
+    """
+
+    def __init__(self, home: Path | None = None, *, max_running: int | None = None) -> None:
+        if max_running is not None and max_running < 1:
+            raise OptionError("the number of jobs running at once must be 1 or more")
         self.home = home or data_dir()
+        self.max_running = max_running
         self.store = Store(database_path(self.home))
         self._children: dict[str, subprocess.Popen] = {}
         self._chat_models: dict[str, object] = {}
@@ -55,26 +62,45 @@ class LocalService:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def upload_file(self, path: Path, purpose: str = "fine-tune") -> FileObject:
-        """Copy a JSONL file into the data directory; an identical earlier upload is reused."""
+    def upload_file(
+        self,
+        path: Path,
+        purpose: str = "fine-tune",
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        filename: str | None = None,
+    ) -> FileObject:
+        """Copy a JSONL file into the data directory; an identical earlier upload is reused.
+
+        `filename` names the file as the uploader called it (the server receives uploads into
+        temporary files); by default the path's own name.
+        """
         path = Path(path)
         if purpose not in PURPOSES:
             raise OptionError(f"unknown purpose {purpose!r}; use fine-tune")
         if not path.is_file():
             raise ConvtuneError("no such file", path=path)
+        name = filename or path.name
+        total = path.stat().st_size
         digest = _sha256(path)
-        existing = self.store.find_file(digest, path.name, purpose)
+        existing = self.store.find_file(digest, name, purpose)
         if existing is not None:
+            if progress is not None:
+                progress(total, total)
             return existing
         file_id = new_id("file-")
         target = self.home / "files" / f"{file_id}.jsonl"
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
-        shutil.copyfile(path, tmp)
+        done = 0
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
         os.replace(tmp, target)
-        return self.store.add_file(
-            path.name, target.stat().st_size, purpose, target, digest, file_id
-        )
+        return self.store.add_file(name, target.stat().st_size, purpose, target, digest, file_id)
 
     def file_path(self, file_id: str) -> Path:
         found = self.store.get_file(file_id)
@@ -96,13 +122,20 @@ class LocalService:
         self.store.delete_file(file_id)
         path.unlink(missing_ok=True)
 
+    def file_content(self, file_id: str) -> bytes:
+        return self.file_path(file_id).read_bytes()
+
     # -- jobs ----------------------------------------------------------------------------------
 
     def create_job(self, request: JobRequest) -> Job:
         """Record the job and start its worker; validation happens there, before any model load."""
-        from .models import resolve_base_model
+        from .models import BaseModelRef, resolve_base_model
 
-        base = resolve_base_model(request.model)
+        tuned = self.store.get_model(request.model)
+        if tuned is not None:  # train further on a fine-tuned model, as OpenAI allows
+            base = BaseModelRef(tuned["base"], "folder", tuned["path"])
+        else:
+            base = resolve_base_model(request.model)
         for file_id in filter(None, (request.training_file, request.validation_file)):
             self.file_path(file_id)  # NotFound early, with the id
         if request.suffix is not None and not SUFFIX.match(request.suffix):
@@ -111,7 +144,7 @@ class LocalService:
         job = Job(
             id=new_id("ftjob-"),
             created_at=now(),
-            model=base.name,
+            model=request.model if tuned is not None else base.name,
             training_file=request.training_file,
             validation_file=request.validation_file,
             hyperparameters=request.hyperparameters,
@@ -127,6 +160,9 @@ class LocalService:
         return self.get_job(job.id)
 
     def _start(self, job_id: str, options: dict, *, resume: bool = False) -> None:
+        if self.max_running is not None and options.get("max_running") != self.max_running:
+            options = {**options, "max_running": self.max_running}
+            self.store.update_job(job_id, options=options)
         folder = self.job_dir(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         nproc = int(options.get("nproc_per_node") or 1)
@@ -153,7 +189,7 @@ class LocalService:
                 env=env,
             )
         self._children[job_id] = child
-        self.store.update_job(job_id, pid=child.pid, cancel_requested=0)
+        self.store.update_job(job_id, pid=child.pid, cancel_requested=0, pause_requested=0)
 
     def job_dir(self, job_id: str) -> Path:
         return self.home / "jobs" / job_id
@@ -178,17 +214,7 @@ class LocalService:
         if job.done:
             raise Conflict(f"job {job_id} is already {job.status}")
         self.store.update_job(job_id, cancel_requested=1)
-        pid = self.store.job_runtime(job_id).get("pid")
-        if pid and self._worker_alive(job_id):
-            with _suppress():
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and self._worker_alive(job_id):
-                time.sleep(0.1)
-            if self._worker_alive(job_id):
-                with _suppress():
-                    os.killpg(pid, signal.SIGKILL)
-                self._wait(job_id)
+        self._stop_worker(job_id, grace)
         self.store.set_status(
             job_id,
             "cancelled",
@@ -198,11 +224,44 @@ class LocalService:
         )
         return self.get_job(job_id)
 
-    def resume_job(self, job_id: str) -> Job:
-        """Continue a failed or cancelled job from its last checkpoint (or from the start)."""
+    def pause_job(self, job_id: str, *, grace: float = 60.0) -> Job:
+        """Stop a running job after its current step, keeping its place in a checkpoint.
+
+        The worker saves the checkpoint and marks the job `paused`; one that does not stop
+        within `grace` is killed and resumes from its last epoch's checkpoint instead.
+        """
         job = self.get_job(job_id)
-        if job.status not in ("failed", "cancelled"):
-            raise Conflict(f"job {job_id} is {job.status}; only failed or cancelled jobs resume")
+        if job.status != "running":
+            raise Conflict(f"job {job_id} is {job.status}; only running jobs pause")
+        self.store.update_job(job_id, pause_requested=1)
+        self._stop_worker(job_id, grace)
+        self.store.set_status(
+            job_id, "paused", unless=(*TERMINAL, "paused"), event="Fine-tuning job paused"
+        )
+        return self.get_job(job_id)
+
+    def _stop_worker(self, job_id: str, grace: float) -> None:
+        """SIGTERM (the worker stops after its current step), SIGKILL after `grace` seconds."""
+        pid = self.store.job_runtime(job_id).get("pid")
+        if not (pid and self._worker_alive(job_id)):
+            return
+        with _suppress():
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self._worker_alive(job_id):
+            time.sleep(0.1)
+        if self._worker_alive(job_id):
+            with _suppress():
+                os.killpg(pid, signal.SIGKILL)
+            self._wait(job_id)
+
+    def resume_job(self, job_id: str) -> Job:
+        """Continue a paused, failed or cancelled job from its last checkpoint (or the start)."""
+        job = self.get_job(job_id)
+        if job.status not in ("paused", "failed", "cancelled"):
+            raise Conflict(
+                f"job {job_id} is {job.status}; only paused, failed or cancelled jobs resume"
+            )
         checkpoints = self.store.list_checkpoints(job_id)
         where = (
             f"checkpoint at step {checkpoints[0][0].step_number}" if checkpoints else "the start"
@@ -231,6 +290,44 @@ class LocalService:
         self.get_job(job_id)
         return [c for c, _, _ in self.store.list_checkpoints(job_id)]
 
+    def recover(self, *, resume_running: bool = True) -> list[tuple[str, str]]:
+        """After a restart: start again the jobs whose worker is gone; (job id, what was done).
+
+        Workers run in their own sessions and usually outlive a server restart; this is for a
+        machine restart or a killed worker. Jobs still waiting (`validating_files`, `queued`)
+        start over; running ones resume from their last checkpoint (or, with
+        `resume_running=False`, are marked failed with the reason).
+        """
+        done: list[tuple[str, str]] = []
+        for job_id in self.store.job_ids_with_status(ACTIVE):
+            if self._worker_alive(job_id):
+                continue
+            job = self.store.get_job(job_id)
+            assert job is not None
+            options = self.store.job_runtime(job_id)["options"]
+            if job.status in ("validating_files", "queued"):
+                self.store.set_status(
+                    job_id, "queued", event="Restarting the job: its worker had stopped"
+                )
+                self._start(job_id, options)
+                done.append((job_id, "restarted"))
+            elif resume_running:
+                checkpoints = self.store.list_checkpoints(job_id)
+                where = (
+                    f"checkpoint at step {checkpoints[0][0].step_number}"
+                    if checkpoints
+                    else "the start"
+                )
+                self.store.set_status(
+                    job_id, "queued", event=f"Its worker had stopped: resuming from {where}"
+                )
+                self._start(job_id, options, resume=True)
+                done.append((job_id, "resumed"))
+            else:
+                self._mark_crashed(job_id)
+                done.append((job_id, "failed"))
+        return done
+
     # -- worker liveness -----------------------------------------------------------------------
 
     def _wait(self, job_id: str) -> None:
@@ -244,7 +341,7 @@ class LocalService:
         if child is not None:
             return child.poll() is None
         pid = self.store.job_runtime(job_id).get("pid")
-        return bool(pid) and _process_alive(pid, job_id)
+        return bool(pid) and process_alive(pid, job_id)
 
     def _mark_crashed(self, job_id: str) -> Job:
         # The worker writes its final status before exiting; re-read in case it just did.
@@ -289,8 +386,18 @@ class LocalService:
         return model
 
     def delete_model(self, model_id: str) -> None:
-        """Remove a fine-tuned model from the database and its files from disk."""
+        """Remove a fine-tuned model from the database and its files from disk.
+
+        Refused (`Conflict`) while a job that has not ended trains on top of it.
+        """
         model = self.model_record(model_id)
+        users = [
+            j
+            for j in self.store.job_ids_with_status((*ACTIVE, "paused"))
+            if (found := self.store.get_job(j)) is not None and found.model == model_id
+        ]
+        if users:
+            raise Conflict(f"model {model_id} is in use by job {users[0]}; cancel it first")
         self.store.delete_model(model_id)
         self._chat_models.pop(model_id, None)
         folder = Path(model["path"]).parent
@@ -333,7 +440,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _process_alive(pid: int, job_id: str) -> bool:
+def process_alive(pid: int, job_id: str) -> bool:
     """True if `pid` runs this job's worker (not a zombie, not a recycled pid)."""
     proc = Path(f"/proc/{pid}")
     if proc.exists():

@@ -12,7 +12,7 @@ import secrets
 import sqlite3
 import string
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,12 @@ MIGRATIONS: list[tuple[str, str]] = [
             base TEXT NOT NULL, job_id TEXT, path TEXT NOT NULL, adapter_path TEXT,
             format TEXT NOT NULL DEFAULT 'chat', actors TEXT
         );
+        """,
+    ),
+    (
+        "m002_pause",
+        """
+        ALTER TABLE jobs ADD COLUMN pause_requested INTEGER NOT NULL DEFAULT 0
         """,
     ),
 ]
@@ -179,9 +185,10 @@ class Store:
         return _job(row) if row else None
 
     def job_runtime(self, job_id: str) -> dict[str, Any]:
-        """What only the local backend needs: options, worker pid, cancel flag."""
+        """What only the local backend needs: options, worker pid, cancel and pause flags."""
         row = self.db.execute(
-            "SELECT options, pid, cancel_requested FROM jobs WHERE id = ?", (job_id,)
+            "SELECT options, pid, cancel_requested, pause_requested FROM jobs WHERE id = ?",
+            (job_id,),
         ).fetchone()
         if row is None:
             return {}
@@ -189,7 +196,44 @@ class Store:
             "options": json.loads(row["options"]),
             "pid": row["pid"],
             "cancel_requested": bool(row["cancel_requested"]),
+            "pause_requested": bool(row["pause_requested"]),
         }
+
+    def job_ids_with_status(self, statuses: tuple[str, ...]) -> list[str]:
+        """Oldest first: the order in which waiting jobs get a free slot."""
+        marks = ",".join("?" * len(statuses))
+        rows = self.db.execute(
+            f"SELECT id FROM jobs WHERE status IN ({marks}) ORDER BY rowid", statuses
+        )
+        return [r["id"] for r in rows]
+
+    def claim_slot(
+        self, job_id: str, max_running: int, alive: Callable[[int, str], bool]
+    ) -> str:
+        """Move a queued job to running if fewer than `max_running` jobs run and none waits
+        longer; 'running', 'wait', or 'gone' (the job is no longer queued: cancelled...).
+
+        One transaction, so two workers that ask at once never both take the last slot. Jobs
+        whose worker is dead (`alive(pid, job_id)` false) neither hold a slot nor hold up the line.
+        """
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT id, status, pid FROM jobs"
+                " WHERE status IN ('validating_files', 'queued', 'running') ORDER BY rowid"
+            ).fetchall()
+            mine = next((r for r in rows if r["id"] == job_id), None)
+            if mine is None or mine["status"] != "queued":
+                return "gone"
+            live = [r for r in rows if r["pid"] and alive(r["pid"], r["id"])]
+            running = sum(1 for r in live if r["status"] == "running")
+            # in line: every older job not yet running, still validating included (first come,
+            # first served, however long each one's validation takes)
+            ahead = [r["id"] for r in live if r["status"] != "running"]
+            free = max_running - running
+            if free <= 0 or job_id not in ahead[:free]:
+                return "wait"
+            self.update_job(job_id, status="running")
+            return "running"
 
     def list_jobs(
         self, *, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None

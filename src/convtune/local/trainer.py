@@ -197,6 +197,7 @@ def train(
     on_epoch_end: Callable[..., None] = lambda epoch, step: None,
     should_stop: Callable[[], bool] = lambda: False,
     resume: Path | None = None,
+    on_stop: Callable[[int, Callable[[Path], Path]], None] | None = None,
 ) -> TrainResult:
     """Fine-tune `model` on `train`; metrics after every step, validation now and then.
 
@@ -204,7 +205,8 @@ def train(
     callback with a third parameter gets ``save(folder)``, which writes a checkpoint there.
     `resume` is a checkpoint folder: the run continues from it exactly. Under torchrun only rank
     0 calls `on_metrics` and `on_epoch_end`; `should_stop` is asked on every rank and any rank
-    stopping stops all of them after the current step.
+    stopping stops all of them after the current step; then rank 0 calls ``on_stop(step, save)``
+    (a pause keeps its place in a checkpoint there).
     """
     if not train:
         raise ConvtuneError("no training examples")
@@ -218,7 +220,7 @@ def train(
             torch.manual_seed(config.seed)  # the adapters' initial weights, equal on every rank
             model = _prepare(model, config, device, precision)
             return _Run(model, train, valid, config, dist, device, precision).run(
-                on_metrics, on_epoch_end, should_stop, resume
+                on_metrics, on_epoch_end, should_stop, resume, on_stop
             )
     finally:
         _restore(model)
@@ -260,7 +262,7 @@ class _Run:
         )
         self.valid_cursor = 0
 
-    def run(self, on_metrics, on_epoch_end, should_stop, resume) -> TrainResult:
+    def run(self, on_metrics, on_epoch_end, should_stop, resume, on_stop=None) -> TrainResult:
         config, dist = self.config, self.dist
         step = 0
         if resume is not None:
@@ -313,6 +315,8 @@ class _Run:
                     self._epoch_end(on_epoch_end, wants_save, step)
             if step < self.total_steps and dist.sum([1.0 if should_stop() else 0.0])[0]:
                 stopped = True
+                if on_stop is not None and dist.rank == 0:
+                    on_stop(step, self._saver(step))
                 break
         return TrainResult(
             model=self.model,
@@ -336,17 +340,22 @@ class _Run:
             on_epoch_end(epoch, step)
             return
 
+        on_epoch_end(epoch, step, self._saver(step))
+
+    def _saver(self, step: int) -> Callable[[Path], Path]:
+        """`save(folder)`: a checkpoint of the run as it is after `step`."""
+
         def save(folder: Path) -> Path:
             return save_checkpoint(
                 self.model,
                 self.optimizer,
                 folder,
                 step=step,
-                epoch=epoch,
+                epoch=step // self.steps_per_epoch,
                 identity=self._identity(),
             )
 
-        on_epoch_end(epoch, step, save)
+        return save
 
     def _identity(self) -> dict:
         """What a checkpoint must match to be resumed by this run."""

@@ -27,10 +27,17 @@ from .service import database_path
 from .store import Store, now
 
 BASE_LEARNING_RATE = {True: 2e-4, False: 2e-5}  # LoRA, full fine-tune
+CHECKPOINT_METRICS = (
+    "step",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+)
 
 
 class Stop(Exception):
-    """The job was cancelled: leave quietly, the status is written by whoever cancelled."""
+    """The job was cancelled or paused: leave quietly (a pause has saved its checkpoint)."""
 
 
 def auto_batch_size(n_examples: int) -> int:
@@ -65,11 +72,38 @@ class JobRun:
             raise Stop()
 
     def cancelled(self) -> bool:
+        """True once a cancel or a pause was asked for (a flag in the store, or SIGTERM)."""
         if self.stopping:
             return True
-        if self.rank == 0 and self.store.job_runtime(self.job_id).get("cancel_requested"):
-            self.stopping = True
+        if self.rank == 0:
+            runtime = self.store.job_runtime(self.job_id)
+            if runtime.get("cancel_requested") or runtime.get("pause_requested"):
+                self.stopping = True
         return self.stopping
+
+    def pausing(self) -> bool:
+        return self.rank == 0 and bool(self.store.job_runtime(self.job_id).get("pause_requested"))
+
+    def wait_for_slot(self) -> None:
+        """Run now, or wait in line while `max_running` jobs already run (`convtune serve
+        --concurrency`). Waiting happens before torch is imported: a queued job costs little."""
+        from .service import process_alive
+
+        limit = self.options.get("max_running")
+        if self.rank != 0 or not limit:
+            self.status("running")
+            return
+        told = False
+        while True:
+            claim = self.store.claim_slot(self.job_id, int(limit), process_alive)
+            if claim == "running":
+                return
+            if claim == "gone" or self.cancelled():
+                raise Stop()
+            if not told:
+                self.event(f"Waiting for a free slot ({limit} job(s) run at once)")
+                told = True
+            time.sleep(1.0)
 
     def fail(self, code: str, message: str, param: str | None = None) -> None:
         if self.rank != 0:
@@ -108,7 +142,7 @@ class JobRun:
                 )
         self.event("Files validated, moving job to queued state")
         self.status("queued")
-        self.status("running")
+        self.wait_for_slot()
         self.event("Fine-tuning job started")
         self.train(train_path, valid_path)
 
@@ -202,21 +236,24 @@ class JobRun:
                 return
             folder = self.folder / "checkpoints" / f"step-{step}"
             save(folder)
-            metrics = {
-                k: v
-                for k, v in (rows[-1] if rows else {}).items()
-                if k
-                in (
-                    "step",
-                    "train_loss",
-                    "train_mean_token_accuracy",
-                    "valid_loss",
-                    "valid_mean_token_accuracy",
-                )
-            }
+            metrics = {k: v for k, v in (rows[-1] if rows else {}).items() if k in CHECKPOINT_METRICS}
             name = f"{self.model_id()}:ckpt-step-{step}"
             self.store.add_checkpoint(self.job_id, step, epoch, metrics, name, folder)
             self.event(f"Checkpoint created at step {step} (epoch {epoch})")
+
+        def on_stop(step: int, save) -> None:
+            """A pause keeps its place: a checkpoint at this step (unless one is there)."""
+            if not self.pausing():
+                return
+            if any(c.step_number == step for c, _, _ in self.store.list_checkpoints(self.job_id)):
+                return
+            folder = self.folder / "checkpoints" / f"step-{step}"
+            save(folder)
+            metrics = {k: v for k, v in (rows[-1] if rows else {}).items() if k in CHECKPOINT_METRICS}
+            name = f"{self.model_id()}:ckpt-step-{step}"
+            epoch = step // max(1, -(-n // batch_size))
+            self.store.add_checkpoint(self.job_id, step, epoch, metrics, name, folder)
+            self.event(f"Checkpoint created at step {step} (paused)")
 
         result = train(
             model,
@@ -228,6 +265,7 @@ class JobRun:
             on_epoch_end=on_epoch_end,
             should_stop=self.cancelled,
             resume=resume_from,
+            on_stop=on_stop,
         )
         if self.cancelled() or getattr(result, "stopped", False):
             raise Stop()
@@ -330,7 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run.run()
     except Stop:
-        if run.rank == 0:
+        if run.rank == 0 and run.pausing():
+            run.store.set_status(
+                job_id, "paused", unless=(*TERMINAL, "paused"), event="Fine-tuning job paused"
+            )
+        elif run.rank == 0:
             run.store.set_status(
                 job_id,
                 "cancelled",

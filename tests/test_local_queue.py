@@ -1,0 +1,136 @@
+"""The local service as a server runs it: a line of queued jobs, pause and resume, recovery after
+a restart, files read back, models in use. Real worker processes on the tiny model.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from convtune.local.service import Conflict, LocalService, process_alive
+from convtune.service import JobRequest
+
+from .test_local_jobs import data, tiny, wait_for  # noqa: F401  (module fixtures)
+
+
+def _events(service: LocalService, job_id: str) -> list[tuple[int, str]]:
+    return [(seq, e.message) for seq, e in service.events_since(job_id)]
+
+
+def _seq(events: list[tuple[int, str]], text: str) -> int:
+    return next(seq for seq, message in events if text in message)
+
+
+def test_upload_reports_progress_and_reads_back(data):  # noqa: F811
+    service = LocalService()
+    seen: list[tuple[int, int]] = []
+    uploaded = service.upload_file(data["train"], progress=lambda done, total: seen.append((done, total)))
+    size = data["train"].stat().st_size
+    assert seen[-1] == (size, size) and uploaded.bytes == size
+    assert service.file_content(uploaded.id) == data["train"].read_bytes()
+    again = service.upload_file(data["train"], progress=lambda d, t: seen.append((d, t)))
+    assert again.id == uploaded.id and seen[-1] == (size, size)  # reused, still reported done
+
+
+def test_jobs_wait_in_line_for_a_free_slot(tiny, data):  # noqa: F811
+    service = LocalService(max_running=1)
+    training_file = service.upload_file(data["train"]).id
+    first = service.create_job(JobRequest(model=str(tiny), training_file=training_file, n_epochs=2))
+    second = service.create_job(JobRequest(model=str(tiny), training_file=training_file, n_epochs=1))
+    wait_for(lambda: any("Waiting for a free slot" in m for _, m in _events(service, second.id)))
+    assert service.get_job(second.id).status == "queued"
+    done = [wait_for(lambda j=j: (f := service.get_job(j.id)).done and f, 300) for j in (first, second)]
+    assert [j.status for j in done] == ["succeeded", "succeeded"]
+    # the second started only once the first had finished: one job at a time
+    finished = _seq(_events(service, first.id), "successfully completed")
+    started = _seq(_events(service, second.id), "Fine-tuning job started")
+    assert started > finished
+
+
+def test_pause_keeps_its_place_and_resume_finishes(tiny, data):  # noqa: F811
+    service = LocalService()
+    job = service.create_job(
+        JobRequest(
+            model=str(tiny),
+            training_file=service.upload_file(data["train"]).id,
+            n_epochs=3,
+            batch_size=2,
+        )
+    )
+    wait_for(lambda: any(e.type == "metrics" for e in service.list_events(job.id, limit=50)))
+    paused = service.pause_job(job.id)
+    assert paused.status == "paused" and not paused.done
+    [checkpoint, *_] = service.list_checkpoints(job.id)
+    steps = [e.data["step"] for e in service.list_events(job.id, limit=500) if e.type == "metrics"]
+    assert checkpoint.step_number == max(steps)  # saved where it stopped, not at an epoch end
+    assert service.get_job(job.id).status == "paused"  # no worker, yet not taken for crashed
+    with pytest.raises(Conflict):
+        service.pause_job(job.id)
+
+    resumed = service.resume_job(job.id)
+    assert resumed.status in ("queued", "validating_files", "running")
+    done = wait_for(lambda: (j := service.get_job(job.id)).done and j, 300)
+    assert done.status == "succeeded", done.error
+    messages = [m for _, m in _events(service, job.id)]
+    assert f"resuming from step {checkpoint.step_number}" in " ".join(messages)
+    after = [
+        e.data["step"]
+        for e in service.list_events(job.id, limit=500)
+        if e.type == "metrics" and e.data["step"] > checkpoint.step_number
+    ]
+    assert min(after) == checkpoint.step_number + 1  # picks up at the next step
+
+
+def test_recover_restarts_queued_and_resumes_running_jobs(tiny, data):  # noqa: F811
+    service = LocalService(max_running=1)
+    training_file = service.upload_file(data["train"]).id
+    running = service.create_job(
+        JobRequest(model=str(tiny), training_file=training_file, n_epochs=3, batch_size=1)
+    )
+    queued = service.create_job(JobRequest(model=str(tiny), training_file=training_file, n_epochs=1))
+    wait_for(lambda: any("Waiting for a free slot" in m for _, m in _events(service, queued.id)))
+    wait_for(lambda: service.list_checkpoints(running.id))
+    assert service.store.get_job(queued.id).status == "queued"
+    for job in (running, queued):  # the machine restarts: every worker is gone
+        pid = service.store.job_runtime(job.id)["pid"]
+        os.killpg(pid, signal.SIGKILL)
+        wait_for(lambda pid=pid, j=job: not process_alive(pid, j.id))
+
+    restarted = LocalService(max_running=1)  # as `convtune serve` starts again
+    actions = dict(restarted.recover())
+    assert actions == {running.id: "resumed", queued.id: "restarted"}
+    for job in (running, queued):
+        done = wait_for(lambda j=job: (f := restarted.get_job(j.id)).done and f, 300)
+        assert done.status == "succeeded", done.error
+    assert restarted.recover() == []  # nothing left to do
+
+
+def test_recover_can_fail_running_jobs_instead(tiny, data):  # noqa: F811
+    service = LocalService()
+    job = service.create_job(
+        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, n_epochs=20)
+    )
+    wait_for(lambda: service.store.get_job(job.id).status == "running")
+    pid = service.store.job_runtime(job.id)["pid"]
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: not process_alive(pid, job.id))
+    assert LocalService().recover(resume_running=False) == [(job.id, "failed")]
+    failed = service.get_job(job.id)
+    assert failed.status == "failed" and failed.error.code == "worker_died"
+
+
+def test_a_model_in_use_is_not_deleted(tiny, data):  # noqa: F811
+    service = LocalService()
+    training_file = service.upload_file(data["train"]).id
+    first = service.create_job(JobRequest(model=str(tiny), training_file=training_file, n_epochs=1))
+    model_id = wait_for(lambda: (j := service.get_job(first.id)).done and j, 300).fine_tuned_model
+    assert model_id
+    further = service.create_job(JobRequest(model=model_id, training_file=training_file, n_epochs=30))
+    assert further.model == model_id  # trains on top of the fine-tuned model
+    with pytest.raises(Conflict, match="in use"):
+        service.delete_model(model_id)
+    service.cancel_job(further.id)
+    service.delete_model(model_id)
+    assert model_id not in [m.id for m in service.list_models()]
