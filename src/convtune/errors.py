@@ -49,3 +49,18 @@ class OutputExistsError(ConvtuneError):
 
 class OptionError(ConvtuneError):
     """An option value that makes no sense (unknown format, negative ratio...)."""
+
+
+class NotFound(ConvtuneError):
+    """No file, job or model with that id."""
+
+
+class Conflict(ConvtuneError):
+    """The object is not in a state that allows this (cancel a finished job...)."""
+
+
+class TransientError(ConvtuneError):
+    """The service could not be reached or was overloaded (a dropped connection, 429, 5xx).
+
+    Trying again later may work: `follow` backs off and retries on these, and nothing else.
+    """

@@ -2,7 +2,9 @@
 
 The local store hands out events with a sequence number; OpenAI lists them newest first, so the
 generic path pages through `list_events` and de-duplicates by id. Either way a follower sees each
-event once, in order, and stops when the job is over.
+event once, in order, and stops when the job is over. The generic path talks to a service over a
+network: a `TransientError` (a dropped connection, 429, 5xx) is retried with capped exponential
+backoff instead of ending the follow.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .errors import TransientError
 from .objects import Job, JobEvent
+
+MAX_BACKOFF = 60.0  # seconds between two tries, at most
+PATIENCE = 1800.0  # give up after this long without one successful poll
 
 
 @dataclass
@@ -42,8 +48,16 @@ def follow(
     *,
     poll: float = 1.0,
     sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[TransientError, float], None] | None = None,
+    patience: float = PATIENCE,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[JobEvent | Job]:
-    """Yield each new event, oldest first, then the finished job as the last item."""
+    """Yield each new event, oldest first, then the finished job as the last item.
+
+    Over a network (not the local store), a `TransientError` waits `poll` seconds (one at least), then
+    twice as long each time up to `MAX_BACKOFF`, calling `on_retry(error, delay)` first; after `patience`
+    seconds without a successful poll the error is raised.
+    """
     if hasattr(service, "events_since"):
         last = 0
         while True:
@@ -56,21 +70,43 @@ def follow(
                 return
             sleep(poll)
     seen: set[str] = set()
+    failing_since: float | None = None
+    failures = 0
     while True:
-        job = service.get_job(job_id)
-        fresh: list[JobEvent] = []
-        after = None
-        while True:  # newest first: page back until an event we have seen
-            page = service.list_events(job_id, after=after, limit=100)
-            new = [e for e in page if e.id not in seen]
-            fresh.extend(new)
-            if len(new) < len(page) or len(page) < 100:
-                break
-            after = page[-1].id
-        for event in reversed(fresh):
+        try:
+            job = service.get_job(job_id)
+            fresh = _new_events(service, job_id, seen)
+        except TransientError as error:
+            now = clock()
+            if failing_since is None:
+                failing_since = now
+            elif now - failing_since >= patience:
+                raise
+            delay = min(MAX_BACKOFF, max(poll, 1.0) * 2**failures)
+            failures += 1
+            if on_retry is not None:
+                on_retry(error, delay)
+            sleep(delay)
+            continue
+        failing_since, failures = None, 0
+        for event in fresh:
             seen.add(event.id)
             yield event
         if job.done:
             yield job
             return
         sleep(poll)
+
+
+def _new_events(service, job_id: str, seen: set[str]) -> list[JobEvent]:
+    """The events not seen yet, oldest first: page back (newest first) to a seen one."""
+    fresh: dict[str, JobEvent] = {}
+    after = None
+    while True:
+        page = service.list_events(job_id, after=after, limit=100)
+        new = [e for e in page if e.id not in seen]
+        fresh.update((e.id, e) for e in new if e.id not in fresh)
+        if len(new) < len(page) or len(page) < 100:
+            break
+        after = page[-1].id
+    return list(reversed(fresh.values()))

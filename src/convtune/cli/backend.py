@@ -1,23 +1,90 @@
-"""Which `FineTuningService` a command talks to."""
+"""Which `FineTuningService` a command talks to: `--backend`, `--base-url`, `--api-key`."""
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, field
+
 import click
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "openai")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The backend options of one command; `str()` is the backend's name."""
+
+    name: str = "local"
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def resolve(backend: str | None, base_url: str | None, api_key: str | None) -> Backend:
+    """--base-url alone means openai; --backend local with openai's options is a usage error."""
+    name = backend or ("openai" if base_url else "local")
+    if name == "local" and (base_url or api_key):
+        raise click.UsageError("--base-url and --api-key are options of --backend openai")
+    return Backend(name, base_url or None, api_key or None)
 
 
 def backend_option(f):
+    """Add --backend, --base-url and --api-key; the command receives one `backend` (a Backend)."""
+
+    @functools.wraps(f)
+    def command(*args, backend, base_url, api_key, **kwargs):
+        return f(*args, backend=resolve(backend, base_url, api_key), **kwargs)
+
+    command = click.option(
+        "--api-key",
+        default=None,
+        show_default=False,
+        metavar="KEY",
+        help="API key for --backend openai (default: $OPENAI_API_KEY, the safer way: a key on"
+        " the command line shows in the process list). Never printed.",
+    )(command)
+    command = click.option(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help="An OpenAI-compatible service, e.g. http://127.0.0.1:8000/v1 for convtune serve"
+        " (default: $OPENAI_BASE_URL, else OpenAI). Implies --backend openai.",
+    )(command)
     return click.option(
         "--backend",
         type=click.Choice(BACKENDS),
-        default="local",
-        show_default=True,
-        help="local: open models on this machine.",
-    )(f)
+        default=None,
+        help="local (the default): open models on this machine; openai: OpenAI or a compatible"
+        " service.",
+    )(command)
 
 
-def service_for(backend: str):
+def service_for(backend: Backend | str = "local"):
+    """The service the options name (the openai one reads its key and address here)."""
+    if isinstance(backend, str):
+        backend = Backend(backend)
+    if backend.name == "openai":
+        from ..openai_backend import OpenAIService
+
+        return OpenAIService(api_key=backend.api_key, base_url=backend.base_url)
     from ..local.service import LocalService
 
     return LocalService()
+
+
+def is_local(service) -> bool:
+    from ..local.service import LocalService
+
+    return isinstance(service, LocalService)
+
+
+def again(service) -> str:
+    """The options that name `service` again in a printed command ('' for the local one)."""
+    if is_local(service):
+        return ""
+    from ..openai_backend import OPENAI_URL
+
+    url = getattr(service, "base_url", OPENAI_URL)
+    return " --backend openai" + ("" if url == OPENAI_URL else f" --base-url {url}")

@@ -8,7 +8,7 @@ import click
 
 from ..service import ChatRequest
 from . import render
-from .backend import backend_option, service_for
+from .backend import Backend, backend_option, service_for
 
 
 @click.command(
@@ -18,6 +18,7 @@ Examples:
   convtune chat ft:SmolLM2-135M-Instruct:support:ftjob-abc123
   convtune chat ft:SmolLM2-135M-Instruct:support:ftjob-abc123 --message "Hello"
   convtune chat SmolLM2-135M-Instruct --message "Hello"      # the base model, to compare
+  convtune chat ft:gpt-4.1-mini-2025-04-14:acme:support:AbC123 --backend openai
 """
 )
 @click.argument("model")
@@ -34,7 +35,7 @@ def chat(
     max_tokens: int,
     temperature: float,
     seed: int | None,
-    backend: str,
+    backend: Backend,
 ) -> None:
     """Chat with a model; with no --message, an interactive session (Ctrl-D ends it)."""
     service = service_for(backend)

@@ -1,10 +1,159 @@
-"""`convtune files ...`: list, upload, delete (stub, being built)."""
+"""`convtune files ...`: list, upload, download and delete the files of a backend."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import OutputExistsError
+from . import render
+from .backend import Backend, backend_option, is_local, service_for
+from .deleting import (
+    check_arguments,
+    confirm_one,
+    delete_many,
+    delete_options,
+    ownership,
+    refuse_foreign,
+)
+from .tables import print_table, when
 
 
-@click.group()
+@click.group(
+    epilog="""
+\b
+Examples:
+  convtune files list --backend openai
+  convtune files upload out/x.train.jsonl --backend openai
+  convtune files download file-abc123 -o copy.jsonl --backend openai
+  convtune files delete file-abc123 --backend openai
+  convtune files delete --all --dry-run --backend openai
+"""
+)
 def files() -> None:
-    """List, upload and delete files."""
+    """List, upload, download and delete files."""
+
+
+@files.command("list")
+@click.option("--purpose", default=None, help="Only files of this purpose (fine-tune...).")
+@click.option("--json", "as_json", is_flag=True, help="Print OpenAI-shaped JSON.")
+@backend_option
+def list_files(purpose: str | None, as_json: bool, backend: Backend) -> None:
+    """Files, newest first; on a remote service, which ones convtune uploaded."""
+    service = service_for(backend)
+    found = sorted(service.list_files(), key=lambda f: f.created_at, reverse=True)
+    if purpose:
+        found = [f for f in found if f.purpose == purpose]
+    if as_json:
+        render.print_json({"object": "list", "data": [f.to_dict() for f in found]})
+        return
+    if not found:
+        render.out.print("No files.")
+        return
+    owned = None if is_local(service) else ownership(service)
+    table = Table(box=None, padding=(0, 2))
+    columns = ["file", "name", "bytes", "purpose", "status", "created"]
+    if owned is not None:
+        columns.append("by convtune")
+    for column in columns:
+        table.add_column(column, justify="right" if column == "bytes" else "left")
+    for f in found:
+        row = [f.id, escape(f.filename), f"{f.bytes:,}", f.purpose, f.status, when(f.created_at)]
+        if owned is not None:
+            row.append("yes" if f.id in owned.files else "")
+        table.add_row(*row)
+    print_table(table)
+
+
+@files.command("upload")
+@click.argument("path", metavar="FILE", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--purpose", default="fine-tune", show_default=True)
+@click.option(
+    "--no-reuse",
+    is_flag=True,
+    help="Upload even if a file of the same name, size and purpose is there (openai).",
+)
+@backend_option
+def upload(path: Path, purpose: str, no_reuse: bool, backend: Backend) -> None:
+    """Upload a file (a fine-tuning file is checked first); print its id."""
+    service = service_for(backend)
+    if no_reuse and is_local(service):
+        raise click.UsageError("--no-reuse is an option of --backend openai")
+    size = path.stat().st_size if path.is_file() else 0
+    options = {"reuse": False} if no_reuse else {}
+    with render.progress_bar(f"uploading {path.name}", size) as update:
+        if update is not None:
+            options["progress"] = update
+        uploaded = service.upload_file(path, purpose, **options)
+    render.out.print(uploaded.id)
+
+
+@files.command("download")
+@click.argument("file_id")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write here (default: standard output).",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@backend_option
+def download(file_id: str, output: Path | None, force: bool, backend: Backend) -> None:
+    """A file's content (OpenAI lets only results files be downloaded)."""
+    write(service_for(backend).file_content(file_id), output, force)
+
+
+def write(content: bytes, output: Path | None, force: bool) -> None:
+    if output is None:
+        sys.stdout.buffer.write(content)
+        sys.stdout.flush()
+        return
+    if output.exists() and not force:
+        raise OutputExistsError("already exists", path=output, hint="add --force to overwrite")
+    output.write_bytes(content)
+    render.err.print(f"wrote {output} ({len(content):,} bytes)", highlight=False, markup=False)
+
+
+@files.command("delete")
+@click.argument("file_id", required=False)
+@delete_options
+@backend_option
+def delete(
+    file_id: str | None,
+    delete_all: bool,
+    yes: bool,
+    dry_run: bool,
+    include_foreign: bool,
+    backend: Backend,
+) -> None:
+    """Delete one file, or --all of them (only those convtune uploaded, by default)."""
+    check_arguments(file_id, delete_all, "file")
+    service = service_for(backend)
+    owned = ownership(service)
+    if file_id:
+        found = service.get_file(file_id)  # a missing id fails before the question
+        if owned is not None and not include_foreign:
+            refuse_foreign(file_id, file_id in owned.files, "file")
+        if confirm_one(file_id, yes, dry_run, f"Delete {file_id} ({found.filename})?"):
+            service.delete_file(file_id)
+            render.out.print(f"Deleted {file_id}.")
+        return
+    found = sorted(service.list_files(), key=lambda f: f.created_at)
+    chosen = [f for f in found if owned is None or include_foreign or f.id in owned.files]
+    left = len(found) - len(chosen)
+    delete_many(
+        [(f.id, f.filename, f"{f.bytes:,}", f.purpose, when(f.created_at)) for f in chosen],
+        ("file", "name", "bytes", "purpose", "created"),
+        "files",
+        service.delete_file,
+        yes=yes,
+        dry_run=dry_run,
+        skipped=f"Leaving {left} file(s) convtune did not upload (--include-foreign adds them)."
+        if left
+        else "",
+    )

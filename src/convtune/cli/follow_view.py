@@ -1,18 +1,21 @@
 """Showing a job as it runs: messages as lines, metrics as one live progress bar.
 
-Ctrl-C detaches (the job goes on in its own process) and says how to follow it again.
+Ctrl-C detaches (the job goes on in its own process, or on the service) and says how to follow it
+again. Over a network, a dropped connection, 429 or 5xx is a yellow line and a retry, not the end.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..follow import Progress as JobProgress
 from ..follow import follow
 from ..objects import Job, JobEvent
 from . import render
+from .backend import again, is_local
 
 
 def _stamp(event: JobEvent) -> str:
@@ -23,9 +26,11 @@ def _loss(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def follow_job(service, job_id: str, *, poll: float = 1.0) -> Job | None:
+def follow_job(service, job_id: str, *, poll: float | None = None) -> Job | None:
     """Render the job's events until it ends; None if the user detached with Ctrl-C."""
     out = render.out
+    if poll is None:
+        poll = getattr(service, "poll_interval", 1.0)
     state = JobProgress()
     bar = Progress(
         TextColumn("[bold]training[/]"),
@@ -38,9 +43,15 @@ def follow_job(service, job_id: str, *, poll: float = 1.0) -> Job | None:
         disable=not out.is_terminal,
     )
     task = None
+
+    def retrying(error, delay: float) -> None:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        text = escape(f"{stamp}  {error}; trying again in {delay:.0f} s")
+        out.print(f"[yellow]{text}[/]", highlight=False)
+
     try:
         with bar:
-            for item in follow(service, job_id, poll=poll):
+            for item in follow(service, job_id, poll=poll, on_retry=retrying):
                 if isinstance(item, Job):
                     return item
                 event = item
@@ -58,29 +69,34 @@ def follow_job(service, job_id: str, *, poll: float = 1.0) -> Job | None:
                         val=_loss(state.valid_loss),
                     )
                     if not out.is_terminal:  # logs and pipes get one line per metrics event
-                        out.print(f"{_stamp(event)}  {event.message}")
+                        out.print(escape(f"{_stamp(event)}  {event.message}"))
                     continue
                 style = {"error": "red", "warn": "yellow"}.get(event.level, "")
-                text = f"{_stamp(event)}  {event.message}"
+                text = escape(f"{_stamp(event)}  {event.message}")
                 out.print(f"[{style}]{text}[/]" if style else text, highlight=False)
     except KeyboardInterrupt:
         out.print(
             f"\nDetached from {job_id}; it goes on in the background."
-            f"\nFollow it again with: convtune follow {job_id}"
+            f"\nFollow it again with: convtune follow {job_id}{again(service)}"
         )
         return None
     return None
 
 
-def summary(job: Job) -> None:
+def summary(job: Job, service=None) -> None:
     out = render.out
+    args = again(service) if service is not None else ""
     if job.status == "succeeded":
         out.print(f"\n[green]Fine-tuned model:[/] [bold]{job.fine_tuned_model}[/]")
-        out.print(f"Chat with it:     convtune chat {job.fine_tuned_model}")
+        out.print(f"Chat with it:     convtune chat {job.fine_tuned_model}{args}")
+        if job.result_files:
+            out.print(f"Plot the loss:    convtune plot {job.id}{args}")
+            out.print(f"Results (CSV):    convtune jobs results {job.id}{args} -o {job.id}.csv")
     elif job.status == "failed":
         message = job.error.message if job.error else "unknown error"
-        out.print(f"\n[red]Job {job.id} failed:[/] {message}")
-        out.print(f"Resume it from its last checkpoint: convtune jobs resume {job.id}")
+        out.print(f"\n[red]Job {job.id} failed:[/] {escape(message)}")
+        if service is None or is_local(service):
+            out.print(f"Resume it from its last checkpoint: convtune jobs resume {job.id}")
     else:
         out.print(f"\nJob {job.id} is {job.status}.")
 
@@ -91,6 +107,6 @@ def follow_to_end(service, job_id: str) -> None:
 
     finished = follow_job(service, job_id)
     if finished is not None:
-        summary(finished)
+        summary(finished, service)
         if finished.status != "succeeded":
             raise click.exceptions.Exit(1)

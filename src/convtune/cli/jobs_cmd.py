@@ -1,32 +1,47 @@
-"""`convtune jobs ...` and `convtune models ...`: list, show, cancel, resume, delete."""
+"""`convtune jobs ...` and `convtune models ...`: list, show, cancel, pause, resume, delete."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
+from ..errors import ConvtuneError
 from . import render
-from .backend import backend_option, service_for
-
-
-def _when(ts: int | None) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "—"
+from .backend import Backend, again, backend_option, is_local, service_for
+from .deleting import (
+    check_arguments,
+    confirm_one,
+    delete_many,
+    delete_options,
+    ownership,
+    refuse_foreign,
+)
+from .tables import print_table, when
 
 
 @click.group(
-    epilog="\b\nExamples:\n  convtune jobs list\n  convtune jobs show ftjob-abc123\n  convtune jobs cancel ftjob-abc123"
+    epilog="""
+\b
+Examples:
+  convtune jobs list
+  convtune jobs show ftjob-abc123
+  convtune jobs cancel ftjob-abc123
+  convtune jobs pause ftjob-abc123 --backend openai
+  convtune jobs results ftjob-abc123 --backend openai -o results.csv
+"""
 )
 def jobs() -> None:
-    """List, inspect, cancel and resume fine-tuning jobs."""
+    """List, inspect, cancel, pause and resume fine-tuning jobs."""
 
 
 @jobs.command("list")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print OpenAI-shaped JSON.")
 @backend_option
-def list_jobs(limit: int, as_json: bool, backend: str) -> None:
+def list_jobs(limit: int, as_json: bool, backend: Backend) -> None:
     """The newest jobs first."""
     found = service_for(backend).list_jobs(limit=limit)
     if as_json:
@@ -39,15 +54,15 @@ def list_jobs(limit: int, as_json: bool, backend: str) -> None:
     for column in ("job", "status", "created", "model", "fine-tuned model"):
         table.add_column(column, no_wrap=column != "fine-tuned model")
     for j in found:
-        table.add_row(j.id, j.status, _when(j.created_at), j.model, j.fine_tuned_model or "")
-    render.out.print(table)
+        table.add_row(j.id, j.status, when(j.created_at), j.model, j.fine_tuned_model or "")
+    print_table(table)
 
 
 @jobs.command("show")
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True)
 @backend_option
-def show(job_id: str, as_json: bool, backend: str) -> None:
+def show(job_id: str, as_json: bool, backend: Backend) -> None:
     """One job: status, hyperparameters, error, model, checkpoints."""
     service = service_for(backend)
     job = service.get_job(job_id)
@@ -60,19 +75,23 @@ def show(job_id: str, as_json: bool, backend: str) -> None:
     table.add_row("job", job.id)
     table.add_row("status", job.status)
     table.add_row("model", job.model)
-    table.add_row("created", _when(job.created_at))
-    table.add_row("finished", _when(job.finished_at))
+    table.add_row("created", when(job.created_at))
+    table.add_row("finished", when(job.finished_at))
     table.add_row("training file", job.training_file)
     table.add_row("validation file", job.validation_file or "—")
     table.add_row("hyperparameters", ", ".join(f"{k}={v}" for k, v in job.hyperparameters.items()))
     table.add_row("seed", str(job.seed))
+    if job.suffix:
+        table.add_row("suffix", escape(job.suffix))
+    if job.metadata:
+        table.add_row("metadata", escape(", ".join(f"{k}={v}" for k, v in job.metadata.items())))
     if job.trained_tokens:
         table.add_row("trained tokens", f"{job.trained_tokens:,}")
     if job.error:
-        table.add_row("error", f"[red]{job.error.message}[/]")
+        table.add_row("error", f"[red]{escape(job.error.message)}[/]")
     if job.fine_tuned_model:
         table.add_row("fine-tuned model", job.fine_tuned_model)
-    render.out.print(table)
+    print_table(table)
     checkpoints = service.list_checkpoints(job_id)
     if checkpoints:
         render.out.print()
@@ -91,13 +110,13 @@ def _checkpoint_table(checkpoints) -> None:
             f"{m['train_loss']:.4f}" if "train_loss" in m else "—",
             f"{m['valid_loss']:.4f}" if "valid_loss" in m else "—",
         )
-    render.out.print(table)
+    print_table(table)
 
 
 @jobs.command("checkpoints")
 @click.argument("job_id")
 @backend_option
-def checkpoints(job_id: str, backend: str) -> None:
+def checkpoints(job_id: str, backend: Backend) -> None:
     """The job's checkpoints (one per epoch), newest first."""
     found = service_for(backend).list_checkpoints(job_id)
     if not found:
@@ -110,7 +129,7 @@ def checkpoints(job_id: str, backend: str) -> None:
 @click.argument("job_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @backend_option
-def cancel(job_id: str, yes: bool, backend: str) -> None:
+def cancel(job_id: str, yes: bool, backend: Backend) -> None:
     """Stop a running job cleanly (after its current step)."""
     if not yes:
         click.confirm(f"Cancel {job_id}?", abort=True, err=True)
@@ -118,59 +137,149 @@ def cancel(job_id: str, yes: bool, backend: str) -> None:
     render.out.print(f"{job.id} is {job.status}.")
 
 
+@jobs.command("pause")
+@click.argument("job_id")
+@backend_option
+def pause(job_id: str, backend: Backend) -> None:
+    """Pause a running job after a checkpoint; `jobs resume` continues it."""
+    service = service_for(backend)
+    if getattr(service, "pause_job", None) is None:
+        raise click.ClickException(f"the {backend} backend cannot pause jobs")
+    job = service.pause_job(job_id)
+    render.out.print(
+        f"{job.id} is {job.status}. Resume it with: convtune jobs resume {job.id}{again(service)}"
+    )
+
+
+@jobs.command("results")
+@click.argument("job_id")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the CSV here (default: standard output).",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@backend_option
+def results(job_id: str, output: Path | None, force: bool, backend: Backend) -> None:
+    """Download a job's results file: step, train loss and accuracy, valid loss (CSV)."""
+    from .files_cmd import write
+
+    service = service_for(backend)
+    job = service.get_job(job_id)
+    if not job.result_files:
+        raise ConvtuneError(f"{job_id} has no results file yet (it is {job.status})")
+    write(service.file_content(job.result_files[0]), output, force)
+
+
 @jobs.command("resume")
 @click.argument("job_id")
 @click.option("--detach", is_flag=True, help="Return at once instead of following.")
 @backend_option
-def resume(job_id: str, detach: bool, backend: str) -> None:
-    """Continue a failed or cancelled job from its last checkpoint."""
+def resume(job_id: str, detach: bool, backend: Backend) -> None:
+    """Continue a paused job (locally, also a failed or cancelled one) from its checkpoint."""
     from .follow_view import follow_to_end
 
     service = service_for(backend)
     job = service.resume_job(job_id)
     render.out.print(f"Resumed {job.id} ({job.status})")
     if detach:
-        render.out.print(f"Follow it with: convtune follow {job.id}")
+        render.out.print(f"Follow it with: convtune follow {job.id}{again(service)}")
         return
     follow_to_end(service, job.id)
 
 
 @click.group(
-    epilog="\b\nExamples:\n  convtune models list\n  convtune models delete ft:SmolLM2-135M-Instruct:support:ftjob-abc123"
+    epilog="""
+\b
+Examples:
+  convtune models list
+  convtune models delete ft:SmolLM2-135M-Instruct:support:ftjob-abc123
+  convtune models delete --all --dry-run --backend openai
+"""
 )
 def models() -> None:
     """List and delete fine-tuned models."""
 
 
 @models.command("list")
+@click.option("--include-base", is_flag=True, help="Also base models (remote services list them).")
 @click.option("--json", "as_json", is_flag=True)
 @backend_option
-def list_models(as_json: bool, backend: str) -> None:
+def list_models(include_base: bool, as_json: bool, backend: Backend) -> None:
     """Fine-tuned models, newest first."""
-    found = service_for(backend).list_models()
+    service = service_for(backend)
+    found = service.list_models()
+    if not include_base and not is_local(service):
+        found = [m for m in found if m.id.startswith("ft:")]
     if as_json:
         render.print_json({"object": "list", "data": [m.to_dict() for m in found]})
         return
     if not found:
         render.out.print("No fine-tuned models yet.")
         return
+    owned = None if is_local(service) else ownership(service)
     table = Table(box=None, padding=(0, 2))
     table.add_column("model")
     table.add_column("created")
+    if owned is not None:
+        table.add_column("owned by")
+        table.add_column("by convtune")
     for m in found:
-        table.add_row(m.id, _when(m.created))
-    render.out.print(table)
+        row = [escape(m.id), when(m.created)]
+        if owned is not None:
+            row += [escape(m.owned_by), "yes" if owned.has_model(m.id) else ""]
+        table.add_row(*row)
+    print_table(table)
 
 
 @models.command("delete")
-@click.argument("model_id")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.argument("model_id", required=False)
+@delete_options
 @backend_option
-def delete_model(model_id: str, yes: bool, backend: str) -> None:
-    """Delete a fine-tuned model from disk and database."""
+def delete_model(
+    model_id: str | None,
+    delete_all: bool,
+    yes: bool,
+    dry_run: bool,
+    include_foreign: bool,
+    backend: Backend,
+) -> None:
+    """Delete a fine-tuned model, or --all of them (only convtune's, by default).
+
+    Base models are never deleted. Locally the model's files go too.
+    """
+    check_arguments(model_id, delete_all, "model")
     service = service_for(backend)
-    service.get_model(model_id)  # a missing id fails before the question
-    if not yes:
-        click.confirm(f"Delete {model_id} and its files?", abort=True, err=True)
-    service.delete_model(model_id)
-    render.out.print(f"Deleted {model_id}.")
+    local = is_local(service)
+    if model_id:
+        if not local and not model_id.startswith("ft:"):
+            raise click.ClickException(
+                f"{model_id} is a base model: convtune deletes only fine-tuned (ft:) models"
+            )
+        service.get_model(model_id)  # a missing id fails before the question
+        owned = ownership(service)
+        if owned is not None and not include_foreign:
+            refuse_foreign(model_id, owned.has_model(model_id), "model")
+        question = f"Delete {model_id}" + (" and its files?" if local else "?")
+        if confirm_one(model_id, yes, dry_run, question):
+            service.delete_model(model_id)
+            render.out.print(f"Deleted {model_id}.")
+        return
+    found = [m for m in service.list_models() if local or m.id.startswith("ft:")]
+    owned = ownership(service)
+    chosen = [m for m in found if owned is None or include_foreign or owned.has_model(m.id)]
+    left = len(found) - len(chosen)
+    delete_many(
+        [(m.id, when(m.created), m.owned_by) for m in chosen],
+        ("model", "created", "owned by"),
+        "models",
+        service.delete_model,
+        yes=yes,
+        dry_run=dry_run,
+        skipped=f"Leaving {left} fine-tuned model(s) convtune did not make"
+        " (--include-foreign adds them)."
+        if left
+        else "",
+    )

@@ -8,8 +8,11 @@ import click
 
 from ..service import JobRequest
 from . import render
-from .backend import backend_option, service_for
+from .backend import Backend, again, backend_option, service_for
 from .follow_view import follow_to_end
+
+DEFAULT_MODELS = {"local": "SmolLM2-135M-Instruct", "openai": "gpt-4.1-mini-2025-04-14"}
+LOCAL_ONLY = ("lora_r", "lora_alpha", "full", "max_length", "max_steps", "nproc_per_node")
 
 
 def _auto(kind):
@@ -31,6 +34,8 @@ Examples:
   convtune train out/conversations.train.jsonl --validation-file out/conversations.valid.jsonl
   convtune train out/x.train.jsonl --model ./my-hf-model --n-epochs 3 --suffix support --detach
   convtune train out/x.train.jsonl --max-steps 20 --lora-r 8
+  convtune train out/x.train.jsonl --backend openai --model gpt-4.1-mini-2025-04-14 --suffix support
+  convtune train out/x.train.jsonl --base-url http://127.0.0.1:8000/v1 --model SmolLM2-135M-Instruct
 """
 )
 @click.argument("training_file", type=click.Path(path_type=Path, dir_okay=False))
@@ -42,9 +47,9 @@ Examples:
 )
 @click.option(
     "--model",
-    default="SmolLM2-135M-Instruct",
-    show_default=True,
-    help="Base model: SmolLM2-135M-Instruct, a Hugging Face model folder, a .gguf file or a hub id.",
+    default=None,
+    help="Base model. local: SmolLM2-135M-Instruct (default), a Hugging Face model folder, a .gguf"
+    " file or a hub id; openai: a model the service fine-tunes (default gpt-4.1-mini-2025-04-14).",
 )
 @click.option(
     "--suffix", default=None, help="Part of the fine-tuned model's name: ft:<base>:<suffix>:<job>."
@@ -78,6 +83,13 @@ Examples:
 )
 @click.option("--seed", type=int, default=None, help="Seed of the run (default: random, recorded).")
 @click.option(
+    "--metadata",
+    "metadata_items",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Metadata to attach to the job (repeatable).",
+)
+@click.option(
     "--nproc-per-node",
     type=click.IntRange(min=1),
     default=1,
@@ -86,7 +98,9 @@ Examples:
 )
 @click.option("--detach", is_flag=True, help="Start the job and return at once.")
 @backend_option
+@click.pass_context
 def train(
+    ctx: click.Context,
     training_file: Path,
     validation_file: Path | None,
     model: str,
@@ -100,16 +114,32 @@ def train(
     max_length: int,
     max_steps: int | None,
     seed: int | None,
+    metadata_items: tuple[str, ...],
     nproc_per_node: int,
     detach: bool,
-    backend: str,
+    backend: Backend,
 ) -> None:
     """Fine-tune a model on a JSONL file and follow the job live."""
+    metadata = _metadata(metadata_items)
+    if backend.name != "local":
+        given = [
+            name
+            for name in LOCAL_ONLY
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise click.UsageError(f"{options}: options of --backend local only")
     service = service_for(backend)
-    train_file = service.upload_file(training_file)
-    valid_file = service.upload_file(validation_file) if validation_file else None
+    if getattr(service, "is_openai", False):
+        from ..openai_backend import wind_down_warning
+
+        render.err.print(f"[yellow]warning:[/] {wind_down_warning()}", highlight=False)
+    train_file = _upload(service, training_file, "training file")
+    valid_file = _upload(service, validation_file, "validation file") if validation_file else None
+    local = backend.name == "local"
     request = JobRequest(
-        model=model,
+        model=model or DEFAULT_MODELS[backend.name],
         training_file=train_file.id,
         validation_file=valid_file.id if valid_file else None,
         n_epochs=_auto(int)(n_epochs),
@@ -117,6 +147,7 @@ def train(
         learning_rate_multiplier=_auto(float)(learning_rate_multiplier),
         suffix=suffix,
         seed=seed,
+        metadata=metadata,
         options={
             "lora_r": lora_r,
             "lora_alpha": lora_alpha,
@@ -124,20 +155,46 @@ def train(
             "max_length": max_length,
             "max_steps": max_steps,
             "nproc_per_node": nproc_per_node,
-        },
+        }
+        if local
+        else {},
     )
     job = service.create_job(request)
     render.out.print(f"Created fine-tuning job [bold]{job.id}[/] ({job.model}, {job.status})")
     if detach:
-        render.out.print(f"Follow it with: convtune follow {job.id}")
+        render.out.print(f"Follow it with: convtune follow {job.id}{again(service)}")
         return
     follow_to_end(service, job.id)
 
 
-@click.command(epilog="\b\nExample:\n  convtune follow ftjob-abc123")
+def _metadata(items: tuple[str, ...]) -> dict[str, str] | None:
+    metadata = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--metadata")
+        metadata[key.strip()] = value
+    return metadata or None
+
+
+def _upload(service, path: Path, what: str):
+    """Upload with a progress bar (large files, on a terminal); say which file id it became."""
+    size = path.stat().st_size if path.is_file() else 0
+    with render.progress_bar(f"uploading {path.name}", size) as update:
+        uploaded = (
+            service.upload_file(path, progress=update) if update else service.upload_file(path)
+        )
+    if getattr(service, "base_url", None):  # a remote file id is worth knowing
+        render.out.print(f"{what.capitalize()} {path.name}: {uploaded.id}", highlight=False)
+    return uploaded
+
+
+@click.command(
+    epilog="\b\nExamples:\n  convtune follow ftjob-abc123\n  convtune follow ftjob-abc123 --backend openai"
+)
 @click.argument("job_id")
 @backend_option
-def follow(job_id: str, backend: str) -> None:
+def follow(job_id: str, backend: Backend) -> None:
     """Follow a job's events and progress until it ends (Ctrl-C detaches, never cancels)."""
     service = service_for(backend)
     follow_to_end(service, job_id)

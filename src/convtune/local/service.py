@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import ConvtuneError, OptionError
+from ..errors import Conflict, ConvtuneError, NotFound, OptionError
 from ..home import data_dir
 from ..objects import TERMINAL, Checkpoint, FileObject, Job, JobError, JobEvent, ModelObject
 from ..service import ChatRequest, JobRequest
@@ -27,14 +27,6 @@ from .store import Store, new_id, now
 SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 PURPOSES = ("fine-tune", "fine-tune-results")
 ACTIVE = ("validating_files", "queued", "running")
-
-
-class NotFound(ConvtuneError):
-    """No file, job or model with that id."""
-
-
-class Conflict(ConvtuneError):
-    """The object is not in a state that allows this (cancel a finished job...)."""
 
 
 def database_path(home: Path | None = None) -> Path:

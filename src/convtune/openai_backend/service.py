@@ -1,0 +1,635 @@
+"""`OpenAIService`: the fine-tuning API of OpenAI, or of any service that speaks it.
+
+A thin layer over the official SDK (`openai.OpenAI`): objects become convtune's (`objects.py`),
+SDK errors become `ConvtuneError`s with the key redacted, and options the user did not set are
+never sent. What it adds: an identical earlier upload is reused, a file is checked before a job
+uses it, and every job is tagged `metadata.created_by = "convtune"` so that deleting can stay
+within what convtune made.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..check import check_file
+from ..errors import Conflict, ConvtuneError, NotFound, OptionError, TransientError
+from ..home import data_dir
+from ..objects import Checkpoint, FileObject, Job, JobError, JobEvent, ModelObject
+from ..report import OPENAI_MIN_EXAMPLES
+from ..service import ChatRequest, JobRequest
+from .record import Record
+
+OPENAI_URL = "https://api.openai.com/v1"
+OPENAI_HOST = "api.openai.com"
+WIND_DOWN = date(2027, 1, 6)  # OpenAI stops accepting new fine-tuning jobs
+TAG = {"created_by": "convtune"}
+KEY_HINT = "set OPENAI_API_KEY or pass --api-key"
+_KEYLIKE = re.compile(r"\b(sk|sess|org|proj)-[A-Za-z0-9_*.\-]{6,}")
+_BASE64 = re.compile(rb"^[A-Za-z0-9+/\s]+={0,2}\s*$")
+
+
+def wind_down_warning(today: date | None = None) -> str:
+    """The warning for a job sent to api.openai.com."""
+    today = today or date.today()
+    when = WIND_DOWN.isoformat()
+    if today >= WIND_DOWN:
+        return (
+            f"OpenAI stopped accepting new fine-tuning jobs on {when}: this job will likely be"
+            " refused (--backend local, or --base-url of another service, train open models)"
+        )
+    return (
+        f"OpenAI stops accepting new fine-tuning jobs on {when} ({(WIND_DOWN - today).days} days"
+        " from now): plan a move to --backend local or another service (--base-url)"
+    )
+
+
+@dataclass
+class Ownership:
+    """The ids of what convtune created on one service."""
+
+    files: set[str] = field(default_factory=set)
+    jobs: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)
+
+    def has_model(self, model_id: str) -> bool:
+        # a checkpoint's model (ft:...:ckpt-step-N) is its job's, as the job's model is
+        return model_id in self.models or model_id.split(":ckpt-step-")[0] in self.models
+
+
+class OpenAIService:
+    """The `FineTuningService` of OpenAI and compatible services (convtune serve included).
+
+    The key comes from `api_key`, else `OPENAI_API_KEY`; the address from `base_url`, else
+    `OPENAI_BASE_URL`, else OpenAI's. `home` is convtune's data directory (where uploads and jobs
+    are recorded); `max_retries` is the SDK's own retry count for 429, 5xx and dropped
+    connections, before a `TransientError` reaches the caller.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        home: Path | None = None,
+        *,
+        max_retries: int = 2,
+        timeout: float | None = None,
+        processing_timeout: float = 600.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        import openai
+
+        key = (api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")).strip()
+        if not key:
+            raise ConvtuneError("no API key for the openai backend", hint=KEY_HINT)
+        if not key.isascii() or not key.isprintable() or " " in key:
+            raise ConvtuneError(
+                "the API key has spaces or characters that cannot be sent in a header",
+                hint=KEY_HINT,
+            )
+        self._key = key
+        url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).strip().rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise OptionError(
+                f"the base URL {self._redact(url)!r} is not an http(s) address",
+                hint="for example http://127.0.0.1:8000/v1",
+            )
+        self.base_url = url
+        self.host = parts.hostname
+        self.is_openai = self.host == OPENAI_HOST
+        # loopback services (convtune serve) answer at once; OpenAI's rate limits want patience
+        self.poll_interval = 1.0 if self.host in ("127.0.0.1", "localhost", "::1") else 3.0
+        self.processing_timeout = processing_timeout
+        self._sleep = sleep
+        options: dict[str, Any] = {"api_key": key, "base_url": url, "max_retries": max_retries}
+        if timeout is not None:
+            options["timeout"] = timeout
+        self.client = openai.OpenAI(**options)
+        self.record = Record((home or data_dir()) / "openai.db", url)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __repr__(self) -> str:  # never the key
+        return f"OpenAIService(base_url={self.base_url!r})"
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        key = getattr(self, "_key", None)
+        if key:
+            text = text.replace(key, "***")
+        return _KEYLIKE.sub(lambda m: m.group(1) + "-***", text)
+
+    @contextmanager
+    def _api(self, what: str):
+        """Run SDK calls; their errors leave as `ConvtuneError`s naming `what` failed."""
+        import openai
+
+        try:
+            yield
+        except openai.OpenAIError as exc:
+            raise self._translate(exc, what) from None
+
+    def _translate(self, exc: Exception, what: str) -> ConvtuneError:
+        import openai
+
+        redact = self._redact
+        if isinstance(exc, openai.APITimeoutError):
+            return TransientError(redact(f"{what}: {self.host} did not answer in time"))
+        if isinstance(exc, openai.APIConnectionError):
+            cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+            return TransientError(
+                redact(f"{what}: cannot reach {self.base_url}{cause}"),
+                hint="check the address (--base-url) and the network",
+            )
+        if not isinstance(exc, openai.APIStatusError):
+            return ConvtuneError(redact(f"{what}: {exc}"))
+        status = exc.status_code
+        message = redact(_server_message(exc))
+        if status == 401:
+            return ConvtuneError(
+                f"{what}: the service refused the API key (401: {message})", hint=KEY_HINT
+            )
+        if status == 403:
+            return ConvtuneError(f"{what}: permission denied (403: {message})")
+        if status == 404:
+            return NotFound(f"{what}: not found ({message})")
+        if status == 409:
+            return Conflict(f"{what}: {message}")
+        if status == 429:
+            if getattr(exc, "code", None) == "insufficient_quota":
+                return ConvtuneError(
+                    f"{what}: quota exceeded ({message})",
+                    hint="check the account's plan and billing",
+                )
+            return TransientError(f"{what}: rate limited (429: {message})", hint="try again later")
+        if status >= 500:
+            return TransientError(f"{what}: the service failed ({status}: {message})")
+        return ConvtuneError(f"{what}: {message} ({status})")
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def upload_file(
+        self,
+        path: Path,
+        purpose: str = "fine-tune",
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        reuse: bool = True,
+    ) -> FileObject:
+        """Upload a file and wait until the service has processed it.
+
+        A fine-tuning file is checked first (a file with errors is refused, with its first
+        error's line). With `reuse`, a file already on the service with the same name, size and
+        purpose is used instead, as OpenAI's old CLI did, unless its content is known to differ
+        (convtune recorded a different digest, or the service lets it be downloaded and compared).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ConvtuneError("no such file", path=path)
+        if purpose == "fine-tune":
+            _refuse_errors(check_file(path, training=False), path)
+        stat = path.stat()
+        digest = _sha256(path)
+        if reuse:
+            existing = self._identical(path.name, stat.st_size, purpose, digest)
+            if existing is not None:
+                self.record.add_file(
+                    existing.id,
+                    filename=existing.filename,
+                    size=existing.bytes,
+                    purpose=purpose,
+                    sha256=digest,
+                    path=path.resolve(),
+                    mtime_ns=stat.st_mtime_ns,
+                    ours=False,
+                )
+                if progress is not None:
+                    progress(stat.st_size, stat.st_size)
+                return self._processed(existing)
+        with _ProgressReader(path, progress) as reader, self._api(f"upload {path.name}"):
+            created = self.client.files.create(file=(path.name, reader), purpose=purpose)
+        if progress is not None:
+            progress(stat.st_size, stat.st_size)
+        self.record.add_file(
+            created.id,
+            filename=path.name,
+            size=stat.st_size,
+            purpose=purpose,
+            sha256=digest,
+            path=path.resolve(),
+            mtime_ns=stat.st_mtime_ns,
+            ours=True,
+        )
+        return self._processed(_file(created))
+
+    def _identical(self, name: str, size: int, purpose: str, digest: str) -> FileObject | None:
+        known = self.record.files()
+        for candidate in self.list_files():
+            if (
+                candidate.filename != name
+                or candidate.bytes != size
+                or candidate.purpose != purpose
+                or candidate.status in ("error", "deleted")
+            ):
+                continue
+            recorded = known.get(candidate.id)
+            if recorded is not None:
+                if recorded["sha256"] == digest:
+                    return candidate
+                continue
+            same = self._same_content(candidate.id, digest)
+            if same or same is None:  # None: the service does not let it be read back
+                return candidate
+        return None
+
+    def _same_content(self, file_id: str, digest: str) -> bool | None:
+        try:
+            content = self._raw_content(file_id)
+        except TransientError:
+            raise
+        except ConvtuneError:
+            return None
+        return hashlib.sha256(content).hexdigest() == digest
+
+    def _processed(self, file: FileObject) -> FileObject:
+        """Wait until the service has processed `file` (or say why it could not)."""
+        deadline = time.monotonic() + self.processing_timeout
+        delay = 0.2
+        while file.status not in ("processed", None, ""):
+            if file.status in ("error", "deleted"):
+                raise ConvtuneError(
+                    f"the service could not process {file.filename} ({file.id}): {file.status}"
+                )
+            if time.monotonic() > deadline:
+                raise ConvtuneError(
+                    f"{file.filename} ({file.id}) is still {file.status} after"
+                    f" {self.processing_timeout:g} s",
+                    hint="try again later; convtune files list --backend openai shows its status",
+                )
+            self._sleep(delay)
+            delay = min(delay * 2, 5.0)
+            file = self.get_file(file.id)
+        return file
+
+    def get_file(self, file_id: str) -> FileObject:
+        with self._api(f"file {file_id}"):
+            return _file(self.client.files.retrieve(file_id))
+
+    def list_files(self) -> list[FileObject]:
+        with self._api("list files"):
+            return [_file(f) for f in self.client.files.list()]
+
+    def delete_file(self, file_id: str) -> None:
+        with self._api(f"delete file {file_id}"):
+            self.client.files.delete(file_id)
+        self.record.forget_file(file_id)
+
+    def file_content(self, file_id: str) -> bytes:
+        """The file's bytes; a results file OpenAI serves base64-encoded comes back decoded."""
+        content = self._raw_content(file_id)
+        if content and _BASE64.match(content[:4096]):
+            try:
+                decoded = base64.b64decode(content, validate=False)
+            except (binascii.Error, ValueError):
+                return content
+            if decoded.startswith(b"step,"):
+                return decoded
+        return content
+
+    def _raw_content(self, file_id: str) -> bytes:
+        with self._api(f"download file {file_id}"):
+            return self.client.files.content(file_id).read()
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def create_job(self, request: JobRequest) -> Job:
+        """Check the files, then create the job with only the parameters that were set."""
+        local = sorted(k for k, v in request.options.items() if v not in (None, False))
+        if local:
+            raise OptionError(
+                f"{', '.join(local)}: options of the local backend only",
+                hint="OpenAI's parameters are n_epochs, batch_size, learning_rate_multiplier,"
+                " suffix, seed and metadata",
+            )
+        metadata = dict(request.metadata or {})
+        if "created_by" in metadata:
+            raise OptionError("the metadata key created_by is convtune's own tag")
+        self._check_uploaded(request.training_file, training=True)
+        if request.validation_file:
+            self._check_uploaded(request.validation_file, training=False)
+        params: dict[str, Any] = {"model": request.model, "training_file": request.training_file}
+        if request.validation_file:
+            params["validation_file"] = request.validation_file
+        hyperparameters = {k: v for k, v in request.hyperparameters.items() if v != "auto"}
+        if hyperparameters:
+            params["method"] = {
+                "type": "supervised",
+                "supervised": {"hyperparameters": hyperparameters},
+            }
+        if request.suffix is not None:
+            params["suffix"] = request.suffix
+        if request.seed is not None:
+            params["seed"] = request.seed
+        params["metadata"] = {**metadata, **TAG}
+        with self._api("create the fine-tuning job"):
+            created = self.client.fine_tuning.jobs.create(**params)
+        self.record.add_job(created.id)
+        return _job(created)
+
+    def _check_uploaded(self, file_id: str, *, training: bool) -> None:
+        """Refuse a file with errors (or, for OpenAI, too few examples) before a job uses it.
+
+        The file is read where it was uploaded from, if convtune uploaded it and it has not
+        changed since; else downloaded, if the service allows; else left to the service.
+        """
+        recorded = self.record.file(file_id)
+        if recorded is not None and recorded["path"]:
+            path = Path(recorded["path"])
+            try:
+                stat = path.stat()
+            except OSError:
+                stat = None
+            if stat and (stat.st_size, stat.st_mtime_ns) == (
+                recorded["bytes"],
+                recorded["mtime_ns"],
+            ):
+                self._refuse(check_file(path, training=training), path, training)
+                return
+        try:
+            content = self._raw_content(file_id)
+        except NotFound:
+            raise
+        except TransientError:
+            raise
+        except ConvtuneError:  # OpenAI does not let fine-tuning files be downloaded
+            return
+        name = recorded["filename"] if recorded else file_id
+        with tempfile.TemporaryDirectory(prefix="convtune-") as folder:
+            copy = Path(folder) / f"{file_id}.jsonl"
+            copy.write_bytes(content)
+            report = check_file(copy, training=training)
+        report.path = name
+        self._refuse(report, Path(name), training)
+
+    def _refuse(self, report, path: Path, training: bool) -> None:
+        _refuse_errors(report, path)
+        if training and self.is_openai and report.examples < OPENAI_MIN_EXAMPLES:
+            raise ConvtuneError(
+                f"{report.examples} example(s): OpenAI refuses to train on fewer than"
+                f" {OPENAI_MIN_EXAMPLES}",
+                path=path,
+            )
+
+    def get_job(self, job_id: str) -> Job:
+        with self._api(f"fine-tuning job {job_id}"):
+            return _job(self.client.fine_tuning.jobs.retrieve(job_id))
+
+    def list_jobs(
+        self, *, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None
+    ) -> list[Job]:
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        if metadata:
+            params["metadata"] = metadata
+        with self._api("list fine-tuning jobs"):
+            page = self.client.fine_tuning.jobs.list(**params)
+            return [_job(j) for j in page.data]
+
+    def cancel_job(self, job_id: str) -> Job:
+        with self._api(f"cancel {job_id}"):
+            return _job(self.client.fine_tuning.jobs.cancel(job_id))
+
+    def pause_job(self, job_id: str) -> Job:
+        with self._api(f"pause {job_id}"):
+            return _job(self.client.fine_tuning.jobs.pause(job_id))
+
+    def resume_job(self, job_id: str) -> Job:
+        with self._api(f"resume {job_id}"):
+            return _job(self.client.fine_tuning.jobs.resume(job_id))
+
+    def list_events(
+        self, job_id: str, *, after: str | None = None, limit: int = 20
+    ) -> list[JobEvent]:
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        with self._api(f"events of {job_id}"):
+            page = self.client.fine_tuning.jobs.list_events(job_id, **params)
+            return [_event(e) for e in page.data]
+
+    def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
+        with self._api(f"checkpoints of {job_id}"):
+            pages = self.client.fine_tuning.jobs.checkpoints.list(job_id, limit=100)
+            return [_checkpoint(c) for c in pages]
+
+    # -- models and chat -----------------------------------------------------------------------
+
+    def list_models(self) -> list[ModelObject]:
+        """Every model the service lists (base models too); fine-tuned ones start with ft:."""
+        with self._api("list models"):
+            found = [
+                ModelObject(m.id, m.created or 0, m.owned_by or "")
+                for m in self.client.models.list()
+            ]
+        return sorted(found, key=lambda m: m.created, reverse=True)
+
+    def get_model(self, model_id: str) -> ModelObject:
+        with self._api(f"model {model_id}"):
+            m = self.client.models.retrieve(model_id)
+        return ModelObject(m.id, m.created or 0, m.owned_by or "")
+
+    def delete_model(self, model_id: str) -> None:
+        """Delete a fine-tuned model; base models are refused before anything is sent."""
+        if not model_id.startswith("ft:"):
+            raise Conflict(
+                f"{model_id} is a base model: convtune deletes only fine-tuned (ft:) models"
+            )
+        with self._api(f"delete model {model_id}"):
+            self.client.models.delete(model_id)
+
+    def chat(self, request: ChatRequest) -> Iterator[str]:
+        """Stream the reply (chat.completions with stream=True)."""
+        params: dict[str, Any] = {
+            "model": request.model,
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "stream": True,
+        }
+        if request.top_p != 1.0:
+            params["top_p"] = request.top_p
+        if request.seed is not None:
+            params["seed"] = request.seed
+        with self._api(f"chat with {request.model}"):
+            stream = self.client.chat.completions.create(**params)
+            try:
+                for chunk in stream:
+                    for choice in chunk.choices or ():
+                        if choice.delta is not None and choice.delta.content:
+                            yield choice.delta.content
+            finally:
+                stream.close()
+
+    # -- what convtune created -----------------------------------------------------------------
+
+    def ownership(self) -> Ownership:
+        """What convtune created here: its uploads, its jobs (tagged or recorded), their models
+        and results files. Lists every job of the account once."""
+        owned = Ownership()
+        recorded_jobs = self.record.jobs()
+        owned.files = {i for i, row in self.record.files().items() if row["ours"]}
+        with self._api("list fine-tuning jobs"):
+            for job in self.client.fine_tuning.jobs.list(limit=100):
+                tag = (job.metadata or {}).get("created_by")
+                if tag != TAG["created_by"] and job.id not in recorded_jobs:
+                    continue
+                owned.jobs.add(job.id)
+                if job.fine_tuned_model:
+                    owned.models.add(job.fine_tuned_model)
+                owned.files.update(job.result_files or ())
+        return owned
+
+
+# -- conversions -------------------------------------------------------------------------------
+
+
+def _file(f) -> FileObject:
+    return FileObject(
+        id=f.id,
+        bytes=f.bytes or 0,
+        created_at=f.created_at or 0,
+        filename=f.filename or "",
+        purpose=f.purpose or "",
+        status=getattr(f, "status", None) or "processed",
+    )
+
+
+def _job(j) -> Job:
+    data = j.model_dump()
+    hyperparameters = dict(data.get("hyperparameters") or {})
+    method = data.get("method") or {}
+    chosen = (method.get(method.get("type") or "supervised") or {}).get("hyperparameters")
+    if chosen:
+        hyperparameters.update({k: v for k, v in chosen.items() if v is not None})
+    for name in ("n_epochs", "batch_size", "learning_rate_multiplier"):
+        if hyperparameters.get(name) is None:
+            hyperparameters[name] = "auto"
+    error = data.get("error") or {}
+    return Job(
+        id=data["id"],
+        created_at=data.get("created_at") or 0,
+        model=data.get("model") or "",
+        training_file=data.get("training_file") or "",
+        status=data.get("status") or "validating_files",
+        validation_file=data.get("validation_file"),
+        hyperparameters=hyperparameters,
+        fine_tuned_model=data.get("fine_tuned_model"),
+        finished_at=data.get("finished_at"),
+        error=JobError(error.get("code") or "", error["message"], error.get("param"))
+        if error.get("message")
+        else None,
+        result_files=list(data.get("result_files") or []),
+        trained_tokens=data.get("trained_tokens"),
+        seed=data.get("seed") or 0,
+        suffix=data.get("suffix") or data.get("user_provided_suffix"),
+        estimated_finish=data.get("estimated_finish"),
+        metadata=data.get("metadata"),
+        organization_id=data.get("organization_id") or "",
+    )
+
+
+def _event(e) -> JobEvent:
+    return JobEvent(
+        id=e.id,
+        created_at=e.created_at or 0,
+        level=e.level or "info",
+        message=e.message or "",
+        type=getattr(e, "type", None) or "message",
+        data=dict(getattr(e, "data", None) or {}),
+    )
+
+
+def _checkpoint(c) -> Checkpoint:
+    metrics = c.metrics.model_dump(exclude_none=True) if c.metrics is not None else {}
+    return Checkpoint(
+        id=c.id,
+        created_at=c.created_at or 0,
+        fine_tuned_model_checkpoint=c.fine_tuned_model_checkpoint,
+        fine_tuning_job_id=c.fine_tuning_job_id,
+        step_number=c.step_number,
+        metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)},
+    )
+
+
+def _server_message(exc) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        for key in ("message", "detail", "error"):
+            if body.get(key):
+                value = body[key]
+                return value if isinstance(value, str) else str(value)
+    if isinstance(body, str) and body.strip():
+        return body.strip()[:300]
+    try:
+        text = exc.response.text.strip()
+    except Exception:
+        text = ""
+    return text[:300] or exc.response.reason_phrase or "no message"
+
+
+def _refuse_errors(report, path: Path) -> None:
+    """A `ConvtuneError` at the first error's line, if the report has errors."""
+    errors = [f for f in report.findings if f["level"] == "error"]
+    if not errors:
+        return
+    first = min(errors, key=lambda f: (f["lines"] or [0])[0])
+    detail = f" {first['example']}" if first.get("example") else ""
+    total = report.errors
+    raise ConvtuneError(
+        f"{first['message']}{detail}",
+        path=path,
+        line=first["lines"][0] if first["lines"] else None,
+        hint=f"{total} error(s) in all; convtune check {path} lists them"
+        if total > 1
+        else "the service would refuse this file",
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _ProgressReader(io.FileIO):
+    """A file the SDK (httpx) reads in chunks while uploading; each read reports progress."""
+
+    def __init__(self, path: Path, progress: Callable[[int, int], None] | None) -> None:
+        super().__init__(path, "rb")
+        self._progress = progress
+        self._total = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = super().read(size)
+        if self._progress is not None:
+            self._progress(self.tell(), self._total)
+        return chunk
