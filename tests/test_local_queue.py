@@ -12,7 +12,7 @@ import pytest
 from convtune.local.service import Conflict, LocalService, process_alive
 from convtune.service import JobRequest
 
-from .test_local_jobs import data, tiny, wait_for  # noqa: F401  (module fixtures)
+from .test_local_jobs import convtune, data, tiny, wait_for  # noqa: F401  (module fixtures)
 
 
 def _events(service: LocalService, job_id: str) -> list[tuple[int, str]]:
@@ -68,6 +68,9 @@ def test_pause_keeps_its_place_and_resume_finishes(tiny, data):  # noqa: F811
     assert service.get_job(job.id).status == "paused"  # no worker, yet not taken for crashed
     with pytest.raises(Conflict):
         service.pause_job(job.id)
+    followed = convtune("follow", job.id)  # a paused job ends the follow: nothing will happen
+    assert followed.returncode == 0, followed.stderr
+    assert f"convtune jobs resume {job.id}" in followed.stdout
 
     resumed = service.resume_job(job.id)
     assert resumed.status in ("queued", "validating_files", "running")

@@ -52,7 +52,11 @@ def follow(
     patience: float = PATIENCE,
     clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[JobEvent | Job]:
-    """Yield each new event, oldest first, then the finished job as the last item.
+    """Yield each new event, oldest first, then the finished (or paused) job as the last item.
+
+    A paused job ends the follow too: nothing happens until someone resumes it. Over a network
+    it must be seen paused on two polls in a row, so that a follow started just after a resume
+    does not stop on a status the service has not updated yet.
 
     Over a network (not the local store), a `TransientError` waits `poll` seconds (one at least), then
     twice as long each time up to `MAX_BACKOFF`, calling `on_retry(error, delay)` first; after `patience`
@@ -65,11 +69,12 @@ def follow(
             for number, event in service.events_since(job_id, last):
                 last = number
                 yield event
-            if job.done:
+            if job.done or job.status == "paused":
                 yield job
                 return
             sleep(poll)
     seen: set[str] = set()
+    paused_polls = 0
     failing_since: float | None = None
     failures = 0
     while True:
@@ -92,7 +97,8 @@ def follow(
         for event in fresh:
             seen.add(event.id)
             yield event
-        if job.done:
+        paused_polls = paused_polls + 1 if job.status == "paused" else 0
+        if job.done or paused_polls >= 2:
             yield job
             return
         sleep(poll)

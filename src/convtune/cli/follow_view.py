@@ -97,16 +97,19 @@ def summary(job: Job, service=None) -> None:
         out.print(f"\n[red]Job {job.id} failed:[/] {escape(message)}")
         if service is None or is_local(service):
             out.print(f"Resume it from its last checkpoint: convtune jobs resume {job.id}")
+    elif job.status == "paused":
+        out.print(f"\nJob {job.id} is paused.")
+        out.print(f"Resume it where it stopped: convtune jobs resume {job.id}{args}")
     else:
         out.print(f"\nJob {job.id} is {job.status}.")
 
 
 def follow_to_end(service, job_id: str) -> None:
-    """Follow, print the outcome, and exit 1 unless the job succeeded (Ctrl-C: exit 0)."""
+    """Follow, print the outcome, and exit 1 unless the job succeeded or paused (Ctrl-C: 0)."""
     import click
 
     finished = follow_job(service, job_id)
     if finished is not None:
         summary(finished, service)
-        if finished.status != "succeeded":
+        if finished.status not in ("succeeded", "paused"):
             raise click.exceptions.Exit(1)
