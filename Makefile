@@ -26,6 +26,13 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# Opens examples/finetune_from_conversations.ipynb in JupyterLab; installs the notebook extra
+# (JupyterLab), which make test does not need.
+.PHONY: notebook
+notebook: $(STAMP)
+	$(PY) -m pip install -q -e '.[local,serve,dev,notebook]'
+	$(VENV)/bin/jupyter lab examples/finetune_from_conversations.ipynb
+
 # Speed figures of BENCHMARKS.md (the training comparison installs TRL, for bench only).
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[local,serve,dev,bench]'

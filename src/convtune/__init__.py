@@ -14,6 +14,15 @@ from .examples import Example, ExampleBuilder, ExampleOptions
 from .findings import Finding, Findings
 from .modelinfo import ModelInfo, default_epochs, resolve_model
 from .pipeline import PrepareOptions, PrepareReport, prepare
+from .plot import (
+    JobMetrics,
+    NoMetrics,
+    job_metrics,
+    loss_figure,
+    read_results,
+    save_png,
+    tokens_figure,
+)
 from .report import DatasetReport
 from .split import split_stream
 from .spreadsheet import SheetOptions, open_sheet
@@ -28,8 +37,10 @@ __all__ = [
     "Finding",
     "Findings",
     "InputError",
+    "JobMetrics",
     "Message",
     "ModelInfo",
+    "NoMetrics",
     "OptionError",
     "OutputExistsError",
     "PrepareOptions",
@@ -38,11 +49,16 @@ __all__ = [
     "check_file",
     "default_epochs",
     "detect_format",
+    "job_metrics",
+    "loss_figure",
     "open_sheet",
     "prepare",
     "read_conversations",
+    "read_results",
     "resolve_model",
+    "save_png",
     "split_stream",
+    "tokens_figure",
     "validate",
 ]
 

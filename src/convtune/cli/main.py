@@ -24,13 +24,17 @@ Examples:
   convtune check out/conversations.train.jsonl --model gpt-4o-mini-2024-07-18
   convtune train out/conversations.train.jsonl --validation-file out/conversations.valid.jsonl
   convtune chat ft:SmolLM2-135M-Instruct::ftjob-abc123 --message "Hello"
+  convtune plot ftjob-abc123 -o loss.png
 """
 
 
 @click.group(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="convtune")
 def cli() -> None:
-    """From conversation spreadsheets to checked fine-tuning datasets and fine-tuned chat models."""
+    """Turn conversation spreadsheets into checked datasets and fine-tuned models.
+
+    Every command says more with --help: convtune COMMAND --help.
+    """
 
 
 for command in (prepare, check, train, follow, jobs, models, files, chat, plot, serve):

@@ -26,13 +26,14 @@ def _context(value: str) -> int | None:
 
 
 @click.command(
+    short_help="Turn a spreadsheet into train and validation JSONL.",
     epilog="""
 \b
 Examples:
   convtune prepare conversations.csv -o out/
   convtune prepare support.xlsx --sheet Support --format prompt-completion --context 0
   convtune prepare chats.csv --layout conversation --system "You are Nimbus." --valid-ratio 0.1
-"""
+""",
 )
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option(
@@ -126,7 +127,11 @@ def prepare(
     force: bool,
     as_json: bool,
 ) -> None:
-    """Prepare fine-tuning JSONL (train and validation) from a conversation spreadsheet."""
+    """Turn a conversation spreadsheet into train and validation JSONL files.
+
+    Reads CSV or .xlsx (row 1: the two actors; a ### row ends a conversation), builds chat,
+    prompt-completion or sharegpt examples, splits whole conversations, counts tokens and cost.
+    """
     options = pipeline.PrepareOptions(
         sheet=SheetOptions(
             delimiter=delimiter, encoding=encoding, sheet=sheet, separator=separator
