@@ -84,6 +84,9 @@ def test_pause_keeps_its_place_and_resume_finishes(tiny, data):  # noqa: F811
         if e.type == "metrics" and e.data["step"] > checkpoint.step_number
     ]
     assert min(after) == checkpoint.step_number + 1  # picks up at the next step
+    # the results file covers the whole job, the steps before the pause included
+    results = service.file_content(done.result_files[0]).decode().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in results] == list(range(1, max(after) + 1))
 
 
 def test_recover_restarts_queued_and_resumes_running_jobs(tiny, data):  # noqa: F811

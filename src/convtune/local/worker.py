@@ -213,7 +213,8 @@ class JobRun:
             + ("LoRA" if lora else "full fine-tune")
             + (f", resuming from step {checkpoints[0][0].step_number}" if resume_from else "")
         )
-        rows: list[dict] = []
+        start_step = checkpoints[0][0].step_number if resume_from else 0
+        rows = self.earlier_metrics(start_step)  # the results file covers the whole job
         started = time.monotonic()
 
         def on_metrics(m) -> None:
@@ -224,9 +225,7 @@ class JobRun:
                 message += f", validation loss={m.valid_loss:.4f}"
             self.event(message, type="metrics", data=data)
             if self.rank == 0 and m.step:
-                rate = (time.monotonic() - started) / max(
-                    1, m.step - (rows[0]["step"] - 1 if rows else 0)
-                )
+                rate = (time.monotonic() - started) / max(1, m.step - start_step)
                 self.store.update_job(
                     self.job_id, estimated_finish=now() + int(rate * (m.total_steps - m.step))
                 )
@@ -302,6 +301,18 @@ class JobRun:
             estimated_finish=None,
         )
         del torch
+
+    def earlier_metrics(self, up_to: int) -> list[dict]:
+        """The metrics of steps 1..`up_to`, done before a resume: the last run of each step is
+        the one its checkpoint holds (a crash past a checkpoint makes steps run twice)."""
+        if up_to <= 0:
+            return []
+        by_step: dict[int, dict] = {}
+        for _, event in self.store.events_since(self.job_id):
+            step = event.data.get("step") if event.type == "metrics" else None
+            if isinstance(step, int) and step <= up_to:
+                by_step[step] = event.data
+        return [by_step[step] for step in sorted(by_step)]
 
     def model_id(self) -> str:
         return f"ft:{self.job.model}:{self.job.suffix or ''}:{self.job_id}"
