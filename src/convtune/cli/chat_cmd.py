@@ -12,6 +12,7 @@ from .backend import Backend, backend_option, service_for
 
 
 @click.command(
+    short_help="Chat with a fine-tuned or base model.",
     epilog="""
 \b
 Examples:

@@ -190,6 +190,7 @@ def _upload(service, path: Path, what: str):
 
 
 @click.command(
+    short_help="Follow a job live until it ends (Ctrl-C detaches).",
     epilog="\b\nExamples:\n  convtune follow ftjob-abc123\n  convtune follow ftjob-abc123 --backend openai"
 )
 @click.argument("job_id")
