@@ -1,0 +1,55 @@
+"""`create_app`: the OpenAI fine-tuning API (files, jobs, models, chat) over a `LocalService`.
+
+The app is a thin adapter: it checks keys, parses and bounds requests, calls the service, and
+shapes its objects (which are already OpenAI's) into OpenAI's envelopes. Jobs, files and models
+are the service's business; the only state of the server's own is the stored chat completions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from . import chat, errors, files, jobs, models
+from .auth import BearerAuth, KeyRing
+from .context import Context
+from .gate import Gate
+from .stored import StoredCompletions
+
+PREFIX = "/v1"
+
+
+def create_app(
+    service: Any,
+    keys: list[str],
+    *,
+    max_upload_bytes: int = 512 << 20,
+    chat_slots: int = 4,
+    home: Path | None = None,
+) -> FastAPI:
+    """The ASGI app. `keys` are the accepted bearer keys (at least one); `home` is where the
+    server keeps uploads in progress and stored completions (default: the service's home)."""
+    home = Path(home or service.home)
+    ctx = Context(
+        service=service,
+        gate=Gate(service),
+        max_upload_bytes=max_upload_bytes,
+        uploads=home / "uploads",
+        completions=StoredCompletions(home / "stored-completions.db"),
+        chat_slots=chat_slots,
+    )
+    files.sweep_uploads(ctx.uploads)
+    app = FastAPI(
+        title="convtune serve",
+        docs_url=None,  # the API is OpenAI's, documented there; no unauthenticated pages
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.context = ctx
+    errors.install(app)
+    for module in (files, jobs, models, chat):
+        app.include_router(module.router(ctx), prefix=PREFIX)
+    app.add_middleware(BearerAuth, keys=KeyRing(keys))
+    return app

@@ -1,0 +1,246 @@
+"""`/v1/chat/completions`: a reply from a local model, whole or streamed (SSE), and the list of
+completions kept with `store: true`.
+
+Streaming follows OpenAI's wire format: `data: <chunk>` events (the role first, then content
+deltas, then the finish reason, then, with `stream_options.include_usage`, a last chunk with no
+choices and the usage), ended by `data: [DONE]`. A failure once the stream has begun can no
+longer change the status code: it is sent as an `error` event, which the openai SDK raises.
+
+At most `Context.chat_slots` requests generate at once; the others wait in the event loop,
+holding no thread, so that hundreds of chat requests cannot starve the other routes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ..errors import ConvtuneError, OptionError
+from ..local.service import NotFound
+from ..local.store import new_id
+from . import ids, pages
+from .chat_request import ChatBody, StopChatRequest, to_chat_request
+from .context import Context
+from .errors import APIError, envelope, from_library
+from .models import model_not_found
+
+log = logging.getLogger("convtune.serve")
+
+
+def router(ctx: Context) -> APIRouter:
+    api = APIRouter()
+
+    @api.post("/chat/completions", operation_id="createChatCompletion")
+    async def create(body: ChatBody) -> Any:
+        request = to_chat_request(body)
+        await _known_model(ctx, request.model)
+        await anyio.to_thread.run_sync(_import_torch)  # seconds, once: not under the gate
+        meta = _Meta(request, body)
+        if body.stream:
+            return StreamingResponse(
+                _stream(ctx, request, meta),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        async with ctx.slots:
+            reply = await ctx.gate(ctx.service.chat, request)
+            try:
+                text = await anyio.to_thread.run_sync(lambda: "".join(reply))
+            finally:
+                await _close(reply)
+        completion = meta.completion(text, reply)
+        if body.store:
+            await anyio.to_thread.run_sync(ctx.completions.add, completion)
+        return completion
+
+    @api.get("/chat/completions", operation_id="listChatCompletions")
+    async def list_completions(
+        request: Request,
+        model: str | None = None,
+        after: str | None = None,
+        limit: int = 20,
+        order: str = "asc",
+    ) -> dict[str, Any]:
+        pages.check_limit(limit, 100)
+        if order not in ("asc", "desc"):
+            raise APIError(400, "order must be asc or desc.", param="order")
+        if after is not None:
+            ids.check(ids.COMPLETION_ID, after, param="after", status=400)
+        metadata = {
+            k[len("metadata[") : -1]: v
+            for k, v in request.query_params.multi_items()
+            if k.startswith("metadata[") and k.endswith("]")
+        }
+        found, more = await anyio.to_thread.run_sync(
+            lambda: ctx.completions.list(
+                model=model, metadata=metadata, after=after, limit=limit, order=order
+            )
+        )
+        return pages.envelope(found, more, to_dict=lambda c: c)
+
+    return api
+
+
+async def _known_model(ctx: Context, model: str) -> None:
+    """404 for a model that is neither fine-tuned here nor a base model convtune can load."""
+    from ..local.models import resolve_base_model
+
+    try:
+        await ctx.gate(ctx.service.get_model, model)
+        return
+    except NotFound:
+        pass
+    try:
+        await anyio.to_thread.run_sync(resolve_base_model, model)
+    except OptionError:
+        raise model_not_found(model) from None
+
+
+class _Meta:
+    """What every chunk and the whole completion share: id, creation time, model, options."""
+
+    def __init__(self, request: StopChatRequest, body: ChatBody) -> None:
+        self.id = new_id("chatcmpl-")
+        self.created = int(time.time())
+        self.model = request.model
+        self.store = bool(body.store)
+        self.metadata = body.metadata
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def usage(self, reply: Any) -> dict[str, Any]:
+        prompt = int(getattr(reply, "prompt_tokens", 0))
+        completion = int(getattr(reply, "completion_tokens", 0))
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+
+    def completion(self, text: str, reply: Any) -> dict[str, Any]:
+        body = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": text,
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": getattr(reply, "finish_reason", None) or "stop",
+                }
+            ],
+            "usage": self.usage(reply),
+            "service_tier": "default",
+            "system_fingerprint": "convtune",
+        }
+        if self.store:
+            body["metadata"] = self.metadata or {}
+        return body
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "service_tier": "default",
+            "system_fingerprint": "convtune",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if self.include_usage:
+            data["usage"] = None
+        return _event(data)
+
+    def usage_chunk(self, reply: Any) -> str:
+        return _event(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "service_tier": "default",
+                "system_fingerprint": "convtune",
+                "choices": [],
+                "usage": self.usage(reply),
+            }
+        )
+
+
+async def _stream(ctx: Context, request: StopChatRequest, meta: _Meta) -> AsyncIterator[str]:
+    """The SSE events of one streamed reply.
+
+    A client that goes away cancels this generator at an `await`: the `finally` then ends the
+    generation.
+    """
+    async with ctx.slots:
+        reply = None
+        try:
+            reply = await ctx.gate(ctx.service.chat, request)
+            yield meta.chunk({"role": "assistant", "content": "", "refusal": None})
+            pieces: list[str] = []
+            while (piece := await anyio.to_thread.run_sync(_next, reply)) is not None:
+                pieces.append(piece)
+                yield meta.chunk({"content": piece})
+            finish = getattr(reply, "finish_reason", None) or "stop"
+            yield meta.chunk({}, finish)
+            if meta.include_usage:
+                yield meta.usage_chunk(reply)
+            if meta.store:
+                completion = meta.completion("".join(pieces), reply)
+                await anyio.to_thread.run_sync(ctx.completions.add, completion)
+            yield "data: [DONE]\n\n"
+        except ConvtuneError as exc:
+            yield _event(from_library(exc).body())
+        except Exception:
+            log.exception("internal error while streaming %s", meta.id)
+            yield _event(
+                envelope(
+                    "The server had an error while generating; its log has the details.",
+                    type="server_error",
+                    code="internal_error",
+                )
+            )
+        finally:
+            if reply is not None:
+                await _close(reply)
+
+
+def _import_torch() -> None:
+    """Import what a chat model needs before the gate is taken: the first chat then holds the
+    service only while it loads the weights, not for the seconds torch takes to import."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM, TextIteratorStreamer  # noqa: F401
+
+
+def _next(reply: Any) -> str | None:
+    return next(reply, None)
+
+
+async def _close(reply: Any) -> None:
+    """End a reply's generation, even from a request being cancelled (a client gone, shutdown):
+    in a thread, since it waits for torch, and shielded, since it must run to its end."""
+    close = getattr(reply, "close", None)
+    if close is not None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(close)
+
+
+def _event(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

@@ -1,0 +1,29 @@
+"""What every route needs: the service behind its gate, and the server's few settings."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .gate import Gate
+from .stored import StoredCompletions
+
+
+@dataclass
+class Context:
+    service: Any  # a LocalService (typed loosely: tests give the app a stand-in)
+    gate: Gate
+    max_upload_bytes: int
+    uploads: Path  # temporary folders of uploads in progress
+    completions: StoredCompletions
+    chat_slots: int = 4  # chat requests generating at once; the others wait without a thread
+    _slots: asyncio.Semaphore | None = field(default=None, repr=False)
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        """Created on first use, inside the server's event loop."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.chat_slots)
+        return self._slots

@@ -1,0 +1,233 @@
+"""`/v1/fine_tuning/jobs`: create, list, retrieve, cancel, pause, resume, events, checkpoints.
+
+The request body is OpenAI's, checked field by field (an unknown field is a 400, as OpenAI
+answers), plus one field of convtune's own: ``"convtune": {"max_steps": 4, "lora_r": 8, ...}``,
+the local trainer's options that OpenAI's API has no words for (the openai SDK sends it with
+``extra_body={"convtune": {...}}``). Only the options listed in `LocalOptions` pass: nothing in a
+request chooses where a model is read from or how many processes train.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+
+from ..errors import ConvtuneError
+from ..service import JobRequest
+from . import ids, pages
+from .context import Context
+from .errors import APIError, from_library
+
+MAX_LIST = 1000  # page size limit of jobs, events and checkpoints
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Hyperparameters(_Body):
+    n_epochs: Literal["auto"] | StrictInt = "auto"
+    batch_size: Literal["auto"] | StrictInt = "auto"
+    learning_rate_multiplier: Literal["auto"] | StrictInt | StrictFloat = "auto"
+
+
+class Supervised(_Body):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(_Body):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: Supervised | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class LocalOptions(_Body):
+    """convtune's trainer options, as `convtune train` has them."""
+
+    lora_r: StrictInt | None = Field(None, ge=1, le=1024)
+    lora_alpha: StrictInt | None = Field(None, ge=1, le=4096)
+    full: StrictBool | None = None
+    max_length: StrictInt | None = Field(None, ge=16, le=131072)
+    max_steps: StrictInt | None = Field(None, ge=1)
+
+
+class CreateJob(_Body):
+    model: str = Field(min_length=1, max_length=4096)
+    training_file: str = Field(min_length=1, max_length=100)
+    validation_file: str | None = Field(None, max_length=100)
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    suffix: str | None = Field(None, min_length=1, max_length=64)
+    seed: StrictInt | None = Field(None, ge=0, le=2147483647)
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    convtune: LocalOptions | None = None
+
+
+def router(ctx: Context) -> APIRouter:
+    api = APIRouter()
+
+    @api.post("/fine_tuning/jobs", operation_id="createFineTuningJob")
+    async def create_job(body: CreateJob) -> dict[str, Any]:
+        request = await _job_request(ctx, body)
+        return (await ctx.gate(ctx.service.create_job, request)).to_dict()
+
+    @api.get("/fine_tuning/jobs", operation_id="listPaginatedFineTuningJobs")
+    async def list_jobs(
+        request: Request, after: str | None = None, limit: int = 20
+    ) -> dict[str, Any]:
+        pages.check_limit(limit, MAX_LIST)
+        if after is not None:
+            await _known_cursor(ctx, after)
+        metadata, no_metadata = _metadata_filter(request)
+        if no_metadata:  # metadata=null: the jobs that have none (a scan: a local list is short)
+            jobs = await ctx.gate(ctx.service.list_jobs, after=after, limit=1 << 30)
+            jobs = [j for j in jobs if not j.metadata]
+        else:
+            jobs = await ctx.gate(
+                ctx.service.list_jobs, after=after, limit=limit + 1, metadata=metadata
+            )
+        return pages.envelope(jobs[:limit], len(jobs) > limit, ids=False)
+
+    @api.get("/fine_tuning/jobs/{fine_tuning_job_id}", operation_id="retrieveFineTuningJob")
+    async def retrieve_job(fine_tuning_job_id: str) -> dict[str, Any]:
+        return await _act(ctx, ctx.service.get_job, fine_tuning_job_id)
+
+    @api.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel", operation_id="cancelFineTuningJob")
+    async def cancel_job(fine_tuning_job_id: str) -> dict[str, Any]:
+        return await _act(ctx, ctx.service.cancel_job, fine_tuning_job_id)
+
+    @api.post("/fine_tuning/jobs/{fine_tuning_job_id}/pause", operation_id="pauseFineTuningJob")
+    async def pause_job(fine_tuning_job_id: str) -> dict[str, Any]:
+        return await _act(ctx, ctx.service.pause_job, fine_tuning_job_id)
+
+    @api.post("/fine_tuning/jobs/{fine_tuning_job_id}/resume", operation_id="resumeFineTuningJob")
+    async def resume_job(fine_tuning_job_id: str) -> dict[str, Any]:
+        return await _act(ctx, ctx.service.resume_job, fine_tuning_job_id)
+
+    @api.get(
+        "/fine_tuning/jobs/{fine_tuning_job_id}/events", operation_id="listFineTuningEvents"
+    )
+    async def list_events(
+        fine_tuning_job_id: str, after: str | None = None, limit: int = 20
+    ) -> dict[str, Any]:
+        ids.check(ids.JOB_ID, fine_tuning_job_id, param="fine_tuning_job_id")
+        pages.check_limit(limit, MAX_LIST)
+        if after is not None:
+            ids.check(ids.EVENT_ID, after, param="after", status=400)
+        events = await ctx.gate(
+            ctx.service.list_events, fine_tuning_job_id, after=after, limit=limit + 1
+        )
+        return pages.envelope(events[:limit], len(events) > limit, ids=False)
+
+    @api.get(
+        "/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
+        operation_id="listFineTuningJobCheckpoints",
+    )
+    async def list_checkpoints(
+        fine_tuning_job_id: str, after: str | None = None, limit: int = 10
+    ) -> dict[str, Any]:
+        ids.check(ids.JOB_ID, fine_tuning_job_id, param="fine_tuning_job_id")
+        pages.check_limit(limit, MAX_LIST)
+        if after is not None:
+            ids.check(ids.CHECKPOINT_ID, after, param="after", status=400)
+        checkpoints = await ctx.gate(ctx.service.list_checkpoints, fine_tuning_job_id)
+        checkpoints = pages.after_cursor(checkpoints, after)  # newest first
+        return pages.envelope(checkpoints[:limit], len(checkpoints) > limit)
+
+    return api
+
+
+async def _act(ctx: Context, method, job_id: str) -> dict[str, Any]:
+    ids.check(ids.JOB_ID, job_id, param="fine_tuning_job_id")
+    return (await ctx.gate(method, job_id)).to_dict()
+
+
+async def _known_cursor(ctx: Context, after: str) -> None:
+    ids.check(ids.JOB_ID, after, param="after", status=400)
+    try:
+        await ctx.gate(ctx.service.get_job, after)
+    except ConvtuneError as exc:
+        raise APIError(400, f"Invalid 'after': {exc}", param="after") from None
+
+
+def _metadata_filter(request: Request) -> tuple[dict[str, str] | None, bool]:
+    """`metadata[k]=v` pairs (OpenAI's deepObject style), and whether `metadata=null` was sent."""
+    pairs: dict[str, str] = {}
+    no_metadata = False
+    for key, value in request.query_params.multi_items():
+        if key == "metadata":
+            if value != "null":
+                raise APIError(
+                    400, "Filter with metadata[key]=value, or metadata=null.", param="metadata"
+                )
+            no_metadata = True
+        elif key.startswith("metadata[") and key.endswith("]"):
+            pairs[key[len("metadata[") : -1]] = value
+    return (pairs or None), no_metadata
+
+
+async def _job_request(ctx: Context, body: CreateJob) -> JobRequest:
+    """OpenAI's body as the service's `JobRequest`; what convtune cannot honour is a 400."""
+    if body.method is not None and body.method.type != "supervised":
+        raise APIError(
+            400,
+            f"Fine-tuning method {body.method.type!r} is not available: convtune trains"
+            " supervised only.",
+            param="method.type",
+            code="unsupported_value",
+        )
+    method_hp = body.method.supervised.hyperparameters if body.method and body.method.supervised else None
+    if method_hp is not None and body.hyperparameters is not None:
+        raise APIError(
+            400,
+            "Give hyperparameters in method.supervised.hyperparameters or at the top level,"
+            " not both.",
+            param="hyperparameters",
+        )
+    hp = method_hp or body.hyperparameters or Hyperparameters()
+    if body.integrations:
+        raise APIError(
+            400, "Integrations (wandb) are not available in convtune.", param="integrations"
+        )
+    if body.metadata is not None:
+        _check_metadata(body.metadata)
+    for param in ("training_file", "validation_file"):
+        file_id = getattr(body, param)
+        if file_id is None:
+            continue
+        ids.check(ids.FILE_ID, file_id, param=param, status=400)
+        try:
+            await ctx.gate(ctx.service.get_file, file_id)
+        except ConvtuneError as exc:
+            error = from_library(exc, param=param)
+            raise APIError(400, f"Invalid {param}: {exc}", param=param, code=error.code) from None
+    options = body.convtune.model_dump(exclude_none=True) if body.convtune else {}
+    return JobRequest(
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        n_epochs=hp.n_epochs,
+        batch_size=hp.batch_size,
+        learning_rate_multiplier=hp.learning_rate_multiplier,
+        suffix=body.suffix,
+        seed=body.seed,
+        metadata=body.metadata,
+        options=options,
+    )
+
+
+def _check_metadata(metadata: dict[str, str]) -> None:
+    """OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512."""
+    if len(metadata) > 16:
+        raise APIError(400, "metadata may have at most 16 keys.", param="metadata")
+    for key, value in metadata.items():
+        if len(key) > 64 or len(value) > 512:
+            raise APIError(
+                400,
+                "metadata keys are at most 64 characters, values at most 512.",
+                param=f"metadata.{key[:64]}",
+            )
