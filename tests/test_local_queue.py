@@ -138,5 +138,13 @@ def test_a_model_in_use_is_not_deleted(tiny, data):  # noqa: F811
     with pytest.raises(Conflict, match="in use"):
         service.delete_model(model_id)
     service.cancel_job(further.id)
+    # trained further, the new model is named after the base model, as OpenAI names them
+    short = service.create_job(
+        JobRequest(model=model_id, training_file=training_file, options={"max_steps": 2})
+    )
+    done = wait_for(lambda: (j := service.get_job(short.id)).done and j, 300)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model == f"ft:{tiny.name}::{short.id}"
+    assert any(f"Training {model_id} on" in m for _, m in _events(service, short.id))
     service.delete_model(model_id)
     assert model_id not in [m.id for m in service.list_models()]

@@ -51,6 +51,7 @@ class ChatRequest:
     temperature: float = 0.7
     top_p: float = 1.0
     seed: int | None = None
+    stop: list[str] = field(default_factory=list)  # OpenAI's `stop`: strings that end the reply
 
 
 class FineTuningService(Protocol):

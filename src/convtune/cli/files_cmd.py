@@ -38,7 +38,7 @@ def files() -> None:
     """List, upload, download and delete files."""
 
 
-@files.command("list")
+@files.command("list", epilog="\b\nExamples:\n  convtune files list\n  convtune files list --backend openai")
 @click.option("--purpose", default=None, help="Only files of this purpose (fine-tune...).")
 @click.option("--json", "as_json", is_flag=True, help="Print OpenAI-shaped JSON.")
 @backend_option
@@ -69,7 +69,7 @@ def list_files(purpose: str | None, as_json: bool, backend: Backend) -> None:
     print_table(table)
 
 
-@files.command("upload")
+@files.command("upload", epilog="\b\nExample:\n  convtune files upload out/conversations.train.jsonl --backend openai")
 @click.argument("path", metavar="FILE", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--purpose", default="fine-tune", show_default=True)
 @click.option(
@@ -92,7 +92,7 @@ def upload(path: Path, purpose: str, no_reuse: bool, backend: Backend) -> None:
     render.out.print(uploaded.id)
 
 
-@files.command("download")
+@files.command("download", epilog="\b\nExample:\n  convtune files download file-abc123 -o results.csv --backend openai")
 @click.argument("file_id")
 @click.option(
     "-o",
@@ -119,7 +119,7 @@ def write(content: bytes, output: Path | None, force: bool) -> None:
     render.err.print(f"wrote {output} ({len(content):,} bytes)", highlight=False, markup=False)
 
 
-@files.command("delete")
+@files.command("delete", epilog="\b\nExamples:\n  convtune files delete file-abc123\n  convtune files delete --all --dry-run --backend openai")
 @click.argument("file_id", required=False)
 @delete_options
 @backend_option

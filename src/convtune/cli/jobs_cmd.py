@@ -37,7 +37,7 @@ def jobs() -> None:
     """List, inspect, cancel, pause and resume fine-tuning jobs."""
 
 
-@jobs.command("list")
+@jobs.command("list", epilog="\b\nExamples:\n  convtune jobs list\n  convtune jobs list --backend openai --json")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print OpenAI-shaped JSON.")
 @backend_option
@@ -58,7 +58,7 @@ def list_jobs(limit: int, as_json: bool, backend: Backend) -> None:
     print_table(table)
 
 
-@jobs.command("show")
+@jobs.command("show", epilog="\b\nExample:\n  convtune jobs show ftjob-abc123")
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True)
 @backend_option
@@ -113,7 +113,7 @@ def _checkpoint_table(checkpoints) -> None:
     print_table(table)
 
 
-@jobs.command("checkpoints")
+@jobs.command("checkpoints", epilog="\b\nExample:\n  convtune jobs checkpoints ftjob-abc123")
 @click.argument("job_id")
 @backend_option
 def checkpoints(job_id: str, backend: Backend) -> None:
@@ -125,7 +125,7 @@ def checkpoints(job_id: str, backend: Backend) -> None:
     _checkpoint_table(found)
 
 
-@jobs.command("cancel")
+@jobs.command("cancel", epilog="\b\nExamples:\n  convtune jobs cancel ftjob-abc123\n  convtune jobs cancel ftjob-abc123 --yes --backend openai")
 @click.argument("job_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @backend_option
@@ -137,7 +137,7 @@ def cancel(job_id: str, yes: bool, backend: Backend) -> None:
     render.out.print(f"{job.id} is {job.status}.")
 
 
-@jobs.command("pause")
+@jobs.command("pause", epilog="\b\nExample:\n  convtune jobs pause ftjob-abc123")
 @click.argument("job_id")
 @backend_option
 def pause(job_id: str, backend: Backend) -> None:
@@ -151,7 +151,7 @@ def pause(job_id: str, backend: Backend) -> None:
     )
 
 
-@jobs.command("results")
+@jobs.command("results", epilog="\b\nExample:\n  convtune jobs results ftjob-abc123 -o results.csv")
 @click.argument("job_id")
 @click.option(
     "-o",
@@ -173,12 +173,12 @@ def results(job_id: str, output: Path | None, force: bool, backend: Backend) -> 
     write(service.file_content(job.result_files[0]), output, force)
 
 
-@jobs.command("resume")
+@jobs.command("resume", epilog="\b\nExamples:\n  convtune jobs resume ftjob-abc123\n  convtune jobs resume ftjob-abc123 --detach")
 @click.argument("job_id")
 @click.option("--detach", is_flag=True, help="Return at once instead of following.")
 @backend_option
 def resume(job_id: str, detach: bool, backend: Backend) -> None:
-    """Continue a paused job (locally, also a failed or cancelled one) from its checkpoint."""
+    """Continue a paused (or failed, cancelled local) job from its checkpoint."""
     from .follow_view import follow_to_end
 
     service = service_for(backend)
@@ -203,7 +203,7 @@ def models() -> None:
     """List and delete fine-tuned models."""
 
 
-@models.command("list")
+@models.command("list", epilog="\b\nExamples:\n  convtune models list\n  convtune models list --backend openai --include-base")
 @click.option("--include-base", is_flag=True, help="Also base models (remote services list them).")
 @click.option("--json", "as_json", is_flag=True)
 @backend_option
@@ -234,7 +234,7 @@ def list_models(include_base: bool, as_json: bool, backend: Backend) -> None:
     print_table(table)
 
 
-@models.command("delete")
+@models.command("delete", epilog="\b\nExamples:\n  convtune models delete ft:SmolLM2-135M-Instruct:support:ftjob-abc123\n  convtune models delete --all --dry-run --backend openai")
 @click.argument("model_id", required=False)
 @delete_options
 @backend_option

@@ -130,7 +130,7 @@ class LocalChat:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         text, stops = self.prompt(request.messages)
-        stops = [*stops, *(s for s in (getattr(request, "stop", None) or []) if s)]
+        stops = [*stops, *(s for s in request.stop if s)]
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         reply = Reply(int(inputs["input_ids"].shape[1]), request.max_tokens)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +49,8 @@ class LocalService:
         self.store = Store(database_path(self.home))
         self._children: dict[str, subprocess.Popen] = {}
         self._chat_models: dict[str, object] = {}
+        self._loading: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
 
     def close(self) -> None:
         self.store.close()
@@ -146,6 +149,7 @@ class LocalService:
         )
         options = dict(request.options)
         options.setdefault("model_source", base.source)  # absolute: workers may run elsewhere
+        options.setdefault("base_name", base.name)  # ft:<base>:..., also when training further
         self.store.add_job(job, options)
         self.store.add_event(job.id, f"Created fine-tuning job: {job.id}")
         self._start(job.id, options)
@@ -399,9 +403,12 @@ class LocalService:
     def chat(self, request: ChatRequest) -> Iterator[str]:
         from .chat import LocalChat
 
-        chat = self._chat_models.get(request.model)
-        if chat is None:
-            chat = self._chat_models[request.model] = LocalChat.load(self, request.model)
+        with self._guard:  # one load per model, however many threads ask for it at once
+            loading = self._loading.setdefault(request.model, threading.Lock())
+        with loading:
+            chat = self._chat_models.get(request.model)
+            if chat is None:
+                chat = self._chat_models[request.model] = LocalChat.load(self, request.model)
         return chat.reply(request)  # type: ignore[attr-defined]
 
 

@@ -208,7 +208,7 @@ class JobRun:
         if self.resume and checkpoints:
             resume_from = checkpoints[0][1]
         self.event(
-            f"Training {ref.name} on {n} examples ({train_stats.trained_tokens:,} trained tokens),"
+            f"Training {self.job.model} on {n} examples ({train_stats.trained_tokens:,} trained tokens),"
             f" {n_epochs} epochs, batch size {batch_size}, "
             + ("LoRA" if lora else "full fine-tune")
             + (f", resuming from step {checkpoints[0][0].step_number}" if resume_from else "")
@@ -280,7 +280,7 @@ class JobRun:
         )
         fmt, actors = _format_and_actors(train_path)
         self.store.add_model(
-            model_id, ref.name, self.job_id, target / "merged", target / "adapter", fmt, actors
+            model_id, self.base_name, self.job_id, target / "merged", target / "adapter", fmt, actors
         )
         results = self.results_file(rows)
         self.store.update_job(
@@ -314,8 +314,13 @@ class JobRun:
                 by_step[step] = event.data
         return [by_step[step] for step in sorted(by_step)]
 
+    @property
+    def base_name(self) -> str:
+        """The base model's name, also for a job that trains a fine-tuned model further."""
+        return self.options.get("base_name") or self.job.model
+
     def model_id(self) -> str:
-        return f"ft:{self.job.model}:{self.job.suffix or ''}:{self.job_id}"
+        return f"ft:{self.base_name}:{self.job.suffix or ''}:{self.job_id}"
 
     def results_file(self, rows: list[dict]) -> str:
         """OpenAI's results CSV: step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy."""

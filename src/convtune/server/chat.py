@@ -23,11 +23,11 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ..errors import ConvtuneError, OptionError
-from ..local.service import NotFound
+from ..errors import ConvtuneError, NotFound, OptionError
 from ..local.store import new_id
+from ..service import ChatRequest
 from . import ids, pages
-from .chat_request import ChatBody, StopChatRequest, to_chat_request
+from .chat_request import ChatBody, to_chat_request
 from .context import Context
 from .errors import APIError, envelope, from_library
 from .models import model_not_found
@@ -42,7 +42,7 @@ def router(ctx: Context) -> APIRouter:
     async def create(body: ChatBody) -> Any:
         request = to_chat_request(body)
         await _known_model(ctx, request.model)
-        await anyio.to_thread.run_sync(_import_torch)  # seconds, once: not under the gate
+        await anyio.to_thread.run_sync(_import_torch)  # seconds, once
         meta = _Meta(request, body)
         if body.stream:
             return StreamingResponse(
@@ -107,7 +107,7 @@ async def _known_model(ctx: Context, model: str) -> None:
 class _Meta:
     """What every chunk and the whole completion share: id, creation time, model, options."""
 
-    def __init__(self, request: StopChatRequest, body: ChatBody) -> None:
+    def __init__(self, request: ChatRequest, body: ChatBody) -> None:
         self.id = new_id("chatcmpl-")
         self.created = int(time.time())
         self.model = request.model
@@ -182,7 +182,7 @@ class _Meta:
         )
 
 
-async def _stream(ctx: Context, request: StopChatRequest, meta: _Meta) -> AsyncIterator[str]:
+async def _stream(ctx: Context, request: ChatRequest, meta: _Meta) -> AsyncIterator[str]:
     """The SSE events of one streamed reply.
 
     A client that goes away cancels this generator at an `await`: the `finally` then ends the
@@ -222,8 +222,8 @@ async def _stream(ctx: Context, request: StopChatRequest, meta: _Meta) -> AsyncI
 
 
 def _import_torch() -> None:
-    """Import what a chat model needs before the gate is taken: the first chat then holds the
-    service only while it loads the weights, not for the seconds torch takes to import."""
+    """Import what a chat model needs once, in a thread of its own: the seconds torch takes to
+    import are not spent inside the first chat call."""
     import torch  # noqa: F401
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM, TextIteratorStreamer  # noqa: F401

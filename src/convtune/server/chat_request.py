@@ -9,7 +9,6 @@ does not define is a 400 too, as OpenAI answers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
@@ -19,13 +18,6 @@ from .errors import APIError
 
 DEFAULT_MAX_TOKENS = 512
 MAX_TOKENS = 8192
-
-
-@dataclass
-class StopChatRequest(ChatRequest):
-    """A `ChatRequest` with OpenAI's `stop` strings (`LocalChat.reply` honours them)."""
-
-    stop: list[str] = field(default_factory=list)
 
 
 class StreamOptions(BaseModel):
@@ -78,7 +70,7 @@ class ChatBody(BaseModel):
     moderation: Any = None
 
 
-def to_chat_request(body: ChatBody) -> StopChatRequest:
+def to_chat_request(body: ChatBody) -> ChatRequest:
     """The service's request, or an `APIError` naming the first parameter that cannot be met."""
     _unsupported(body)
     if body.stream_options is not None and not body.stream:
@@ -110,7 +102,7 @@ def to_chat_request(body: ChatBody) -> StopChatRequest:
         raise APIError(
             400, "metadata: at most 16 keys of 64 characters, values of 512.", param="metadata"
         )
-    return StopChatRequest(
+    return ChatRequest(
         model=body.model,
         messages=messages(body.messages),
         max_tokens=max_tokens,

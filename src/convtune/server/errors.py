@@ -16,8 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ConvtuneError
-from ..local.service import Conflict, NotFound
+from ..errors import Conflict, ConvtuneError, NotFound
 
 log = logging.getLogger("convtune.serve")
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from ..local.service import NotFound
+from ..errors import NotFound
 from . import ids
 from .context import Context
 from .errors import APIError
