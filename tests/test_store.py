@@ -134,3 +134,26 @@ def test_checkpoints_and_models(tmp_path):
         raw.execute("PRAGMA foreign_keys=ON")
         raw.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
     assert store.list_checkpoints(job.id) == []
+
+
+def test_threads_share_a_store_without_mixing_transactions(tmp_path):
+    """The server calls one store from many threads: each has its own connection, so status
+    changes (read then write, in one transaction) never interleave and nothing is lost."""
+    store = Store(tmp_path / "convtune.db")
+    jobs = [make_job(store) for _ in range(4)]
+
+    def work(job: Job) -> None:
+        for i in range(50):
+            store.add_event(job.id, f"event {i}")
+            store.set_status(job.id, "running" if i % 2 else "queued", event=f"status {i}")
+
+    threads = [threading.Thread(target=work, args=(job,)) for job in jobs for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for job in jobs:
+        assert len(store.events_since(job.id)) == 2 * 2 * 50
+    assert len(store._connections) == len(threads) + 1  # one per thread, and the main thread's
+    store.close()  # from the main thread, connections opened by the others included
+    assert store._connections == []
