@@ -148,3 +148,87 @@ def test_a_model_in_use_is_not_deleted(tiny, data):  # noqa: F811
     assert any(f"Training {model_id} on" in m for _, m in _events(service, short.id))
     service.delete_model(model_id)
     assert model_id not in [m.id for m in service.list_models()]
+
+
+def test_a_job_being_launched_is_not_taken_for_crashed(tiny, data):  # noqa: F811
+    """Between the job's row and its worker's pid there is a moment with no worker to see: a
+    reader in that moment (another thread of the server, `jobs list`) must not fail the job."""
+    from convtune.local.store import new_id, now
+    from convtune.objects import Job
+
+    service = LocalService()
+    job = Job(id=new_id("ftjob-"), created_at=now(), model="m", training_file="file-x")
+    service.store.add_job(job, {})  # as create_job does, just before it starts the worker
+    assert service.get_job(job.id).status == "validating_files"
+    service.store.update_job(job.id, launching_until=now() - 1)  # its launcher died
+    failed = service.get_job(job.id)
+    assert failed.status == "failed" and failed.error.code == "worker_died"
+
+
+def test_resumes_at_once_start_one_worker(tiny, data):  # noqa: F811
+    import threading
+
+    service = LocalService()
+    job = service.create_job(
+        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, n_epochs=3)
+    )
+    wait_for(lambda: any(e.type == "metrics" for e in service.list_events(job.id, limit=50)))
+    service.pause_job(job.id)
+    outcomes: list[str] = []
+
+    def resume() -> None:
+        try:
+            service.resume_job(job.id)
+            outcomes.append("resumed")
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=resume) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["conflict", "conflict", "resumed"]
+    done = wait_for(lambda: (j := service.get_job(job.id)).done and j, 300)
+    assert done.status == "succeeded", done.error
+    starts = [m for _, m in _events(service, job.id) if m.startswith("Resuming fine-tuning job")]
+    assert len(starts) == 1
+
+
+def test_identical_uploads_at_once_are_stored_once(data):  # noqa: F811
+    from concurrent.futures import ThreadPoolExecutor
+
+    service = LocalService()
+    with ThreadPoolExecutor(4) as pool:
+        ids = set(pool.map(lambda _: service.upload_file(data["train"]).id, range(8)))
+    assert len(ids) == 1 and len(service.list_files()) == 1
+
+
+def test_events_after_an_unknown_id_is_an_error(tiny, data):  # noqa: F811
+    from convtune.errors import OptionError
+
+    service = LocalService()
+    job = service.create_job(
+        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, n_epochs=1)
+    )
+    newest = service.list_events(job.id, limit=1)
+    with pytest.raises(OptionError, match="no event"):
+        service.list_events(job.id, after="ftevent-doesnotexist")
+    other = service.create_job(
+        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, n_epochs=1)
+    )
+    with pytest.raises(OptionError):  # an event of another job is no cursor here
+        service.list_events(other.id, after=newest[0].id)
+    for j in (job, other):
+        wait_for(lambda j=j: service.get_job(j.id).done, 300)
+
+
+def test_chat_keeps_one_copy_per_model_however_it_is_spelled(tiny):  # noqa: F811
+    from convtune.service import ChatRequest
+
+    service = LocalService()
+    spellings = [str(tiny), str(tiny).replace("/", "//", 1), f"{tiny.parent}/./{tiny.name}"]
+    for model in spellings:
+        request = ChatRequest(model, [{"role": "user", "content": "Hi"}], max_tokens=2)
+        assert isinstance("".join(service.chat(request)), str)
+    assert len(service._chat_models) == 1

@@ -97,6 +97,11 @@ class LocalChat:
         record = service.store.get_model(model_id)
         if record is not None:
             path = Path(record["path"])
+            if not (path / "config.json").is_file():
+                raise ConvtuneError(
+                    f"the weights of {model_id} are missing from {path}",
+                    hint=f"delete it with: convtune models delete {model_id}",
+                )
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             fmt, actors = record["format"], record["actors"]

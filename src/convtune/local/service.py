@@ -21,9 +21,18 @@ from pathlib import Path
 
 from ..errors import Conflict, ConvtuneError, NotFound, OptionError
 from ..home import data_dir
-from ..objects import TERMINAL, Checkpoint, FileObject, Job, JobError, JobEvent, ModelObject
+from ..objects import (
+    STATUSES,
+    TERMINAL,
+    Checkpoint,
+    FileObject,
+    Job,
+    JobError,
+    JobEvent,
+    ModelObject,
+)
 from ..service import ChatRequest, JobRequest
-from .store import Store, new_id, now
+from .store import LAUNCH_GRACE, Store, new_id, now
 
 SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 PURPOSES = ("fine-tune", "fine-tune-results")
@@ -32,6 +41,9 @@ ACTIVE = ("validating_files", "queued", "running")
 
 def database_path(home: Path | None = None) -> Path:
     return (home or data_dir()) / "convtune.db"
+
+
+CHAT_MODELS_KEPT = 4  # models kept loaded for chat; the least recently used is dropped first
 
 
 class LocalService:
@@ -51,6 +63,7 @@ class LocalService:
         self._chat_models: dict[str, object] = {}
         self._loading: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._uploading = threading.Lock()
 
     def close(self) -> None:
         self.store.close()
@@ -78,11 +91,23 @@ class LocalService:
         name = filename or path.name
         total = path.stat().st_size
         digest = _sha256(path)
-        existing = self.store.find_file(digest, name, purpose)
-        if existing is not None:
-            if progress is not None:
-                progress(total, total)
-            return existing
+        with self._uploading:  # the same bytes uploaded twice at once are stored once
+            existing = self.store.find_file(digest, name, purpose)
+            if existing is not None:
+                if progress is not None:
+                    progress(total, total)
+                return existing
+            return self._store_file(path, name, purpose, digest, total, progress)
+
+    def _store_file(
+        self,
+        path: Path,
+        name: str,
+        purpose: str,
+        digest: str,
+        total: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> FileObject:
         file_id = new_id("file-")
         target = self.home / "files" / f"{file_id}.jsonl"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +200,16 @@ class LocalService:
         if resume:
             command.append("--resume")
         env = dict(os.environ, CONVTUNE_HOME=str(self.home), PYTHONUNBUFFERED="1")
+        env.pop("CONVTUNE_API_KEYS", None)  # the server's keys: a worker has no use for them
+        # before the worker exists: flags cleared (a resumed worker must not read an old pause),
+        # no stale pid, and a grace period in which readers do not take the job for crashed
+        self.store.update_job(
+            job_id,
+            pid=None,
+            cancel_requested=0,
+            pause_requested=0,
+            launching_until=now() + LAUNCH_GRACE,
+        )
         with open(folder / "worker.log", "ab") as log:
             child = subprocess.Popen(
                 command,
@@ -185,7 +220,7 @@ class LocalService:
                 env=env,
             )
         self._children[job_id] = child
-        self.store.update_job(job_id, pid=child.pid, cancel_requested=0, pause_requested=0)
+        self.store.update_job(job_id, pid=child.pid, launching_until=None)
 
     def job_dir(self, job_id: str) -> Path:
         return self.home / "jobs" / job_id
@@ -229,6 +264,8 @@ class LocalService:
         job = self.get_job(job_id)
         if job.status != "running":
             raise Conflict(f"job {job_id} is {job.status}; only running jobs pause")
+        if self.store.job_runtime(job_id).get("cancel_requested"):
+            raise Conflict(f"job {job_id} is being cancelled")
         self.store.update_job(job_id, pause_requested=1)
         self._stop_worker(job_id, grace)
         self.store.set_status(
@@ -262,14 +299,17 @@ class LocalService:
         where = (
             f"checkpoint at step {checkpoints[0][0].step_number}" if checkpoints else "the start"
         )
-        self.store.set_status(
+        moved = self.store.set_status(  # compare and set: of two resumes at once, one starts
             job_id,
             "queued",
+            unless=tuple(x for x in STATUSES if x not in ("paused", "failed", "cancelled")),
             event=f"Resuming fine-tuning job from {where}",
             error=None,
             finished_at=None,
             fine_tuned_model=None,
         )
+        if not moved:
+            raise Conflict(f"job {job_id} is being resumed already")
         self._start(job_id, self.store.job_runtime(job_id)["options"], resume=True)
         return self.get_job(job_id)
 
@@ -305,7 +345,8 @@ class LocalService:
                 self.store.set_status(
                     job_id, "queued", event="Restarting the job: its worker had stopped"
                 )
-                self._start(job_id, options)
+                # resume: a job queued again after a pause has checkpoints to go on from
+                self._start(job_id, options, resume=True)
                 done.append((job_id, "restarted"))
             elif resume_running:
                 checkpoints = self.store.list_checkpoints(job_id)
@@ -336,8 +377,11 @@ class LocalService:
         child = self._children.get(job_id)
         if child is not None:
             return child.poll() is None
-        pid = self.store.job_runtime(job_id).get("pid")
-        return bool(pid) and process_alive(pid, job_id)
+        runtime = self.store.job_runtime(job_id)
+        pid = runtime.get("pid")
+        if pid:
+            return process_alive(pid, job_id)
+        return (runtime.get("launching_until") or 0) >= now()  # being started right now
 
     def _mark_crashed(self, job_id: str) -> Job:
         # The worker writes its final status before exiting; re-read in case it just did.
@@ -403,13 +447,27 @@ class LocalService:
     def chat(self, request: ChatRequest) -> Iterator[str]:
         from .chat import LocalChat
 
+        key = self._chat_key(request.model)
         with self._guard:  # one load per model, however many threads ask for it at once
-            loading = self._loading.setdefault(request.model, threading.Lock())
+            loading = self._loading.setdefault(key, threading.Lock())
         with loading:
-            chat = self._chat_models.get(request.model)
+            with self._guard:
+                chat = self._chat_models.pop(key, None)
             if chat is None:
-                chat = self._chat_models[request.model] = LocalChat.load(self, request.model)
+                chat = LocalChat.load(self, request.model)
+            with self._guard:
+                self._chat_models[key] = chat  # most recently used last
+                while len(self._chat_models) > CHAT_MODELS_KEPT:  # replies under way go on
+                    self._chat_models.pop(next(iter(self._chat_models)))
         return chat.reply(request)  # type: ignore[attr-defined]
+
+    def _chat_key(self, model: str) -> str:
+        """One cache entry per model, however its path is spelled (`/a/b`, `/a//b`, `/a/./b`)."""
+        if self.store.get_model(model) is not None:
+            return model
+        from .models import resolve_base_model
+
+        return resolve_base_model(model).source
 
 
 def _check_hyperparameters(request: JobRequest) -> None:

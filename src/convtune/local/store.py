@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..errors import OptionError
 from ..objects import Checkpoint, FileObject, Job, JobError, JobEvent, ModelObject
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -63,7 +64,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE jobs ADD COLUMN pause_requested INTEGER NOT NULL DEFAULT 0
         """,
     ),
+    (
+        "m003_launching",
+        """
+        ALTER TABLE jobs ADD COLUMN launching_until INTEGER
+        """,
+    ),
 ]
+LAUNCH_GRACE = 60  # seconds a job may wait for its worker's pid before it counts as crashed
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -190,7 +198,8 @@ class Store:
     def add_job(self, job: Job, options: dict[str, Any]) -> None:
         self.db.execute(
             """INSERT INTO jobs (id, created_at, model, training_file, validation_file, status,
-               hyperparameters, seed, suffix, metadata, options) VALUES (?,?,?,?,?,?,?,?,?,?,?)""",
+               hyperparameters, seed, suffix, metadata, options, launching_until)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 job.id,
                 job.created_at,
@@ -203,6 +212,7 @@ class Store:
                 job.suffix,
                 json.dumps(job.metadata) if job.metadata is not None else None,
                 json.dumps(options),
+                now() + LAUNCH_GRACE,  # its worker is about to start: not crashed meanwhile
             ),
         )
 
@@ -213,7 +223,8 @@ class Store:
     def job_runtime(self, job_id: str) -> dict[str, Any]:
         """What only the local backend needs: options, worker pid, cancel and pause flags."""
         row = self.db.execute(
-            "SELECT options, pid, cancel_requested, pause_requested FROM jobs WHERE id = ?",
+            "SELECT options, pid, cancel_requested, pause_requested, launching_until"
+            " FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
         if row is None:
@@ -223,6 +234,7 @@ class Store:
             "pid": row["pid"],
             "cancel_requested": bool(row["cancel_requested"]),
             "pause_requested": bool(row["pause_requested"]),
+            "launching_until": row["launching_until"],
         }
 
     def job_ids_with_status(self, statuses: tuple[str, ...]) -> list[str]:
@@ -344,10 +356,13 @@ class Store:
         sql = "SELECT * FROM events WHERE job_id = ?"
         args: list[Any] = [job_id]
         if after is not None:
-            pivot = self.db.execute("SELECT seq FROM events WHERE id = ?", (after,)).fetchone()
-            if pivot is not None:
-                sql += " AND seq < ?"
-                args.append(pivot[0])
+            pivot = self.db.execute(
+                "SELECT seq FROM events WHERE id = ? AND job_id = ?", (after, job_id)
+            ).fetchone()
+            if pivot is None:
+                raise OptionError(f"no event {after!r} in job {job_id}", hint="after takes an event id of this job")
+            sql += " AND seq < ?"
+            args.append(pivot[0])
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit + 1)
         rows = list(self.db.execute(sql, args))

@@ -40,6 +40,11 @@ class Stop(Exception):
     """The job was cancelled or paused: leave quietly (a pause has saved its checkpoint)."""
 
 
+class Gone(Exception):
+    """The job left the line without this worker (cancelled, or run by another worker): leave
+    without writing anything, its status is someone else's."""
+
+
 def auto_batch_size(n_examples: int) -> int:
     """OpenAI scales the batch with the data (about 0.2% of it); on a CPU, 8 is the most useful."""
     return max(1, min(8, round(n_examples * 0.002) or 1, n_examples))
@@ -98,7 +103,9 @@ class JobRun:
             claim = self.store.claim_slot(self.job_id, int(limit), process_alive)
             if claim == "running":
                 return
-            if claim == "gone" or self.cancelled():
+            if claim == "gone":
+                raise Gone()
+            if self.cancelled():
                 raise Stop()
             if not told:
                 self.event(f"Waiting for a free slot ({limit} job(s) run at once)")
@@ -383,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_term)
     try:
         run.run()
+    except Gone:
+        return 0
     except Stop:
         if run.rank == 0 and run.pausing():
             run.store.set_status(
