@@ -25,6 +25,13 @@ from .fake_openai import FakeOpenAI
 MODEL = "gpt-4.1-mini-2025-04-14"
 
 
+
+def tag(**extra: str) -> dict[str, str]:
+    """The metadata convtune sends: the user's, its tag and this data directory's id."""
+    from convtune.home import installation_id
+
+    return {**extra, "created_by": "convtune", "convtune_installation": installation_id()}
+
 def chat_lines(n: int, reply: str = "Sure") -> str:
     return "".join(
         json.dumps(
@@ -149,9 +156,9 @@ def test_options_not_set_are_never_sent(fake, train):
     assert sent == {
         "model": MODEL,
         "training_file": file.id,
-        "metadata": {"created_by": "convtune"},
+        "metadata": tag(),
     }
-    assert job.status == "validating_files" and job.metadata == {"created_by": "convtune"}
+    assert job.status == "validating_files" and job.metadata == tag()
 
 
 def test_openai_parameters_are_sent_as_openai_names_them(fake, train, tmp_path):
@@ -180,7 +187,7 @@ def test_openai_parameters_are_sent_as_openai_names_them(fake, train, tmp_path):
     assert "hyperparameters" not in sent  # the deprecated top-level field
     assert sent["suffix"] == "support" and sent["seed"] == 7
     assert sent["validation_file"] == request.validation_file
-    assert sent["metadata"] == {"team": "care", "created_by": "convtune"}
+    assert sent["metadata"] == tag(team="care")
     assert job.hyperparameters == {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 0.5}
     assert job.suffix == "support" and job.seed == 7
 
@@ -266,12 +273,18 @@ def test_ownership_and_base_models_are_never_deleted(fake, train):
     fake.finish_job(fake.jobs[ours.id], "ft:gpt-4.1-mini-2025-04-14:fake::ours")
     theirs = fake.add_job(MODEL, fake.add_file("x.jsonl", b"{}")["id"])
     fake.finish_job(theirs, "ft:gpt-4.1-mini-2025-04-14:fake::theirs")
-    # convtune's tag on the service counts, even for a job this machine did not record
-    elsewhere = fake.add_job(MODEL, "file-x", metadata={"created_by": "convtune"})
-    fake.finish_job(elsewhere, "ft:gpt-4.1-mini-2025-04-14:fake::elsewhere")
+    # convtune's tag with this data directory's id counts, even for a job it did not record;
+    # a teammate's convtune (another id, or none) on the same account does not
+    unrecorded = fake.add_job(MODEL, "file-x", metadata=tag())
+    fake.finish_job(unrecorded, "ft:gpt-4.1-mini-2025-04-14:fake::unrecorded")
+    teammate = fake.add_job(
+        MODEL, "file-x", metadata={"created_by": "convtune", "convtune_installation": "0123abcd"}
+    )
+    fake.finish_job(teammate, "ft:gpt-4.1-mini-2025-04-14:fake::teammate")
 
     owned = service.ownership()
-    assert owned.jobs == {ours.id, elsewhere.data["id"]}
+    assert owned.jobs == {ours.id, unrecorded.data["id"]}
+    assert not owned.has_model("ft:gpt-4.1-mini-2025-04-14:fake::teammate")
     assert owned.has_model("ft:gpt-4.1-mini-2025-04-14:fake::ours")
     assert owned.has_model("ft:gpt-4.1-mini-2025-04-14:fake::ours:ckpt-step-2")
     assert not owned.has_model("ft:gpt-4.1-mini-2025-04-14:fake::theirs")

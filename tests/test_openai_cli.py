@@ -33,6 +33,14 @@ WRONG_KEY = "sk-wrong-7d1e0b4c93-never-print-me"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
+def tag(**extra: str) -> dict[str, str]:
+    """The metadata convtune sends: the user's, its tag and this data directory's id."""
+    from convtune.home import installation_id
+
+    return {**extra, "created_by": "convtune", "convtune_installation": installation_id()}
+
+
+
 @pytest.fixture
 def fake():
     with FakeOpenAI() as server:
@@ -136,7 +144,7 @@ def test_train_follow_chat_results_through_the_cli(fake, files, tmp_path, cli, i
     assert f"convtune chat {model} --backend openai --base-url {url}" in out
     assert f"convtune jobs results {job_id} --backend openai --base-url {url}" in out
     [sent] = [r["json"] for r in fake.requests if r["path"] == "/fine_tuning/jobs" and r["json"]]
-    assert sent["metadata"] == {"team": "care", "created_by": "convtune"}
+    assert sent["metadata"] == tag(team="care")
     assert sent["method"]["supervised"]["hyperparameters"] == {"n_epochs": 2}
 
     shown = json.loads(cli("jobs", "show", job_id, "--json", "--base-url", url).stdout)

@@ -30,6 +30,14 @@ CONVTUNE = str(ROOT / ".venv" / "bin" / "convtune")
 KEY = "sk-serve-test-4b8e2d6f0a1c"
 
 
+def tag(**extra: str) -> dict[str, str]:
+    """The metadata convtune sends: the user's, its tag and this data directory's id."""
+    from convtune.home import installation_id
+
+    return {**extra, "created_by": "convtune", "convtune_installation": installation_id()}
+
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
@@ -69,7 +77,7 @@ def test_the_sdk_path_against_convtune_serve(served, tiny, data):
             metadata={"team": "care"},
         )
     )
-    assert job.metadata == {"team": "care", "created_by": "convtune"} and job.seed == 7
+    assert job.metadata == tag(team="care") and job.seed == 7
     assert job.hyperparameters == {"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 2.0}
 
     progress = Progress()

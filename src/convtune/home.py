@@ -42,3 +42,25 @@ def _sub(name: str) -> Path:
     path = data_dir() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def installation_id(home: Path | None = None) -> str:
+    """A random id of this data directory, made once: it tells this installation's objects on a
+    shared service (an OpenAI organisation) from those of a teammate's convtune."""
+    import secrets
+
+    folder = home or data_dir()
+    path = folder / "installation-id"
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".installation-id.{secrets.token_hex(4)}")
+    tmp.write_text(secrets.token_hex(8), encoding="ascii")
+    try:
+        os.link(tmp, path)  # the first writer wins; the others read what it wrote
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text(encoding="ascii").strip()

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from ..check import check_file
 from ..errors import Conflict, ConvtuneError, NotFound, OptionError, TransientError
-from ..home import data_dir
+from ..home import data_dir, installation_id
 from ..objects import Checkpoint, FileObject, Job, JobError, JobEvent, ModelObject
 from ..report import OPENAI_MIN_EXAMPLES
 from ..service import ChatRequest, JobRequest
@@ -37,6 +37,7 @@ OPENAI_URL = "https://api.openai.com/v1"
 OPENAI_HOST = "api.openai.com"
 WIND_DOWN = date(2027, 1, 6)  # OpenAI stops accepting new fine-tuning jobs
 TAG = {"created_by": "convtune"}
+INSTALL_KEY = "convtune_installation"
 KEY_HINT = "set OPENAI_API_KEY or pass --api-key"
 _KEYLIKE = re.compile(r"\b(sk|sess|org|proj)-[A-Za-z0-9_*.\-]{6,}")
 _BASE64 = re.compile(rb"^[A-Za-z0-9+/\s]+={0,2}\s*$")
@@ -120,6 +121,9 @@ class OpenAIService:
             options["timeout"] = timeout
         self.client = openai.OpenAI(**options)
         self.record = Record((home or data_dir()) / "openai.db", url)
+        # every job is tagged created_by=convtune and with this data directory's id: on an
+        # account shared with teammates, only this installation's jobs count as its own
+        self.tag = {**TAG, INSTALL_KEY: installation_id(home)}
 
     def close(self) -> None:
         self.client.close()
@@ -328,8 +332,8 @@ class OpenAIService:
                 " suffix, seed and metadata",
             )
         metadata = dict(request.metadata or {})
-        if "created_by" in metadata:
-            raise OptionError("the metadata key created_by is convtune's own tag")
+        for key in set(metadata) & set(self.tag):
+            raise OptionError(f"the metadata key {key} is convtune's own tag")
         self._check_uploaded(request.training_file, training=True)
         if request.validation_file:
             self._check_uploaded(request.validation_file, training=False)
@@ -346,7 +350,7 @@ class OpenAIService:
             params["suffix"] = request.suffix
         if request.seed is not None:
             params["seed"] = request.seed
-        params["metadata"] = {**metadata, **TAG}
+        params["metadata"] = {**metadata, **self.tag}
         with self._api("create the fine-tuning job"):
             created = self.client.fine_tuning.jobs.create(**params)
         self.record.add_job(created.id)
@@ -497,8 +501,9 @@ class OpenAIService:
         owned.files = {i for i, row in self.record.files().items() if row["ours"]}
         with self._api("list fine-tuning jobs"):
             for job in self.client.fine_tuning.jobs.list(limit=100):
-                tag = (job.metadata or {}).get("created_by")
-                if tag != TAG["created_by"] and job.id not in recorded_jobs:
+                meta = job.metadata or {}
+                tagged = all(meta.get(k) == v for k, v in self.tag.items())
+                if not tagged and job.id not in recorded_jobs:
                     continue
                 owned.jobs.add(job.id)
                 if job.fine_tuned_model:
