@@ -26,7 +26,9 @@ def _seq(events: list[tuple[int, str]], text: str) -> int:
 def test_upload_reports_progress_and_reads_back(data):  # noqa: F811
     service = LocalService()
     seen: list[tuple[int, int]] = []
-    uploaded = service.upload_file(data["train"], progress=lambda done, total: seen.append((done, total)))
+    uploaded = service.upload_file(
+        data["train"], progress=lambda done, total: seen.append((done, total))
+    )
     size = data["train"].stat().st_size
     assert seen[-1] == (size, size) and uploaded.bytes == size
     assert service.file_content(uploaded.id) == data["train"].read_bytes()
@@ -38,10 +40,14 @@ def test_jobs_wait_in_line_for_a_free_slot(tiny, data):  # noqa: F811
     service = LocalService(max_running=1)
     training_file = service.upload_file(data["train"]).id
     first = service.create_job(JobRequest(model=str(tiny), training_file=training_file, n_epochs=2))
-    second = service.create_job(JobRequest(model=str(tiny), training_file=training_file, n_epochs=1))
+    second = service.create_job(
+        JobRequest(model=str(tiny), training_file=training_file, n_epochs=1)
+    )
     wait_for(lambda: any("Waiting for a free slot" in m for _, m in _events(service, second.id)))
     assert service.get_job(second.id).status == "queued"
-    done = [wait_for(lambda j=j: (f := service.get_job(j.id)).done and f, 300) for j in (first, second)]
+    done = [
+        wait_for(lambda j=j: (f := service.get_job(j.id)).done and f, 300) for j in (first, second)
+    ]
     assert [j.status for j in done] == ["succeeded", "succeeded"]
     # the second started only once the first had finished: one job at a time
     finished = _seq(_events(service, first.id), "successfully completed")
@@ -68,6 +74,8 @@ def test_pause_keeps_its_place_and_resume_finishes(tiny, data):  # noqa: F811
     assert service.get_job(job.id).status == "paused"  # no worker, yet not taken for crashed
     with pytest.raises(Conflict):
         service.pause_job(job.id)
+    with pytest.raises(Conflict, match="in use"):  # resume will read it again
+        service.delete_file(job.training_file)
     followed = convtune("follow", job.id)  # a paused job ends the follow: nothing will happen
     assert followed.returncode == 0, followed.stderr
     assert f"convtune jobs resume {job.id}" in followed.stdout
@@ -95,7 +103,9 @@ def test_recover_restarts_queued_and_resumes_running_jobs(tiny, data):  # noqa: 
     running = service.create_job(
         JobRequest(model=str(tiny), training_file=training_file, n_epochs=3, batch_size=1)
     )
-    queued = service.create_job(JobRequest(model=str(tiny), training_file=training_file, n_epochs=1))
+    queued = service.create_job(
+        JobRequest(model=str(tiny), training_file=training_file, n_epochs=1)
+    )
     wait_for(lambda: any("Waiting for a free slot" in m for _, m in _events(service, queued.id)))
     wait_for(lambda: service.list_checkpoints(running.id))
     assert service.store.get_job(queued.id).status == "queued"
@@ -116,7 +126,9 @@ def test_recover_restarts_queued_and_resumes_running_jobs(tiny, data):  # noqa: 
 def test_recover_can_fail_running_jobs_instead(tiny, data):  # noqa: F811
     service = LocalService()
     job = service.create_job(
-        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, n_epochs=20)
+        JobRequest(
+            model=str(tiny), training_file=service.upload_file(data["train"]).id, n_epochs=20
+        )
     )
     wait_for(lambda: service.store.get_job(job.id).status == "running")
     pid = service.store.job_runtime(job.id)["pid"]
@@ -133,7 +145,9 @@ def test_a_model_in_use_is_not_deleted(tiny, data):  # noqa: F811
     first = service.create_job(JobRequest(model=str(tiny), training_file=training_file, n_epochs=1))
     model_id = wait_for(lambda: (j := service.get_job(first.id)).done and j, 300).fine_tuned_model
     assert model_id
-    further = service.create_job(JobRequest(model=model_id, training_file=training_file, n_epochs=30))
+    further = service.create_job(
+        JobRequest(model=model_id, training_file=training_file, n_epochs=30)
+    )
     assert further.model == model_id  # trains on top of the fine-tuned model
     with pytest.raises(Conflict, match="in use"):
         service.delete_model(model_id)
@@ -232,3 +246,17 @@ def test_chat_keeps_one_copy_per_model_however_it_is_spelled(tiny):  # noqa: F81
         request = ChatRequest(model, [{"role": "user", "content": "Hi"}], max_tokens=2)
         assert isinstance("".join(service.chat(request)), str)
     assert len(service._chat_models) == 1
+
+
+def test_bad_hyperparameters_are_refused_before_any_upload(data):  # noqa: F811
+    for option, value in (
+        ("--n-epochs", "abc"),
+        ("--n-epochs", "0"),
+        ("--batch-size", "1.5"),
+        ("--learning-rate-multiplier", "-1"),
+    ):
+        result = convtune("train", data["train"], option, value)
+        assert result.returncode == 2, result.stderr
+        assert f"Invalid value for '{option}'" in result.stderr and "auto" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert LocalService().list_files() == []  # nothing was uploaded

@@ -399,3 +399,13 @@ def test_wind_down_warning():
     assert "stopped" in wind_down_warning(date(2027, 2, 1))
     assert OpenAIService(api_key="k").is_openai
     assert not OpenAIService(api_key="k", base_url="http://127.0.0.1:8000/v1").is_openai
+
+
+def test_a_base_url_without_v1_gets_a_hint(fake):
+    service = OpenAIService(api_key=fake.key, base_url=fake.url.replace("/v1", "/api"), max_retries=0)
+    with pytest.raises(NotFound) as caught:
+        service.list_jobs()
+    assert "does --base-url end in /v1?" in str(caught.value)
+    with pytest.raises(NotFound) as caught:
+        service_for(fake).get_job("ftjob-missing")
+    assert "/v1" not in str(caught.value)  # the right address: no such hint

@@ -145,6 +145,9 @@ def test_cli_plot_writes_png_and_refuses_to_overwrite(job_home, tmp_path):
     assert "--force" in again.stderr and png.read_bytes() == before
 
     other = tmp_path / "sub" / "loss.png"
+    missing = convtune("plot", job_id, "-o", other, cwd=tmp_path)  # a typo is no new folder
+    assert missing.returncode == 1 and "no such folder" in missing.stderr
+    other.parent.mkdir()
     assert convtune("plot", job_id, "-o", other, cwd=tmp_path).returncode == 0
     assert convtune("plot", job_id, "-o", other, "--force", cwd=tmp_path).returncode == 0
     open_png(other)
@@ -364,3 +367,19 @@ def test_help_says_what_it_does_with_an_example(command):
     summary = text.split("\n\n")[1].strip()
     assert summary.endswith(".") and "\n" not in summary, summary  # one line
     assert "Example" in text and "  convtune " + (command[0] if command else "") in text
+
+
+def test_a_picture_goes_to_a_png_in_a_folder_that_exists(tmp_path):
+    from convtune.errors import ConvtuneError, OutputExistsError
+    from convtune.plot import png_target
+
+    assert png_target(tmp_path / "loss.png") == tmp_path / "loss.png"
+    with pytest.raises(ConvtuneError, match="no such folder"):
+        png_target(tmp_path / "typo" / "loss.png")  # not created: a typo is not a new folder
+    assert not (tmp_path / "typo").exists()
+    with pytest.raises(ConvtuneError, match=r"\.png"):
+        png_target(tmp_path / "loss.txt")
+    (tmp_path / "loss.png").write_bytes(b"x")
+    with pytest.raises(OutputExistsError):
+        png_target(tmp_path / "loss.png")
+    assert png_target(tmp_path / "loss.png", force=True)

@@ -648,15 +648,25 @@ def tokens_figure(
 # -- writing -------------------------------------------------------------------------------------
 
 
+def png_target(path: str | Path, *, force: bool = False) -> Path:
+    """Where a picture may go: a `.png` name, in a folder that exists (a typo in `-o` is not
+    a new folder), not over an existing file unless `force`. Checked before any work."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConvtuneError("a picture is written as PNG: give a name ending in .png", path=path)
+    if not path.parent.is_dir():
+        raise ConvtuneError("no such folder", path=path.parent, hint="create it first")
+    if path.exists() and not force:
+        raise OutputExistsError("already exists", path=path, hint="use --force to overwrite it")
+    return path
+
+
 def save_png(figure: Figure, path: str | Path, *, force: bool = False) -> Path:
     """Write `figure` as a PNG, atomically (a temporary file renamed into place).
 
     An existing file is an `OutputExistsError` unless `force`.
     """
-    path = Path(path)
-    if path.exists() and not force:
-        raise OutputExistsError("already exists", path=path, hint="use --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = png_target(path, force=force)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

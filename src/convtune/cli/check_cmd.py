@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ..check import check_file
-from ..errors import ConvtuneError, OutputExistsError
-from ..plot import save_png, tokens_figure
+from ..errors import ConvtuneError
+from ..plot import png_target, save_png, tokens_figure
 from . import render
 from .options import token_options
 
@@ -53,10 +53,8 @@ def check(
     Detects the format (chat, prompt-completion or sharegpt) and gives every problem with its
     line number, before anyone pays for training. Exits 1 when the file has errors.
     """
-    if plot_path is not None and plot_path.exists() and not force:  # before reading a big file
-        raise OutputExistsError(
-            "already exists", path=plot_path, hint="use --force to overwrite it"
-        )
+    if plot_path is not None:
+        png_target(plot_path, force=force)  # before reading a big file
     size = path.stat().st_size if path.is_file() else 0
     with render.progress_bar("checking", size) as update:
         report = check_file(

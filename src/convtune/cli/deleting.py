@@ -13,6 +13,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import Conflict, ConvtuneError
 from . import render
 from .tables import print_table
 
@@ -45,8 +46,9 @@ def check_arguments(object_id: str | None, delete_all: bool, what: str) -> None:
 
 def refuse_foreign(object_id: str, owned: bool, what: str) -> None:
     if not owned:
-        raise click.ClickException(
-            f"{object_id} is a {what} convtune did not create; add --include-foreign to delete it"
+        raise Conflict(
+            f"{object_id} is a {what} convtune did not create",
+            hint="add --include-foreign to delete it",
         )
 
 
@@ -71,7 +73,6 @@ def delete_many(
     skipped: str = "",
 ) -> None:
     """List `rows` (the id first), ask for the count typed back, delete each; exit 1 on failures."""
-    from ..errors import ConvtuneError
 
     if skipped:
         render.err.print(skipped, highlight=False)
@@ -96,7 +97,7 @@ def delete_many(
             err=True,
         )
         if typed.strip() != str(count):
-            raise click.ClickException("not confirmed: nothing was deleted")
+            raise ConvtuneError("not confirmed: nothing was deleted")
     failed = 0
     for row in rows:
         try:

@@ -131,9 +131,11 @@ def checkpoints(job_id: str, backend: Backend) -> None:
 @backend_option
 def cancel(job_id: str, yes: bool, backend: Backend) -> None:
     """Stop a running job cleanly (after its current step)."""
+    service = service_for(backend)
+    service.get_job(job_id)  # a missing id fails before the question
     if not yes:
         click.confirm(f"Cancel {job_id}?", abort=True, err=True)
-    job = service_for(backend).cancel_job(job_id)
+    job = service.cancel_job(job_id)
     render.out.print(f"{job.id} is {job.status}.")
 
 
@@ -144,7 +146,7 @@ def pause(job_id: str, backend: Backend) -> None:
     """Pause a running job after a checkpoint; `jobs resume` continues it."""
     service = service_for(backend)
     if getattr(service, "pause_job", None) is None:
-        raise click.ClickException(f"the {backend} backend cannot pause jobs")
+        raise ConvtuneError(f"the {backend} backend cannot pause jobs")
     job = service.pause_job(job_id)
     render.out.print(
         f"{job.id} is {job.status}. Resume it with: convtune jobs resume {job.id}{again(service)}"
@@ -255,7 +257,7 @@ def delete_model(
     local = is_local(service)
     if model_id:
         if not local and not model_id.startswith("ft:"):
-            raise click.ClickException(
+            raise ConvtuneError(
                 f"{model_id} is a base model: convtune deletes only fine-tuned (ft:) models"
             )
         service.get_model(model_id)  # a missing id fails before the question

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import OutputExistsError
-from ..plot import job_metrics, loss_figure, save_png
+from ..plot import job_metrics, loss_figure, png_target, save_png
 from . import render
 from .backend import backend_option, service_for
 
@@ -38,9 +37,7 @@ def plot(job_id: str, output: Path | None, force: bool, backend) -> None:
     Works on running and finished jobs, local or not: from the job's results file, or else from
     its metrics events.
     """
-    path = output or Path(f"{job_id}-loss.png")
-    if path.exists() and not force:  # before any work, as prepare does
-        raise OutputExistsError("already exists", path=path, hint="use --force to overwrite it")
+    path = png_target(output or Path(f"{job_id}-loss.png"), force=force)  # before any work
     metrics = job_metrics(service_for(backend), job_id)
     save_png(loss_figure(metrics), path, force=force)
     rows = metrics.rows

@@ -15,16 +15,25 @@ DEFAULT_MODELS = {"local": "SmolLM2-135M-Instruct", "openai": "gpt-4.1-mini-2025
 LOCAL_ONLY = ("lora_r", "lora_alpha", "full", "max_length", "max_steps", "nproc_per_node")
 
 
-def _auto(kind):
-    def convert(value: str):
-        if value == "auto":
+class Auto(click.ParamType):
+    """'auto' or a number in range, checked while parsing: before any file is uploaded."""
+
+    def __init__(self, kind: type, low: float, high: float) -> None:
+        self.kind, self.low, self.high = kind, low, high
+        noun = "an integer" if kind is int else "a number"
+        self.name = f"auto|{'N' if kind is int else 'X'}"
+        self.expected = f"'auto' or {noun} from {low:g} to {high:g}"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or (isinstance(value, self.kind) and not isinstance(value, bool)):
             return value
         try:
-            return kind(value)
+            number = self.kind(value)
         except ValueError:
-            raise click.BadParameter(f"'auto' or a {kind.__name__}") from None
-
-    return convert
+            self.fail(f"{value!r} is not {self.expected}", param, ctx)
+        if not self.low <= number <= self.high:
+            self.fail(f"{value!r} is not {self.expected}", param, ctx)
+        return number
 
 
 @click.command(
@@ -55,11 +64,22 @@ Examples:
     "--suffix", default=None, help="Part of the fine-tuned model's name: ft:<base>:<suffix>:<job>."
 )
 @click.option(
-    "--n-epochs", default="auto", show_default=True, help="Epochs, or auto (OpenAI's rule)."
+    "--n-epochs",
+    type=Auto(int, 1, 50),
+    default="auto",
+    show_default=True,
+    help="Epochs, or auto (OpenAI's rule).",
 )
-@click.option("--batch-size", default="auto", show_default=True, help="Examples per step, or auto.")
+@click.option(
+    "--batch-size",
+    type=Auto(int, 1, 256),
+    default="auto",
+    show_default=True,
+    help="Examples per step, or auto.",
+)
 @click.option(
     "--learning-rate-multiplier",
+    type=Auto(float, 1e-9, 100.0),
     default="auto",
     show_default=True,
     help="Times the base learning rate (2e-4 LoRA, 2e-5 full), or auto (1).",
@@ -142,9 +162,9 @@ def train(
         model=model or DEFAULT_MODELS[backend.name],
         training_file=train_file.id,
         validation_file=valid_file.id if valid_file else None,
-        n_epochs=_auto(int)(n_epochs),
-        batch_size=_auto(int)(batch_size),
-        learning_rate_multiplier=_auto(float)(learning_rate_multiplier),
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        learning_rate_multiplier=learning_rate_multiplier,
         suffix=suffix,
         seed=seed,
         metadata=metadata,

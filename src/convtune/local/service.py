@@ -138,7 +138,15 @@ class LocalService:
         return self.store.list_files()
 
     def delete_file(self, file_id: str) -> None:
+        """Remove a file; refused (`Conflict`) while a job that has not ended still reads it."""
         path = self.file_path(file_id)
+        for job_id in self.store.job_ids_with_status((*ACTIVE, "paused")):
+            job = self.store.get_job(job_id)
+            if job is not None and file_id in (job.training_file, job.validation_file):
+                raise Conflict(
+                    f"file {file_id} is in use by job {job_id} ({job.status})",
+                    hint="cancel the job first",
+                )
         self.store.delete_file(file_id)
         path.unlink(missing_ok=True)
 

@@ -216,7 +216,7 @@ class JobRun:
             resume_from = checkpoints[0][1]
         self.event(
             f"Training {self.job.model} on {n} examples ({train_stats.trained_tokens:,} trained tokens),"
-            f" {n_epochs} epochs, batch size {batch_size}, "
+            f" {n_epochs} epoch{'s' if n_epochs != 1 else ''}, batch size {batch_size}, "
             + ("LoRA" if lora else "full fine-tune")
             + (f", resuming from step {checkpoints[0][0].step_number}" if resume_from else "")
         )

@@ -172,7 +172,11 @@ class OpenAIService:
         if status == 403:
             return ConvtuneError(f"{what}: permission denied (403: {message})")
         if status == 404:
-            return NotFound(f"{what}: not found ({message})")
+            unversioned = not urlsplit(self.base_url).path.rstrip("/").endswith("/v1")
+            return NotFound(
+                f"{what}: not found ({message})",
+                hint="does --base-url end in /v1?" if unversioned else None,
+            )
         if status == 409:
             return Conflict(f"{what}: {message}")
         if status == 429:
