@@ -174,6 +174,18 @@ def test_train_follow_chat_results_through_the_cli(fake, files, tmp_path, cli, i
     kept = [p for p in isolated_home.rglob("*") if p.is_file()]
     assert kept and not any(fake.key.encode() in p.read_bytes() for p in kept)
 
+    # a second run reuses the uploads, and says so; --no-reuse sends them again
+    time.sleep(2.1)
+    uploads = len(fake.files)
+    reused = convtune(fake, "train", files["train"], "--base-url", url, "--model", MODEL, "--detach")
+    assert reused.returncode == 0, reused.stderr
+    assert "(reused: uploaded" in reused.stdout and len(fake.files) == uploads
+    fresh = convtune(
+        fake, "train", files["train"], "--base-url", url, "--model", MODEL, "--detach", "--no-reuse"
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    assert "reused" not in fresh.stdout and len(fake.files) == uploads + 1
+
 
 def test_bad_input_gets_one_line_and_nothing_is_sent(fake, files, cli):
     url = fake.url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from ..service import JobRequest
 from . import render
 from .backend import Backend, again, backend_option, service_for
 from .follow_view import follow_to_end
+from .tables import when
 
 DEFAULT_MODELS = {"local": "SmolLM2-135M-Instruct", "openai": "gpt-4.1-mini-2025-04-14"}
 LOCAL_ONLY = ("lora_r", "lora_alpha", "full", "max_length", "max_steps", "nproc_per_node")
@@ -117,6 +119,11 @@ Examples:
     help="Processes to train with (torchrun, DDP): one per GPU.",
 )
 @click.option("--detach", is_flag=True, help="Start the job and return at once.")
+@click.option(
+    "--no-reuse",
+    is_flag=True,
+    help="Upload the files again even if the service has files of the same name and size.",
+)
 @backend_option
 @click.pass_context
 def train(
@@ -137,6 +144,7 @@ def train(
     metadata_items: tuple[str, ...],
     nproc_per_node: int,
     detach: bool,
+    no_reuse: bool,
     backend: Backend,
 ) -> None:
     """Fine-tune a model on a JSONL file and follow the job live."""
@@ -150,13 +158,20 @@ def train(
         if given:
             options = ", ".join("--" + name.replace("_", "-") for name in given)
             raise click.UsageError(f"{options}: options of --backend local only")
+    if no_reuse and backend.name == "local":  # locally, only the very same bytes are reused
+        raise click.UsageError("--no-reuse is an option of --backend openai")
     service = service_for(backend)
     if getattr(service, "is_openai", False):
         from ..openai_backend import wind_down_warning
 
         render.err.print(f"[yellow]warning:[/] {wind_down_warning()}", highlight=False)
-    train_file = _upload(service, training_file, "training file")
-    valid_file = _upload(service, validation_file, "validation file") if validation_file else None
+    reuse = not no_reuse
+    train_file = _upload(service, training_file, "training file", reuse=reuse)
+    valid_file = (
+        _upload(service, validation_file, "validation file", reuse=reuse)
+        if validation_file
+        else None
+    )
     local = backend.name == "local"
     request = JobRequest(
         model=model or DEFAULT_MODELS[backend.name],
@@ -197,15 +212,22 @@ def _metadata(items: tuple[str, ...]) -> dict[str, str] | None:
     return metadata or None
 
 
-def _upload(service, path: Path, what: str):
-    """Upload with a progress bar (large files, on a terminal); say which file id it became."""
+def _upload(service, path: Path, what: str, *, reuse: bool = True):
+    """Upload with a progress bar (large files, on a terminal); say which file id it became,
+    and when an earlier upload was reused instead (a remote service matches it on name, size
+    and purpose only, so the user must be able to see it and refuse it with --no-reuse)."""
     size = path.stat().st_size if path.is_file() else 0
+    started = int(time.time())
+    options = {} if reuse else {"reuse": False}
     with render.progress_bar(f"uploading {path.name}", size) as update:
-        uploaded = (
-            service.upload_file(path, progress=update) if update else service.upload_file(path)
-        )
+        if update:
+            options["progress"] = update
+        uploaded = service.upload_file(path, **options)
     if getattr(service, "base_url", None):  # a remote file id is worth knowing
-        render.out.print(f"{what.capitalize()} {path.name}: {uploaded.id}", highlight=False)
+        line = f"{what.capitalize()} {path.name}: {uploaded.id}"
+        if uploaded.created_at and uploaded.created_at < started - 1:
+            line += f" (reused: uploaded {when(uploaded.created_at)}; --no-reuse sends it again)"
+        render.out.print(line, highlight=False)
     return uploaded
 
 
