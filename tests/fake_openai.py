@@ -88,7 +88,7 @@ class FakeOpenAI:
         class Handler(_Handler):
             server_fake = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -516,3 +516,15 @@ class _Handler(BaseHTTPRequestHandler):
             chunk(f"data: {json.dumps(delta)}\n\n")
         chunk("data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that closes its connection first (after a stream's last chunk) is no error:
+    socketserver would print its traceback on stderr, into the output of the command under test."""
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
