@@ -20,6 +20,7 @@ from convtune.local.service import LocalService
 from convtune.service import ChatRequest, JobRequest
 
 from .conftest import EXAMPLE, ROOT
+from .servers import wait_for
 from .tiny_models import make_tiny_model
 
 CONVTUNE = str(ROOT / ".venv" / "bin" / "convtune")
@@ -57,16 +58,6 @@ def convtune(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
         [CONVTUNE, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw
     )
-
-
-def wait_for(predicate, timeout=120.0, every=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
 
 
 def job_id_from(output: str) -> str:

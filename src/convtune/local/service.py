@@ -7,7 +7,6 @@ processes), started in a new session so that it survives the terminal that start
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..digest import file_sha256
 from ..errors import Conflict, ConvtuneError, NotFound, OptionError
 from ..home import data_dir
 from ..objects import (
@@ -90,7 +90,7 @@ class LocalService:
             raise ConvtuneError("no such file", path=path)
         name = filename or path.name
         total = path.stat().st_size
-        digest = _sha256(path)
+        digest = file_sha256(path)
         with self._uploading:  # the same bytes uploaded twice at once are stored once
             existing = self.store.find_file(digest, name, purpose)
             if existing is not None:
@@ -495,14 +495,6 @@ def _check_hyperparameters(request: JobRequest) -> None:
             raise OptionError(
                 f"{name} must be 'auto' or a {kind.__name__} from {low:g} to {high:g}"
             )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def process_alive(pid: int, job_id: str) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..check import check_file
+from ..digest import file_sha256
 from ..home import data_dir
 from ..modelinfo import default_epochs
 from ..objects import TERMINAL, JobError
@@ -348,9 +349,7 @@ class JobRun:
             )
         path = self.folder / "results.csv"
         path.write_text(out.getvalue(), encoding="utf-8")
-        import hashlib
-
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)
         return self.store.add_file(
             f"{self.job_id}-results.csv", path.stat().st_size, "fine-tune-results", path, digest
         ).id

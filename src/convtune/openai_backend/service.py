@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..check import check_file
+from ..digest import file_sha256
 from ..errors import Conflict, ConvtuneError, NotFound, OptionError, TransientError
 from ..home import data_dir, installation_id
 from ..objects import Checkpoint, FileObject, Job, JobError, JobEvent, ModelObject
@@ -213,7 +214,7 @@ class OpenAIService:
         if purpose == "fine-tune":
             _refuse_errors(check_file(path, training=False), path)
         stat = path.stat()
-        digest = _sha256(path)
+        digest = file_sha256(path)
         if reuse:
             existing = self._identical(path.name, stat.st_size, purpose, digest)
             if existing is not None:
@@ -619,14 +620,6 @@ def _refuse_errors(report, path: Path) -> None:
         if total > 1
         else "the service would refuse this file",
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _ProgressReader(io.FileIO):
