@@ -409,3 +409,19 @@ def test_a_base_url_without_v1_gets_a_hint(fake):
     with pytest.raises(NotFound) as caught:
         service_for(fake).get_job("ftjob-missing")
     assert "/v1" not in str(caught.value)  # the right address: no such hint
+
+
+def test_a_file_checked_at_upload_is_not_read_again_at_create(fake, train, monkeypatch):
+    import convtune.openai_backend.service as backend
+
+    reads: list[Path] = []
+    real = backend.check_file
+    monkeypatch.setattr(backend, "check_file", lambda p, **kw: reads.append(p) or real(p, **kw))
+    service = service_for(fake)
+    file = service.upload_file(train)
+    service.create_job(JobRequest(MODEL, file.id))
+    assert reads == [train]  # once: the upload's report serves the job's check
+    train.write_text(train.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    other = service_for(fake)  # another process: nothing remembered, the file is read again
+    other.create_job(JobRequest(MODEL, file.id))
+    assert len(reads) == 2

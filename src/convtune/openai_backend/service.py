@@ -122,6 +122,9 @@ class OpenAIService:
             options["timeout"] = timeout
         self.client = openai.OpenAI(**options)
         self.record = Record((home or data_dir()) / "openai.db", url)
+        # reports of the files this process checked before uploading them, by digest: creating
+        # the job right after (`convtune train`) need not read the same bytes again
+        self._checked: dict[str, Any] = {}
         # every job is tagged created_by=convtune and with this data directory's id: on an
         # account shared with teammates, only this installation's jobs count as its own
         self.tag = {**TAG, INSTALL_KEY: installation_id(home)}
@@ -211,10 +214,12 @@ class OpenAIService:
         path = Path(path)
         if not path.is_file():
             raise ConvtuneError("no such file", path=path)
-        if purpose == "fine-tune":
-            _refuse_errors(check_file(path, training=False), path)
         stat = path.stat()
         digest = file_sha256(path)
+        if purpose == "fine-tune":
+            report = check_file(path, training=False)
+            _refuse_errors(report, path)
+            self._checked[digest] = report
         if reuse:
             existing = self._identical(path.name, stat.st_size, purpose, digest)
             if existing is not None:
@@ -378,7 +383,12 @@ class OpenAIService:
                 recorded["bytes"],
                 recorded["mtime_ns"],
             ):
-                self._refuse(check_file(path, training=training), path, training)
+                # errors and the number of examples, all `_refuse` reads, do not depend on
+                # `training`: a report from the upload serves
+                report = self._checked.get(recorded["sha256"]) or check_file(
+                    path, training=training
+                )
+                self._refuse(report, path, training)
                 return
         try:
             content = self._raw_content(file_id)

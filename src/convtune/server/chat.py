@@ -126,12 +126,20 @@ class _Meta:
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
 
-    def completion(self, text: str, reply: Any) -> dict[str, Any]:
-        body = {
+    def _head(self, kind: str) -> dict[str, Any]:
+        """What a completion and each of its chunks share (OpenAI repeats it in every chunk)."""
+        return {
             "id": self.id,
-            "object": "chat.completion",
+            "object": kind,
             "created": self.created,
             "model": self.model,
+            "service_tier": "default",
+            "system_fingerprint": "convtune",
+        }
+
+    def completion(self, text: str, reply: Any) -> dict[str, Any]:
+        body = {
+            **self._head("chat.completion"),
             "choices": [
                 {
                     "index": 0,
@@ -146,8 +154,6 @@ class _Meta:
                 }
             ],
             "usage": self.usage(reply),
-            "service_tier": "default",
-            "system_fingerprint": "convtune",
         }
         if self.store:
             body["metadata"] = self.metadata or {}
@@ -155,12 +161,7 @@ class _Meta:
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
         data: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "service_tier": "default",
-            "system_fingerprint": "convtune",
+            **self._head("chat.completion.chunk"),
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
         if self.include_usage:
@@ -169,16 +170,7 @@ class _Meta:
 
     def usage_chunk(self, reply: Any) -> str:
         return _event(
-            {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "service_tier": "default",
-                "system_fingerprint": "convtune",
-                "choices": [],
-                "usage": self.usage(reply),
-            }
+            {**self._head("chat.completion.chunk"), "choices": [], "usage": self.usage(reply)}
         )
 
 
