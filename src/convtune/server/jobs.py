@@ -3,8 +3,10 @@
 The request body is OpenAI's, checked field by field (an unknown field is a 400, as OpenAI
 answers), plus one field of convtune's own: ``"convtune": {"max_steps": 4, "lora_r": 8, ...}``,
 the local trainer's options that OpenAI's API has no words for (the openai SDK sends it with
-``extra_body={"convtune": {...}}``). Only the options listed in `LocalOptions` pass: nothing in a
-request chooses where a model is read from or how many processes train.
+``extra_body={"convtune": {...}}``). Only the options listed in `LocalOptions` pass: a request
+cannot choose how many processes train. Its `model` may be a base model name, a fine-tuned
+model, or the path of a model folder the server's user can read (the README says so: a key
+holder is trusted that far).
 """
 
 from __future__ import annotations
