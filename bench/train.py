@@ -1,7 +1,7 @@
 """Benchmark convtune's trainer against TRL's SFTTrainer: training tokens per second and memory.
 
 Same data (a chat JSONL made by `convtune prepare`), same model (SmolLM2-135M-Instruct, loaded
-by `convtune.local.models` as float32 safetensors), same LoRA (r 16, alpha 32, every linear
+by `convtune.local.base_models` as float32 safetensors), same LoRA (r 16, alpha 32, every linear
 layer, no dropout), same batch (8 examples per optimizer step), same machine. Each configuration
 runs in its own subprocess, `--repeat` times round-robin; each run does `--warmup` optimizer
 steps, then `--steps` timed ones. The table keeps each configuration's best run.
@@ -139,9 +139,9 @@ class Meter:
 
 
 def run_convtune(jsonl: Path, options: dict, steps: int, warmup: int) -> dict:
-    from convtune.local.data import tokenize_file
-    from convtune.local.models import load_base_model, resolve_base_model
+    from convtune.local.base_models import load_base_model, resolve_base_model
     from convtune.local.trainer import TrainConfig, train
+    from convtune.local.training_data import tokenize_file
 
     model, tokenizer, _ = load_base_model(resolve_base_model(MODEL))
     examples, _ = tokenize_file(jsonl, tokenizer, max_length=1024)
@@ -167,7 +167,7 @@ def run_trl(jsonl: Path, options: dict, steps: int, warmup: int) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from convtune.local.models import load_base_model, resolve_base_model
+    from convtune.local.base_models import load_base_model, resolve_base_model
 
     datasets.disable_progress_bars()
     options = dict(options)
@@ -208,9 +208,9 @@ def run_trl(jsonl: Path, options: dict, steps: int, warmup: int) -> dict:
 
 def quality(jsonl: Path, valid: Path) -> dict:
     """Validation loss before and after the example's 3 epochs, bf16 and fp32."""
-    from convtune.local.data import tokenize_file
-    from convtune.local.models import load_base_model, resolve_base_model
+    from convtune.local.base_models import load_base_model, resolve_base_model
     from convtune.local.trainer import TrainConfig, evaluate, train
+    from convtune.local.training_data import tokenize_file
 
     rows = {}
     for precision in ("auto", "fp32"):

@@ -16,8 +16,8 @@ from rich.table import Table
 
 import convtune
 from convtune.cli.follow_view import follow_job, summary
-from convtune.local.service import LocalService
-from convtune.service import ChatRequest, JobRequest
+from convtune.contract import ChatRequest, JobRequest
+from convtune.local.local_service import LocalService
 
 ROOT = Path(__file__).resolve().parent
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("out/demo")

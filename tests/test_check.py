@@ -1,4 +1,4 @@
-"""`convtune.check.check_file` on real JSONL files: formats, every rule with its line, tokens, cost.
+"""`convtune.dataset.check.check_file` on real JSONL files: formats, every rule with its line, tokens, cost.
 
 Token counts are checked against an independent count: `bpe_openai`'s own encoder and the
 formula of OpenAI's cookbook, not convtune's tokenizer code.
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convtune.check import check_file
+from convtune.dataset.check import check_file
+from convtune.dataset.modelinfo import default_epochs
 from convtune.errors import InputError, OptionError
-from convtune.modelinfo import default_epochs
 
 # -- Helpers -------------------------------------------------------------------------------------
 
@@ -34,13 +34,13 @@ def write_jsonl(directory: Path, rows: list, name: str = "data.jsonl") -> Path:
 
 
 def find(report, code: str) -> dict | None:
-    matches = [f for f in report.findings if f["code"] == code]
+    matches = [f for f in report.findings if f.code == code]
     assert len(matches) <= 1, f"{code} appears twice in {report.findings}"
     return matches[0] if matches else None
 
 
 def codes(report, level: str | None = None) -> set[str]:
-    return {f["code"] for f in report.findings if level is None or f["level"] == level}
+    return {f.code for f in report.findings if level is None or f.level == level}
 
 
 def chat(user: str = "Hi", reply: str = "Hello", **extra) -> dict:
@@ -86,9 +86,9 @@ def check_rows(tmp_path, rows, **kw):
 def assert_error(report, code: str, lines: list[int], count: int | None = None) -> dict:
     f = find(report, code)
     assert f is not None, f"no {code} in {report.findings}"
-    assert f["level"] == "error"
-    assert f["lines"] == lines
-    assert f["count"] == (len(lines) if count is None else count)
+    assert f.level == "error"
+    assert f.lines == lines
+    assert f.count == (len(lines) if count is None else count)
     return f
 
 
@@ -155,7 +155,7 @@ def test_mixed_formats_reported_on_the_other_lines(tmp_path):
     report = check_rows(tmp_path, rows)
     assert report.format == "chat"
     f = assert_error(report, "mixed_formats", [3, 5, 6])
-    assert "line 1" in f["message"]
+    assert "line 1" in f.message
     assert report.examples == 3  # lines in another format are not examples
 
 
@@ -164,7 +164,7 @@ def test_format_comes_from_the_first_line_with_a_known_format(tmp_path):
     report = check_rows(tmp_path, rows)
     assert report.format == "prompt-completion"
     f = assert_error(report, "mixed_formats", [4])
-    assert "a chat line in a prompt-completion file (from line 3)" in f["message"]
+    assert "a chat line in a prompt-completion file (from line 3)" in f.message
 
 
 # -- Errors, each with its line ------------------------------------------------------------------
@@ -174,7 +174,7 @@ def test_format_comes_from_the_first_line_with_a_known_format(tmp_path):
 def test_not_json(tmp_path, bad):
     report = check_rows(tmp_path, [chat(), bad, chat("a", "b")])
     f = assert_error(report, "not_json", [2])
-    assert f["example"]  # the parser's own words
+    assert f.example  # the parser's own words
     assert report.examples == 2
 
 
@@ -201,9 +201,9 @@ def test_unknown_keys_at_example_and_message_level(tmp_path):
     ]
     report = check_rows(tmp_path, rows)
     f = assert_error(report, "unknown_key_example", [2])
-    assert f["example"] == "'id'"
+    assert f.example == "'id'"
     f = assert_error(report, "unknown_key_message", [3])
-    assert f["example"] == "'extra'"
+    assert f.example == "'extra'"
     assert report.errors == 2
 
 
@@ -230,7 +230,7 @@ def test_bad_role(tmp_path, role):
     rows = [chat(), msgs(system(), {"role": role, "content": "x"}, user(), assistant())]
     report = check_rows(tmp_path, rows)
     f = assert_error(report, "bad_role", [2])
-    assert f["example"] == repr(role)
+    assert f.example == repr(role)
 
 
 def test_system_not_first(tmp_path):
@@ -276,7 +276,7 @@ def test_bad_weight(tmp_path, weight):
     ]
     report = check_rows(tmp_path, rows)
     f = assert_error(report, "bad_weight", [2])
-    assert f["example"] == repr(weight)
+    assert f.example == repr(weight)
 
 
 @pytest.mark.parametrize("weight", [0, 1])
@@ -351,7 +351,7 @@ def test_sharegpt_errors(tmp_path):
     report = check_rows(tmp_path, rows)
     assert report.format == "sharegpt"
     f = assert_error(report, "bad_from", [2, 3])
-    assert f["example"] == "'user'"
+    assert f.example == "'user'"
     # line 3 has no gpt turn because its reply is from 'assistant'
     assert_error(report, "no_assistant", [3, 4])
     assert_error(report, "empty_content", [5])
@@ -408,10 +408,10 @@ def test_duplicates_count_and_lines_of_later_copies(tmp_path):
     rows = [a, b, chat("c", "3"), a, "", b, a, chat("d", "4"), b, a, a, a]
     report = check_rows(tmp_path, rows)
     f = find(report, "duplicate")
-    assert f["level"] == "warning"
+    assert f.level == "warning"
     # copies of a at 4, 7, 10, 11, 12 and of b at 6, 9; the first five lines are kept
-    assert f["count"] == 7
-    assert f["lines"] == [4, 6, 7, 9, 10]
+    assert f.count == 7
+    assert f.lines == [4, 6, 7, 9, 10]
     assert report.errors == 0
 
 
@@ -420,7 +420,7 @@ def test_whitespace_at_line_ends_does_not_hide_a_duplicate(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(text)
     f = find(check_file(path), "duplicate")
-    assert f is not None and f["lines"] == [2]
+    assert f is not None and f.lines == [2]
 
 
 def test_no_duplicate_warning_for_distinct_examples(tmp_path):
@@ -440,14 +440,14 @@ def test_too_long_with_max_tokens(tmp_path, o200k):
     assert lengths[1] > limit and lengths[3] > limit
     report = check_rows(tmp_path, rows, max_tokens=limit)
     f = find(report, "too_long")
-    assert f["level"] == "warning"
-    assert f["lines"] == [2, 4] and f["count"] == 2
+    assert f.level == "warning"
+    assert f.lines == [2, 4] and f.count == 2
     assert report.context_limit == limit
     assert report.tokens.max == max(lengths)  # still counted in full
     assert report.billed_tokens == sum(min(t, limit) for t in lengths) * default_epochs(4)
     # an example exactly at the limit is not too long
     at_limit = check_rows(tmp_path, rows, max_tokens=lengths[1])
-    assert find(at_limit, "too_long")["lines"] == [4]
+    assert find(at_limit, "too_long").lines == [4]
 
 
 def test_no_too_long_under_the_model_limit(tmp_path):
@@ -463,14 +463,14 @@ def test_no_too_long_under_the_model_limit(tmp_path):
 def test_few_examples(tmp_path, n, expected):
     report = check_rows(tmp_path, distinct_chats(n))
     f = find(report, "few_examples")
-    assert f["level"] == "warning" and f["count"] == 1
-    assert f["message"].startswith(expected)
+    assert f.level == "warning" and f.count == 1
+    assert f.message.startswith(expected)
     assert report.errors == 0
 
 
 def test_few_examples_messages_differ(tmp_path):
-    nine = find(check_rows(tmp_path, distinct_chats(9)), "few_examples")["message"]
-    ten = find(check_rows(tmp_path, distinct_chats(10)), "few_examples")["message"]
+    nine = find(check_rows(tmp_path, distinct_chats(9)), "few_examples").message
+    ten = find(check_rows(tmp_path, distinct_chats(10)), "few_examples").message
     assert nine != ten
     assert "refuses" in nine and "advises" in ten
 
@@ -482,7 +482,7 @@ def test_fifty_examples_are_enough(tmp_path):
 def test_few_examples_counts_only_valid_examples(tmp_path):
     rows = distinct_chats(9) + ["bad"] * 5
     f = find(check_rows(tmp_path, rows), "few_examples")
-    assert f["message"].startswith("fewer than 10")
+    assert f.message.startswith("fewer than 10")
 
 
 def test_validation_file_no_few_examples_and_no_cost(tmp_path):
@@ -505,8 +505,8 @@ def test_completion_no_space(tmp_path):
     ]
     report = check_rows(tmp_path, rows)
     f = find(report, "completion_no_space")
-    assert f["level"] == "warning"
-    assert f["lines"] == [2, 3]
+    assert f.level == "warning"
+    assert f.lines == [2, 3]
     assert report.errors == 0
     assert report.examples == 4  # a warning does not drop the example
 
@@ -523,9 +523,9 @@ def test_delimiter_in_completion(tmp_path):
     ]
     report = check_rows(tmp_path, rows)
     f = find(report, "delimiter_in_message")
-    assert f["level"] == "warning"
-    assert f["lines"] == [2, 4]
-    assert f["example"] == "Human:"
+    assert f.level == "warning"
+    assert f.lines == [2, 4]
+    assert f.example == "Human:"
     assert report.errors == 0
 
 
@@ -535,7 +535,7 @@ def test_delimiter_learned_from_an_earlier_line(tmp_path):
         pc("Human: again\nAI:", " Hello again. Human: no stop here"),
     ]
     f = find(check_rows(tmp_path, rows), "delimiter_in_message")
-    assert f is not None and f["lines"] == [2]
+    assert f is not None and f.lines == [2]
 
 
 def test_no_delimiter_warning_without_labels(tmp_path):
@@ -637,7 +637,7 @@ def test_summary_epochs_billed_and_cost(tmp_path, cl100k):
 def test_billed_tokens_capped_at_the_limit(tmp_path):
     rows, sizes = ten_sized_examples()
     report = check_rows(tmp_path, rows, model="davinci-002", max_tokens=8)
-    assert find(report, "too_long")["lines"] == [8, 9, 10]
+    assert find(report, "too_long").lines == [8, 9, 10]
     assert report.billed_tokens == sum(min(s, 8) for s in sizes) * 10 == 590
     # the model's own price when none is given (davinci-002: $6 per 1M)
     assert report.price_per_1m == 6.0
@@ -791,7 +791,7 @@ def test_empty_file(tmp_path, text):
     path.write_text(text, encoding="utf-8")
     report = check_file(path)
     f = assert_error(report, "empty_file", [], count=1)
-    assert f["level"] == "error"
+    assert f.level == "error"
     assert report.examples == 0
     assert report.format is None
     assert report.tokens is None and report.cost is None
@@ -836,7 +836,7 @@ def test_invalid_utf8_line_number(tmp_path, before):
 )
 def test_deeply_nested_line_is_a_finding(tmp_path, deep):
     report = check_rows(tmp_path, [chat(), deep, chat("a", "b")])
-    assert find(report, "not_json")["lines"] == [2]
+    assert find(report, "not_json").lines == [2]
     assert report.examples == 2
 
 

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from convtune.errors import ConvtuneError, InputError
-from convtune.local.data import IGNORE, tokenize_file, tokenize_records
+from convtune.local.training_data import IGNORE, tokenize_file, tokenize_records
 
 from .tiny_models import make_tiny_model
 
@@ -26,7 +26,7 @@ def smollm2():
     """SmolLM2's real tokenizer and chat template, read from its GGUF file (offline)."""
     from transformers import AutoTokenizer
 
-    from convtune.modelinfo import smollm2_gguf
+    from convtune.dataset.modelinfo import smollm2_gguf
 
     gguf = smollm2_gguf()
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from convtune import ExampleOptions, PrepareOptions, prepare
-from convtune.local.service import LocalService
-from convtune.service import ChatRequest, JobRequest
+from convtune.contract import ChatRequest, JobRequest
+from convtune.local.local_service import LocalService
 
 from .conftest import EXAMPLE, ROOT
 from .servers import wait_for

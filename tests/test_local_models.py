@@ -14,10 +14,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from convtune import home  # noqa: E402
+from convtune.dataset.modelinfo import SMOLLM2  # noqa: E402
 from convtune.errors import ConvtuneError, OptionError  # noqa: E402
 from convtune.local import models  # noqa: E402
-from convtune.local.models import BaseModelRef, load_base_model, resolve_base_model  # noqa: E402
-from convtune.modelinfo import SMOLLM2  # noqa: E402
+from convtune.local.base_models import BaseModelRef, load_base_model, resolve_base_model  # noqa: E402
 
 from .tiny_models import make_tiny_model  # noqa: E402
 
@@ -84,7 +84,7 @@ def test_org_slash_name_is_a_hub_id():
 def test_resolving_needs_no_torch():
     """The CLI resolves the name when it creates a job: that must not cost torch's import."""
     code = (
-        "import sys; from convtune.local.models import resolve_base_model;"
+        "import sys; from convtune.local.base_models import resolve_base_model;"
         "resolve_base_model('org/name'); assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

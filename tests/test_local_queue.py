@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
-from convtune.local.service import Conflict, LocalService, process_alive
-from convtune.service import JobRequest
+from convtune.contract import JobRequest
+from convtune.local.local_service import Conflict, LocalService, process_alive
 
 from .test_local_jobs import convtune, data, tiny, wait_for  # noqa: F401  (module fixtures)
 
@@ -238,7 +238,7 @@ def test_events_after_an_unknown_id_is_an_error(tiny, data):  # noqa: F811
 
 
 def test_chat_keeps_one_copy_per_model_however_it_is_spelled(tiny):  # noqa: F811
-    from convtune.service import ChatRequest
+    from convtune.contract import ChatRequest
 
     service = LocalService()
     spellings = [str(tiny), str(tiny).replace("/", "//", 1), f"{tiny.parent}/./{tiny.name}"]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from convtune import check_file, resolve_model
-from convtune.tokens import HuggingFaceCounter
+from convtune.dataset.tokens import HuggingFaceCounter
 
 CHAT = {
     "messages": [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi"}]

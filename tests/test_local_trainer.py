@@ -16,7 +16,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from convtune.errors import ConvtuneError, OptionError  # noqa: E402
-from convtune.local.data import tokenize_file, tokenize_records  # noqa: E402
 from convtune.local.trainer import (  # noqa: E402
     TrainConfig,
     evaluate,
@@ -24,6 +23,7 @@ from convtune.local.trainer import (  # noqa: E402
     merge_and_save,
     train,
 )
+from convtune.local.training_data import tokenize_file, tokenize_records  # noqa: E402
 
 from .conftest import EXAMPLE, ROOT  # noqa: E402
 from .tiny_models import make_tiny_model  # noqa: E402
@@ -243,7 +243,7 @@ DDP_SCRIPT = textwrap.dedent(
     import json, os, sys
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from convtune.local.data import tokenize_records
+    from convtune.local.training_data import tokenize_records
     from convtune.local.trainer import TrainConfig, train
 
     folder, out = sys.argv[1], sys.argv[2]
@@ -319,7 +319,7 @@ def test_ddp_with_two_processes_matches_one_process(tiny, tmp_path):
 @needs_smollm2
 def test_smollm2_learns_from_the_bundled_example(tmp_path):
     from convtune import PrepareOptions, prepare
-    from convtune.local.models import load_base_model, resolve_base_model
+    from convtune.local.base_models import load_base_model, resolve_base_model
 
     report = prepare(EXAMPLE, tmp_path / "data", PrepareOptions(force=True))
     model, tokenizer, _ = load_base_model(resolve_base_model("SmolLM2-135M-Instruct"))

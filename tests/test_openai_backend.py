@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from convtune.contract import ChatRequest, JobRequest
 from convtune.errors import Conflict, ConvtuneError, NotFound, OptionError, TransientError
 from convtune.follow import MAX_BACKOFF, follow
 from convtune.objects import Job
 from convtune.openai_backend import OpenAIService, wind_down_warning
-from convtune.service import ChatRequest, JobRequest
 
 from .fake_openai import FakeOpenAI
 
@@ -412,7 +412,7 @@ def test_a_base_url_without_v1_gets_a_hint(fake):
 
 
 def test_a_file_checked_at_upload_is_not_read_again_at_create(fake, train, monkeypatch):
-    import convtune.openai_backend.service as backend
+    import convtune.openai_backend.openai_service as backend
 
     reads: list[Path] = []
     real = backend.check_file

@@ -21,8 +21,8 @@ import time
 import pytest
 
 from convtune.cli.main import main
+from convtune.contract import JobRequest
 from convtune.openai_backend import OpenAIService
-from convtune.service import JobRequest
 
 from .conftest import ROOT
 from .fake_openai import FakeOpenAI

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from convtune import PrepareOptions, prepare
+from convtune.contract import ChatRequest, JobRequest
 from convtune.errors import Conflict, ConvtuneError, NotFound
 from convtune.follow import Progress, follow
 from convtune.objects import Job
 from convtune.openai_backend import OpenAIService
-from convtune.service import ChatRequest, JobRequest
 
 from .conftest import EXAMPLE, ROOT
 from .servers import serve

@@ -17,8 +17,9 @@ import pytest
 from matplotlib.image import imread
 
 from convtune import PrepareOptions, check_file, prepare
+from convtune.contract import JobRequest
 from convtune.follow import follow
-from convtune.local.service import LocalService
+from convtune.local.local_service import LocalService
 from convtune.objects import Job, JobEvent
 from convtune.plot import (
     NoMetrics,
@@ -29,7 +30,6 @@ from convtune.plot import (
     smoothing_window,
     tokens_figure,
 )
-from convtune.service import JobRequest
 
 from .conftest import EXAMPLE, ROOT
 from .tiny_models import make_tiny_model

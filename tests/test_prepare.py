@@ -7,7 +7,7 @@ import json
 import pytest
 
 from convtune import ExampleOptions, InputError, OutputExistsError, PrepareOptions, prepare
-from convtune.split import split_stream
+from convtune.dataset.split import split_stream
 
 from .conftest import EXAMPLE, SEED_SHEET, shared
 
@@ -91,7 +91,7 @@ def test_max_tokens_drop_and_truncate(tmp_path):
     assert report.dropped > 0
     assert report.examples == report.replies - report.dropped
     assert any(
-        f["code"] == "dropped_too_long" and f["count"] == report.dropped for f in report.findings
+        f.code == "dropped_too_long" and f.count == report.dropped for f in report.findings
     )
     assert report.train.tokens.max <= 80
     report = run(EXAMPLE, tmp_path / "t", max_tokens=80, valid_ratio=0, overlong="truncate")
@@ -111,7 +111,7 @@ def test_seed_prompt_completion_with_voice_and_report(tmp_path, write):
     assert {r["prompt"] for r in records} == {""}
     assert report.train.model == "davinci-002"
     assert report.train.tokenizer == "cl100k_base"
-    assert any(f["code"] == "few_examples" for f in report.train.findings)
+    assert any(f.code == "few_examples" for f in report.train.findings)
 
 
 def test_delimiter_inside_a_message_warns_in_legacy_format(tmp_path, write):
@@ -121,13 +121,13 @@ def test_delimiter_inside_a_message_warns_in_legacy_format(tmp_path, write):
         valid_ratio=0,
         examples={"format": "prompt-completion"},
     )
-    assert [f["lines"] for f in report.findings if f["code"] == "delimiter_in_message"] == [[2]]
+    assert [f.lines for f in report.findings if f.code == "delimiter_in_message"] == [[2]]
 
 
 def test_duplicates_are_reported_with_input_lines(tmp_path, write):
     report = run(write("Human;AI\nhi;hello\n###;###\nhi;hello\n"), tmp_path, valid_ratio=0)
-    dup = [f for f in report.train.findings if f["code"] == "duplicate"]
-    assert dup and dup[0]["lines"] == [4]
+    dup = [f for f in report.train.findings if f.code == "duplicate"]
+    assert dup and dup[0].lines == [4]
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ def test_real_files(tmp_path, name, actors, conversations, replies):
         assert report.examples == report.replies > 0
         written = sum(len(lines(tmp_path / fmt / p.split("/")[-1])) for p in report.outputs)
         assert written == report.examples
-        assert not [f for f in report.findings if f["level"] == "error"]
+        assert not [f for f in report.findings if f.level == "error"]
 
 
 def test_real_file_prompt_completion_matches_the_floor(tmp_path):
@@ -168,7 +168,7 @@ def test_real_file_prompt_completion_matches_the_floor(tmp_path):
 @pytest.mark.parametrize("fmt", ["prompt-completion", "chat"])
 def test_counting_process_gives_the_same_report(tmp_path, monkeypatch, fmt):
     """Large inputs count tokens in a child process; the figures must not change."""
-    from convtune import pipeline
+    from convtune.dataset import pipeline
 
     src = shared("sgd_taskoriented_small.csv")
     serial = run(

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convtune import ConvtuneError, ExampleOptions, PrepareOptions, prepare
-from convtune.tokens import MessageCounts, OpenAICounter
+from convtune.dataset.tokens import MessageCounts, OpenAICounter
 
 cell = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00#"),
@@ -95,7 +95,7 @@ def test_arbitrary_bytes_never_crash(tmp_path_factory, data):
 )
 def test_legacy_token_sum_equals_whole_string_count(texts, encoding, stop):
     """The per-message sum is exactly the count of the whole prompt and completion."""
-    from convtune.conversation import Message
+    from convtune.dataset.conversation import Message
 
     counter = OpenAICounter(encoding)
     actors = ("Human", "AI")
@@ -120,13 +120,13 @@ def test_legacy_token_sum_equals_whole_string_count(texts, encoding, stop):
     system=st.one_of(st.none(), st.text(min_size=1, max_size=20)),
 )
 def test_chat_token_sum_equals_cookbook_count(texts, system):
-    from convtune.conversation import Message
-    from convtune.examples import ExampleBuilder, ExampleOptions
+    from convtune.dataset.conversation import Message
+    from convtune.dataset.examples import ExampleBuilder, ExampleOptions
 
     counter = OpenAICounter("o200k_base")
     window = [Message("user" if i % 2 == 0 else "assistant", t, 1) for i, t in enumerate(texts)]
     window[-1].role = "assistant"
-    from convtune.conversation import Conversation
+    from convtune.dataset.conversation import Conversation
 
     conversation = Conversation(0, 1, window)
     builder = ExampleBuilder(("H", "A"), ExampleOptions(system=system, context=None))
@@ -142,7 +142,7 @@ def test_chat_token_sum_equals_cookbook_count(texts, system):
 @settings(max_examples=100, deadline=None)
 @given(values=st.lists(st.integers(-50, 50), max_size=400), chunk=st.integers(1, 64))
 def test_duplicate_finder_matches_a_set(values, chunk):
-    from convtune.report import DuplicateFinder
+    from convtune.dataset.report import DuplicateFinder
 
     finder = DuplicateFinder(chunk=chunk)
     for line, value in enumerate(values, start=1):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bpe_openai
 import pytest
 
-from convtune import tokens
+from convtune.dataset import tokens
 
 
 @pytest.mark.parametrize("encoding", ["cl100k_base", "o200k_base"])

@@ -7,13 +7,16 @@ The library is the product; the `convtune` command line only parses, calls these
     check = convtune.check_file("out/conversations.train.jsonl", model="gpt-4o-mini-2024-07-18")
 """
 
-from .check import check_file, detect_format, validate
-from .conversation import Conversation, Message
+from .dataset.check import check_file, detect_format, validate
+from .dataset.conversation import Conversation, Message
+from .dataset.examples import Example, ExampleBuilder, ExampleOptions
+from .dataset.findings import Finding, Findings
+from .dataset.modelinfo import ModelInfo, default_epochs, resolve_model
+from .dataset.pipeline import PrepareOptions, PrepareReport, prepare
+from .dataset.report import DatasetReport
+from .dataset.split import split_stream
+from .dataset.spreadsheet import SheetOptions, open_sheet
 from .errors import ConvtuneError, InputError, OptionError, OutputExistsError
-from .examples import Example, ExampleBuilder, ExampleOptions
-from .findings import Finding, Findings
-from .modelinfo import ModelInfo, default_epochs, resolve_model
-from .pipeline import PrepareOptions, PrepareReport, prepare
 from .plot import (
     JobMetrics,
     NoMetrics,
@@ -23,9 +26,6 @@ from .plot import (
     save_png,
     tokens_figure,
 )
-from .report import DatasetReport
-from .split import split_stream
-from .spreadsheet import SheetOptions, open_sheet
 
 __all__ = [
     "Conversation",

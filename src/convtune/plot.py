@@ -33,7 +33,7 @@ from .errors import ConvtuneError, OutputExistsError
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with convtune
     from matplotlib.figure import Figure
 
-    from .report import DatasetReport
+    from .dataset.report import DatasetReport
 
 # What a metrics row may hold, as OpenAI's events name it (the results CSV says train_accuracy).
 METRICS = (

@@ -69,13 +69,13 @@ def service_for(backend: Backend | str = "local"):
         from ..openai_backend import OpenAIService
 
         return OpenAIService(api_key=backend.api_key, base_url=backend.base_url)
-    from ..local.service import LocalService
+    from ..local.local_service import LocalService
 
     return LocalService()
 
 
 def is_local(service) -> bool:
-    from ..local.service import LocalService
+    from ..local.local_service import LocalService
 
     return isinstance(service, LocalService)
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..service import ChatRequest
+from ..contract import ChatRequest
 from . import render
 from .backend import Backend, backend_option, service_for
 

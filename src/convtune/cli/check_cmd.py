@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..check import check_file
+from ..dataset.check import check_file
 from ..errors import ConvtuneError
 from ..plot import png_target, save_png, tokens_figure
 from . import render

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from .. import pipeline
-from ..examples import FORMATS, LAYOUTS, ExampleOptions
-from ..spreadsheet import SheetOptions
+from ..dataset import pipeline
+from ..dataset.examples import FORMATS, LAYOUTS, ExampleOptions
+from ..dataset.spreadsheet import SheetOptions
 from . import render
 from .options import token_options
 

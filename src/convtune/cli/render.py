@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..pipeline import PrepareReport
-from ..report import DatasetReport
+from ..dataset.findings import Finding
+from ..dataset.pipeline import PrepareReport
+from ..dataset.report import DatasetReport
 
 out = Console(highlight=False, soft_wrap=True)  # ids and commands stay whole for copy-paste
 err = Console(stderr=True, highlight=False)
@@ -45,7 +48,7 @@ def _lines(lines: list[int]) -> str:
     return ", ".join(str(n) for n in lines)
 
 
-def findings_table(findings: list[dict], where: str) -> Table | None:
+def findings_table(findings: list[Finding], where: str) -> Table | None:
     if not findings:
         return None
     table = Table(title=None, show_edge=False, pad_edge=False, box=None, padding=(0, 1))
@@ -53,10 +56,10 @@ def findings_table(findings: list[dict], where: str) -> Table | None:
     table.add_column("count", justify="right")
     table.add_column("problem")
     table.add_column(f"first {where}", no_wrap=True)
-    for f in sorted(findings, key=lambda f: f["level"] != "error"):
-        level = "[red]error[/]" if f["level"] == "error" else "[yellow]warning[/]"
-        message = f["message"] + (f" [dim]({f['example']})[/]" if f.get("example") else "")
-        table.add_row(level, f"{f['count']:,}", message, _lines(f["lines"]))
+    for f in sorted(findings, key=lambda f: f.level != "error"):
+        level = "[red]error[/]" if f.level == "error" else "[yellow]warning[/]"
+        message = escape(f.message) + (f" [dim]({escape(f.example)})[/]" if f.example else "")
+        table.add_row(level, f"{f.count:,}", message, _lines(f.lines))
     return table
 
 
@@ -125,7 +128,7 @@ def show_prepare(report: PrepareReport) -> None:
     findings = list(report.findings)
     for r in (report.train, report.valid):
         if r is not None:
-            findings += [f | {"message": f"{r.path}: " + f["message"]} for f in r.findings]
+            findings += [replace(f, message=f"{r.path}: {f.message}") for f in r.findings]
     if findings:
         out.print()
         out.print(findings_table(findings, "input lines"))

@@ -73,7 +73,7 @@ def serve(
             f"convtune serve needs the serve extra ({exc.name} is missing)",
             hint="pip install 'convtune[serve]'",
         ) from None
-    from ..local.service import LocalService
+    from ..local.local_service import LocalService
 
     keys = load_keys(api_key_file)
     if api_key_file is not None and api_key_file.stat().st_mode & 0o077:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..service import JobRequest
+from ..contract import JobRequest
 from . import render
 from .backend import Backend, again, backend_option, service_for
 from .follow_view import follow_to_end

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..contract import ChatRequest
 from ..errors import ConvtuneError
-from ..service import ChatRequest
 
 
 class Reply(Iterator[str]):
@@ -90,7 +90,7 @@ class LocalChat:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from .models import load_base_model, resolve_base_model
+        from .base_models import load_base_model, resolve_base_model
 
         hf_logging.disable_progress_bar()  # a chat prints replies, not loading bars
 

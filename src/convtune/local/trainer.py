@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConvtuneError, OptionError
-from .data import IGNORE, TokenizedExample
+from .training_data import IGNORE, TokenizedExample
 
 PACKED = "convtune_packed"  # our attention implementation's name in transformers' registry
 SEGMENTS = "convtune_segments"  # the keyword argument that carries the packed examples' bounds

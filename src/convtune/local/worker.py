@@ -19,12 +19,13 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from ..check import check_file
+from ..dataset.check import check_file
+from ..dataset.findings import first_error
+from ..dataset.modelinfo import default_epochs
 from ..digest import file_sha256
 from ..home import data_dir
-from ..modelinfo import default_epochs
 from ..objects import TERMINAL, JobError
-from .service import database_path
+from .local_service import database_path
 from .store import Store, now
 
 BASE_LEARNING_RATE = {True: 2e-4, False: 2e-5}  # LoRA, full fine-tune
@@ -93,7 +94,7 @@ class JobRun:
     def wait_for_slot(self) -> None:
         """Run now, or wait in line while `max_running` jobs already run (`convtune serve
         --concurrency`). Waiting happens before torch is imported: a queued job costs little."""
-        from .service import process_alive
+        from .local_service import process_alive
 
         limit = self.options.get("max_running")
         if self.rank != 0 or not limit:
@@ -138,14 +139,12 @@ class JobRun:
             if path is None:
                 continue
             report = check_file(path, training=role == "training_file", model="gpt-4o-mini")
-            errors = [f for f in report.findings if f["level"] == "error"]
-            if errors:
-                first = errors[0]
-                where = f"line {first['lines'][0]}: " if first["lines"] else ""
-                more = report.errors - 1
+            first = first_error(report.findings)
+            if first is not None:
+                more = first.more_text()
                 raise Invalid(
-                    f"invalid {role.replace('_', ' ')} {getattr(job, role)}: {where}{first['message']}"
-                    + (f" ({more} more error{'s' if more != 1 else ''})" if more else ""),
+                    f"invalid {role.replace('_', ' ')} {getattr(job, role)}: {first.located()}"
+                    + (f" ({more})" if more else ""),
                     role,
                 )
         self.event("Files validated, moving job to queued state")
@@ -163,9 +162,9 @@ class JobRun:
     def train(self, train_path: Path, valid_path: Path | None) -> None:
         import torch
 
-        from .data import tokenize_file
-        from .models import load_base_model, resolve_base_model
+        from .base_models import load_base_model, resolve_base_model
         from .trainer import TrainConfig, merge_and_save, train
+        from .training_data import tokenize_file
 
         options = self.options
         ref = resolve_base_model(options.get("model_source") or self.job.model)
@@ -363,7 +362,7 @@ class Invalid(Exception):
 
 def _format_and_actors(path: Path) -> tuple[str, tuple[str, str] | None]:
     """The training format, and for legacy data the two actor labels chat must speak with."""
-    from ..check import _LABEL_END, _STOP, detect_format
+    from ..dataset.check import _LABEL_END, _STOP, detect_format
 
     with open(path, encoding="utf-8") as f:
         first = json.loads(next(line for line in f if line.strip()))

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from . import chat, errors, files, jobs, models
+from . import chat_api, errors, files_api, jobs_api, models_api
 from .auth import BearerAuth, KeyRing
 from .context import Context
 from .gate import Gate
@@ -40,7 +40,7 @@ def create_app(
         completions=StoredCompletions(home / "stored-completions.db"),
         chat_slots=chat_slots,
     )
-    files.sweep_uploads(ctx.uploads)
+    files_api.sweep_uploads(ctx.uploads)
     app = FastAPI(
         title="convtune serve",
         docs_url=None,  # the API is OpenAI's, documented there; no unauthenticated pages
@@ -49,7 +49,7 @@ def create_app(
     )
     app.state.context = ctx
     errors.install(app)
-    for module in (files, jobs, models, chat):
+    for module in (files_api, jobs_api, models_api, chat_api):
         app.include_router(module.router(ctx), prefix=PREFIX)
     app.add_middleware(BearerAuth, keys=KeyRing(keys))
     return app

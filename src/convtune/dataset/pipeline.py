@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import OptionError
 from .check import example_tokens
-from .errors import InputError, OptionError
 from .examples import Example, ExampleBuilder, ExampleOptions
-from .findings import Findings
+from .findings import Finding, Findings, count, first_error
 from .jsonl import AtomicWriter, dumps
 from .modelinfo import default_model, resolve_model
 from .report import DatasetReport, DatasetStats
@@ -67,14 +67,14 @@ class PrepareReport:
     valid_conversations: int = 0
     dropped: int = 0
     truncated: int = 0
-    findings: list[dict] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
     train: DatasetReport | None = None
     valid: DatasetReport | None = None
     outputs: list[str] = field(default_factory=list)
 
     @property
     def warnings(self) -> int:
-        return sum(f["count"] for f in self.findings if f["level"] == "warning")
+        return count(self.findings, "warning")
 
     def to_dict(self) -> dict:
         return {
@@ -90,7 +90,7 @@ class PrepareReport:
             "dropped": self.dropped,
             "truncated": self.truncated,
             "warnings": self.warnings,
-            "findings": self.findings,
+            "findings": [f.to_dict() for f in self.findings],
             "train": self.train.to_dict() if self.train else None,
             "valid": self.valid.to_dict() if self.valid else None,
             "outputs": self.outputs,
@@ -131,16 +131,9 @@ def prepare(
             valid = AtomicWriter(valid_path, force=options.force)
         run = _Run(sheet, options, input_findings, train, valid)
         run.all(progress)
-        errors = input_findings.errors
-        if errors:
-            first = errors[0]
-            more = sum(f.count for f in errors) - 1
-            raise InputError(
-                first.message + (f": {first.example}" if first.example else ""),
-                path=input_path,
-                line=first.lines[0] if first.lines else None,
-                hint=f"and {more} more error{'s' if more != 1 else ''}" if more else None,
-            )
+        first = first_error(input_findings.errors)
+        if first is not None:
+            raise first.to_error(input_path)
         train.commit()
         if valid is not None:
             valid.commit()

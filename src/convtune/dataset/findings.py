@@ -7,8 +7,12 @@ memory stays bounded however many times a problem repeats.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+
+from ..errors import InputError
 
 Level = Literal["error", "warning"]
 
@@ -78,5 +82,54 @@ class Findings:
         finding = self.by_code.get(code)
         return finding.count if finding else 0
 
-    def to_list(self) -> list[dict]:
-        return [f.to_dict() for f in self.by_code.values()]
+    def to_list(self) -> list[Finding]:
+        """The findings in the order they first appeared (reports keep this typed list)."""
+        return list(self.by_code.values())
+
+
+def count(findings: Iterable[Finding], level: Level) -> int:
+    """How many times problems of `level` happened (not how many kinds)."""
+    return sum(f.count for f in findings if f.level == level)
+
+
+@dataclass(frozen=True)
+class FirstError:
+    """The earliest error of a run and how many more there are: what a one-line refusal says.
+
+    Every front end that refuses a file (prepare, a job's validation, an upload to a service or
+    to `convtune serve`) words its refusal from this, so the same file gets the same message.
+    """
+
+    line: int | None
+    message: str  # the finding's message, with its first occurrence's own words if any
+    more: int  # errors besides this one
+
+    def located(self) -> str:
+        """'line 7: message', or the message alone when the problem has no line."""
+        return (f"line {self.line}: " if self.line is not None else "") + self.message
+
+    def more_text(self) -> str:
+        """'1 more error', '3 more errors', or '' when there is none."""
+        if not self.more:
+            return ""
+        return f"{self.more} more error{'s' if self.more != 1 else ''}"
+
+    def to_error(self, path: str | Path, hint: str | None = None) -> InputError:
+        """`file:line: message (and N more errors)` as the library's exception."""
+        more = self.more_text()
+        return InputError(
+            self.message,
+            path=path,
+            line=self.line,
+            hint=f"and {more}" + (f"; {hint}" if hint else "") if more else hint,
+        )
+
+
+def first_error(findings: Iterable[Finding]) -> FirstError | None:
+    """The error with the earliest line (errors without a line come last), or None."""
+    errors = [f for f in findings if f.level == "error"]
+    if not errors:
+        return None
+    first = min(errors, key=lambda f: (f.lines[0] if f.lines else float("inf")))
+    message = first.message + (f": {first.example}" if first.example else "")
+    return FirstError(first.lines[0] if first.lines else None, message, count(errors, "error") - 1)

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..dataset.modelinfo import SMOLLM2, smollm2_gguf
 from ..errors import ConvtuneError, OptionError
 from ..home import base_models_dir
-from ..modelinfo import SMOLLM2, smollm2_gguf
 
 if TYPE_CHECKING:  # torch is only needed to load, not to resolve a name
     import torch

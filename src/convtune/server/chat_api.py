@@ -23,14 +23,14 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from ..contract import ChatRequest
 from ..errors import ConvtuneError, NotFound, OptionError
 from ..local.store import new_id
-from ..service import ChatRequest
 from . import ids, pages
 from .chat_request import ChatBody, to_chat_request
 from .context import Context
 from .errors import APIError, envelope, from_library
-from .models import model_not_found
+from .models_api import model_not_found
 
 log = logging.getLogger("convtune.serve")
 
@@ -91,7 +91,7 @@ def router(ctx: Context) -> APIRouter:
 
 async def _known_model(ctx: Context, model: str) -> None:
     """404 for a model that is neither fine-tuned here nor a base model convtune can load."""
-    from ..local.models import resolve_base_model
+    from ..local.base_models import resolve_base_model
 
     try:
         await ctx.gate(ctx.service.get_model, model)

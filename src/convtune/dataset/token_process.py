@@ -1,4 +1,4 @@
-"""The token-counting child process of `prepare`: `python -m convtune.tokens_worker ENCODING`.
+"""The token-counting child process of `prepare`: `python -m convtune.dataset.token_process ENCODING`.
 
 Frames on stdin and stdout: a 4-byte little-endian length, then a `marshal`ed list (strings in,
 their token counts out). A plain subprocess rather than `multiprocessing`, so that calling

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..check import detect_format
+from ..dataset.check import detect_format
 from ..errors import ConvtuneError, InputError
 
 IGNORE = -100  # the label of a position without loss (PyTorch's cross-entropy ignore_index)

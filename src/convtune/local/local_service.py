@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..contract import ChatRequest, JobRequest
 from ..digest import file_sha256
 from ..errors import Conflict, ConvtuneError, NotFound, OptionError
 from ..home import data_dir
@@ -31,7 +32,6 @@ from ..objects import (
     JobEvent,
     ModelObject,
 )
-from ..service import ChatRequest, JobRequest
 from .store import LAUNCH_GRACE, Store, new_id, now
 
 SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
@@ -157,7 +157,7 @@ class LocalService:
 
     def create_job(self, request: JobRequest) -> Job:
         """Record the job and start its worker; validation happens there, before any model load."""
-        from .models import BaseModelRef, resolve_base_model
+        from .base_models import BaseModelRef, resolve_base_model
 
         tuned = self.store.get_model(request.model)
         if tuned is not None:  # train further on a fine-tuned model, as OpenAI allows
@@ -473,7 +473,7 @@ class LocalService:
         """One cache entry per model, however its path is spelled (`/a/b`, `/a//b`, `/a/./b`)."""
         if self.store.get_model(model) is not None:
             return model
-        from .models import resolve_base_model
+        from .base_models import resolve_base_model
 
         return resolve_base_model(model).source
 

@@ -11,7 +11,7 @@ from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from .findings import FIRST_LINES, Findings
+from .findings import FIRST_LINES, Finding, Findings, count
 from .modelinfo import ModelInfo, default_epochs
 
 OPENAI_MIN_EXAMPLES = 10
@@ -43,19 +43,20 @@ class DatasetReport:
     billed_tokens: int | None = None
     price_per_1m: float | None = None
     cost: float | None = None
-    findings: list[dict] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def errors(self) -> int:
-        return sum(f["count"] for f in self.findings if f["level"] == "error")
+        return count(self.findings, "error")
 
     @property
     def warnings(self) -> int:
-        return sum(f["count"] for f in self.findings if f["level"] == "warning")
+        return count(self.findings, "warning")
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["histogram"] = {str(k): v for k, v in sorted(self.histogram.items())}
+        data["findings"] = [f.to_dict() for f in self.findings]
         data["errors"] = self.errors
         data["warnings"] = self.warnings
         return data

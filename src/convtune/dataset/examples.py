@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..errors import OptionError
 from .conversation import Conversation, Message
-from .errors import OptionError
 
 FORMATS = ("chat", "prompt-completion", "sharegpt")
 LAYOUTS = ("turn", "conversation")

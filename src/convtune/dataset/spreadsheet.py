@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 
+from ..errors import InputError, OptionError
 from .conversation import Conversation, Message
-from .errors import InputError, OptionError
 from .findings import Findings
 
 DELIMITERS = (";", ",", "\t", "|")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import OptionError
+from ..errors import OptionError
 from .findings import Findings
 from .jsonl import read_lines
 from .modelinfo import default_model, resolve_model

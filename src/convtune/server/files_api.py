@@ -13,7 +13,8 @@ import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 
-from ..check import check_file
+from ..dataset.check import check_file
+from ..dataset.findings import first_error
 from ..errors import ConvtuneError
 from . import ids, pages
 from .context import Context
@@ -129,18 +130,15 @@ def check_upload(path: Path) -> None:
         raise APIError(
             400, f"Invalid file: {where}{exc.message}{hint}", param="file", code="invalid_file"
         ) from None
-    errors = [f for f in report.findings if f["level"] == "error"]
-    if not errors:
+    first = first_error(report.findings)
+    if first is None:
         return
-    first = errors[0]
-    where = f"line {first['lines'][0]}: " if first["lines"] else ""
-    detail = f" ({first['example']})" if first.get("example") else ""
-    more = report.errors - 1
-    tail = f"; {more} more error{'s' if more != 1 else ''} (convtune check lists them)" if more else ""
+    more = first.more_text()
     raise APIError(
         400,
-        f"Invalid file format for fine-tuning: {where}{first['message']}{detail}{tail}.",
+        f"Invalid file format for fine-tuning: {first.located()}"
+        + (f"; {more} (convtune check lists them)" if more else "")
+        + ".",
         param="file",
         code="invalid_file_format",
     )
-

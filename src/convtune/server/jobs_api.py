@@ -16,8 +16,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
+from ..contract import JobRequest
 from ..errors import ConvtuneError
-from ..service import JobRequest
 from . import ids, pages
 from .context import Context
 from .errors import APIError, from_library

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..check import check_file
+from ..contract import ChatRequest, JobRequest
+from ..dataset.check import check_file
+from ..dataset.findings import first_error
+from ..dataset.report import OPENAI_MIN_EXAMPLES
 from ..digest import file_sha256
 from ..errors import Conflict, ConvtuneError, NotFound, OptionError, TransientError
 from ..home import data_dir, installation_id
 from ..objects import Checkpoint, FileObject, Job, JobError, JobEvent, ModelObject
-from ..report import OPENAI_MIN_EXAMPLES
-from ..service import ChatRequest, JobRequest
 from .record import Record
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -616,18 +617,15 @@ def _server_message(exc) -> str:
 
 def _refuse_errors(report, path: Path) -> None:
     """A `ConvtuneError` at the first error's line, if the report has errors."""
-    errors = [f for f in report.findings if f["level"] == "error"]
-    if not errors:
+    first = first_error(report.findings)
+    if first is None:
         return
-    first = min(errors, key=lambda f: (f["lines"] or [0])[0])
-    detail = f" {first['example']}" if first.get("example") else ""
-    total = report.errors
     raise ConvtuneError(
-        f"{first['message']}{detail}",
+        first.message,
         path=path,
-        line=first["lines"][0] if first["lines"] else None,
-        hint=f"{total} error(s) in all; convtune check {path} lists them"
-        if total > 1
+        line=first.line,
+        hint=f"{report.errors} error(s) in all; convtune check {path} lists them"
+        if first.more
         else "the service would refuse this file",
     )
 

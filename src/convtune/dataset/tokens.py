@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-from .errors import ConvtuneError
+from ..errors import ConvtuneError
 from .modelinfo import ModelInfo
 
 # The pre-tokenizer patterns of the two encodings, as OpenAI publishes them in tiktoken.
@@ -82,7 +82,7 @@ def _ranks(name: str, table: Path) -> dict[bytes, int]:
     import marshal
     import os
 
-    from .home import data_dir
+    from ..home import data_dir
 
     cache = data_dir() / "cache" / f"{name}.ranks.marshal"
     try:
@@ -285,7 +285,7 @@ class CountingProcess:
         import threading
 
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "convtune.tokens_worker", encoding],
+            [sys.executable, "-m", "convtune.dataset.token_process", encoding],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -295,7 +295,7 @@ class CountingProcess:
         self._feeder.start()
 
     def _feed(self) -> None:
-        from .tokens_worker import write_frame
+        from .token_process import write_frame
 
         stdin = self._child.stdin
         try:
@@ -311,7 +311,7 @@ class CountingProcess:
         self._outbox.put(texts)
 
     def result(self) -> list[int]:
-        from .tokens_worker import read_frame
+        from .token_process import read_frame
 
         counts = read_frame(self._child.stdout)
         if counts is None:

@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from .errors import OptionError
+from ..errors import OptionError
 
 T = TypeVar("T")
 
