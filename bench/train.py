@@ -13,7 +13,7 @@ the end of the last timed step, divided by the wall time between them. Peak memo
 process's peak RSS (getrusage), loading the model included.
 
 Configurations:
-  convtune          convtune.local.trainer.train, precision auto (bf16 on this CPU)
+  convtune          convtune.local.training.train, precision auto (bf16 on this CPU)
   convtune-fp32     the same in float32
   trl-default-fp32  SFTTrainer defaults + LoRA, bf16=False (gradient checkpointing on, padding)
   trl-default-bf16  SFTTrainer defaults + LoRA (TRL's own default is bf16=True)
@@ -140,7 +140,7 @@ class Meter:
 
 def run_convtune(jsonl: Path, options: dict, steps: int, warmup: int) -> dict:
     from convtune.local.base_models import load_base_model, resolve_base_model
-    from convtune.local.trainer import TrainConfig, train
+    from convtune.local.training import TrainConfig, train
     from convtune.local.training_data import tokenize_file
 
     model, tokenizer, _ = load_base_model(resolve_base_model(MODEL))
@@ -209,7 +209,7 @@ def run_trl(jsonl: Path, options: dict, steps: int, warmup: int) -> dict:
 def quality(jsonl: Path, valid: Path) -> dict:
     """Validation loss before and after the example's 3 epochs, bf16 and fp32."""
     from convtune.local.base_models import load_base_model, resolve_base_model
-    from convtune.local.trainer import TrainConfig, evaluate, train
+    from convtune.local.training import TrainConfig, evaluate, train
     from convtune.local.training_data import tokenize_file
 
     rows = {}

@@ -18,6 +18,7 @@ import convtune
 from convtune.cli.follow_view import follow_job, summary
 from convtune.contract import ChatRequest, JobRequest
 from convtune.local.local_service import LocalService
+from convtune.training_options import TrainOptions
 
 ROOT = Path(__file__).resolve().parent
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("out/demo")
@@ -62,10 +63,9 @@ def main() -> None:
             model="SmolLM2-135M-Instruct",
             training_file=service.upload_file(train).id,
             validation_file=service.upload_file(valid).id,
-            n_epochs=3,
-            batch_size=4,
             suffix="nimbus",
             seed=0,
+            options=TrainOptions(n_epochs=3, batch_size=4),
         )
     )
     console.print(f"job {job.id}")

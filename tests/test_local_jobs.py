@@ -18,6 +18,7 @@ import pytest
 from convtune import ExampleOptions, PrepareOptions, prepare
 from convtune.contract import ChatRequest, JobRequest
 from convtune.local.local_service import LocalService
+from convtune.training_options import TrainOptions
 
 from .conftest import EXAMPLE, ROOT
 from .servers import wait_for
@@ -135,7 +136,7 @@ def test_cancel_stops_the_worker(tiny, data, isolated_home):
         JobRequest(
             model=str(tiny),
             training_file=service.upload_file(data["train"]).id,
-            n_epochs=50,
+            options=TrainOptions(n_epochs=50),
         )
     )
     wait_for(lambda: any(e.type == "metrics" for e in service.list_events(job.id, limit=50)))
@@ -159,8 +160,7 @@ def test_killed_worker_fails_then_resumes_from_checkpoint(tiny, data, isolated_h
         JobRequest(
             model=str(tiny),
             training_file=service.upload_file(data["train"]).id,
-            n_epochs=4,
-            batch_size=4,
+            options=TrainOptions(n_epochs=4, batch_size=4),
         )
     )
     wait_for(lambda: service.list_checkpoints(job.id))
@@ -181,7 +181,7 @@ def test_ctrl_c_detaches_and_the_job_goes_on(tiny, data, isolated_home):
         JobRequest(
             model=str(tiny),
             training_file=service.upload_file(data["train"]).id,
-            n_epochs=6,
+            options=TrainOptions(n_epochs=6),
         )
     )
     follower = subprocess.Popen([CONVTUNE, "follow", job.id], stdout=subprocess.PIPE, text=True)
@@ -201,7 +201,7 @@ def test_legacy_data_trains_and_chat_speaks_its_protocol(tiny, data, isolated_ho
         JobRequest(
             model=str(tiny),
             training_file=service.upload_file(data["legacy"]).id,
-            n_epochs=1,
+            options=TrainOptions(n_epochs=1),
         )
     )
     done = wait_for(lambda: (j := service.get_job(job.id)).done and j, timeout=300)

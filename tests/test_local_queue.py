@@ -10,7 +10,10 @@ import signal
 import pytest
 
 from convtune.contract import JobRequest
-from convtune.local.local_service import Conflict, LocalService, process_alive
+from convtune.errors import Conflict
+from convtune.local.local_service import LocalService
+from convtune.local.process import process_alive
+from convtune.training_options import TrainOptions
 
 from .test_local_jobs import convtune, data, tiny, wait_for  # noqa: F401  (module fixtures)
 
@@ -39,9 +42,9 @@ def test_upload_reports_progress_and_reads_back(data):  # noqa: F811
 def test_jobs_wait_in_line_for_a_free_slot(tiny, data):  # noqa: F811
     service = LocalService(max_running=1)
     training_file = service.upload_file(data["train"]).id
-    first = service.create_job(JobRequest(model=str(tiny), training_file=training_file, n_epochs=2))
+    first = service.create_job(JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(n_epochs=2)))
     second = service.create_job(
-        JobRequest(model=str(tiny), training_file=training_file, n_epochs=1)
+        JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(n_epochs=1))
     )
     wait_for(lambda: any("Waiting for a free slot" in m for _, m in _events(service, second.id)))
     assert service.get_job(second.id).status == "queued"
@@ -61,8 +64,7 @@ def test_pause_keeps_its_place_and_resume_finishes(tiny, data):  # noqa: F811
         JobRequest(
             model=str(tiny),
             training_file=service.upload_file(data["train"]).id,
-            n_epochs=3,
-            batch_size=2,
+            options=TrainOptions(n_epochs=3, batch_size=2),
         )
     )
     wait_for(lambda: any(e.type == "metrics" for e in service.list_events(job.id, limit=50)))
@@ -101,10 +103,10 @@ def test_recover_restarts_queued_and_resumes_running_jobs(tiny, data):  # noqa: 
     service = LocalService(max_running=1)
     training_file = service.upload_file(data["train"]).id
     running = service.create_job(
-        JobRequest(model=str(tiny), training_file=training_file, n_epochs=3, batch_size=1)
+        JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(n_epochs=3, batch_size=1))
     )
     queued = service.create_job(
-        JobRequest(model=str(tiny), training_file=training_file, n_epochs=1)
+        JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(n_epochs=1))
     )
     wait_for(lambda: any("Waiting for a free slot" in m for _, m in _events(service, queued.id)))
     wait_for(lambda: service.list_checkpoints(running.id))
@@ -127,7 +129,9 @@ def test_recover_can_fail_running_jobs_instead(tiny, data):  # noqa: F811
     service = LocalService()
     job = service.create_job(
         JobRequest(
-            model=str(tiny), training_file=service.upload_file(data["train"]).id, n_epochs=20
+            model=str(tiny),
+            training_file=service.upload_file(data["train"]).id,
+            options=TrainOptions(n_epochs=20),
         )
     )
     wait_for(lambda: service.store.get_job(job.id).status == "running")
@@ -142,11 +146,11 @@ def test_recover_can_fail_running_jobs_instead(tiny, data):  # noqa: F811
 def test_a_model_in_use_is_not_deleted(tiny, data):  # noqa: F811
     service = LocalService()
     training_file = service.upload_file(data["train"]).id
-    first = service.create_job(JobRequest(model=str(tiny), training_file=training_file, n_epochs=1))
+    first = service.create_job(JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(n_epochs=1)))
     model_id = wait_for(lambda: (j := service.get_job(first.id)).done and j, 300).fine_tuned_model
     assert model_id
     further = service.create_job(
-        JobRequest(model=model_id, training_file=training_file, n_epochs=30)
+        JobRequest(model=model_id, training_file=training_file, options=TrainOptions(n_epochs=30))
     )
     assert further.model == model_id  # trains on top of the fine-tuned model
     with pytest.raises(Conflict, match="in use"):
@@ -154,7 +158,7 @@ def test_a_model_in_use_is_not_deleted(tiny, data):  # noqa: F811
     service.cancel_job(further.id)
     # trained further, the new model is named after the base model, as OpenAI names them
     short = service.create_job(
-        JobRequest(model=model_id, training_file=training_file, options={"max_steps": 2})
+        JobRequest(model=model_id, training_file=training_file, options=TrainOptions(max_steps=2))
     )
     done = wait_for(lambda: (j := service.get_job(short.id)).done and j, 300)
     assert done.status == "succeeded", done.error
@@ -184,7 +188,7 @@ def test_resumes_at_once_start_one_worker(tiny, data):  # noqa: F811
 
     service = LocalService()
     job = service.create_job(
-        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, n_epochs=3)
+        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, options=TrainOptions(n_epochs=3))
     )
     wait_for(lambda: any(e.type == "metrics" for e in service.list_events(job.id, limit=50)))
     service.pause_job(job.id)
@@ -223,13 +227,13 @@ def test_events_after_an_unknown_id_is_an_error(tiny, data):  # noqa: F811
 
     service = LocalService()
     job = service.create_job(
-        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, n_epochs=1)
+        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, options=TrainOptions(n_epochs=1))
     )
     newest = service.list_events(job.id, limit=1)
     with pytest.raises(OptionError, match="no event"):
         service.list_events(job.id, after="ftevent-doesnotexist")
     other = service.create_job(
-        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, n_epochs=1)
+        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, options=TrainOptions(n_epochs=1))
     )
     with pytest.raises(OptionError):  # an event of another job is no cursor here
         service.list_events(other.id, after=newest[0].id)

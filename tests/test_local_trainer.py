@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from convtune.errors import ConvtuneError, OptionError  # noqa: E402
-from convtune.local.trainer import (  # noqa: E402
+from convtune.local.training import (  # noqa: E402
     TrainConfig,
     evaluate,
     load_checkpoint,
@@ -244,7 +244,7 @@ DDP_SCRIPT = textwrap.dedent(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from convtune.local.training_data import tokenize_records
-    from convtune.local.trainer import TrainConfig, train
+    from convtune.local.training import TrainConfig, train
 
     folder, out = sys.argv[1], sys.argv[2]
     pairs = json.loads(sys.argv[3])

@@ -19,6 +19,7 @@ from convtune.errors import Conflict, ConvtuneError, NotFound, OptionError, Tran
 from convtune.follow import MAX_BACKOFF, follow
 from convtune.objects import Job
 from convtune.openai_backend import OpenAIService, wind_down_warning
+from convtune.training_options import TrainOptions
 
 from .fake_openai import FakeOpenAI
 
@@ -169,12 +170,10 @@ def test_openai_parameters_are_sent_as_openai_names_them(fake, train, tmp_path):
         model=MODEL,
         training_file=service.upload_file(train).id,
         validation_file=service.upload_file(valid).id,
-        n_epochs=3,
-        batch_size=4,
-        learning_rate_multiplier=0.5,
         suffix="support",
         seed=7,
         metadata={"team": "care"},
+        options=TrainOptions(n_epochs=3, batch_size=4, learning_rate_multiplier=0.5),
     )
     job = service.create_job(request)
     [sent] = [r["json"] for r in posts(fake, "/fine_tuning/jobs")]
@@ -196,7 +195,7 @@ def test_create_job_refuses_what_openai_would(fake, train, tmp_path):
     service = service_for(fake)
     file = service.upload_file(train)
     with pytest.raises(OptionError, match="lora_r"):
-        service.create_job(JobRequest(MODEL, file.id, options={"lora_r": 8}))
+        service.create_job(JobRequest(MODEL, file.id, options=TrainOptions(lora_r=8)))
     with pytest.raises(OptionError, match="created_by"):
         service.create_job(JobRequest(MODEL, file.id, metadata={"created_by": "me"}))
 

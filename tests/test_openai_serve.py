@@ -21,6 +21,7 @@ from convtune.errors import Conflict, ConvtuneError, NotFound
 from convtune.follow import Progress, follow
 from convtune.objects import Job
 from convtune.openai_backend import OpenAIService
+from convtune.training_options import TrainOptions
 
 from .conftest import EXAMPLE, ROOT
 from .servers import serve
@@ -69,12 +70,10 @@ def test_the_sdk_path_against_convtune_serve(served, tiny, data):
             model=str(tiny),
             training_file=train.id,
             validation_file=valid.id,
-            n_epochs=1,
-            batch_size=8,
-            learning_rate_multiplier=2.0,
             suffix="nimbus",
             seed=7,
             metadata={"team": "care"},
+            options=TrainOptions(n_epochs=1, batch_size=8, learning_rate_multiplier=2.0),
         )
     )
     assert job.metadata == tag(team="care") and job.seed == 7

@@ -17,19 +17,14 @@ import pytest
 from matplotlib.image import imread
 
 from convtune import PrepareOptions, check_file, prepare
+from convtune.charts import loss_figure, save_png, smoothing_window, tokens_figure
 from convtune.contract import JobRequest
 from convtune.follow import follow
 from convtune.local.local_service import LocalService
+from convtune.metrics import NoMetrics, job_metrics
 from convtune.objects import Job, JobEvent
-from convtune.plot import (
-    NoMetrics,
-    job_metrics,
-    loss_figure,
-    read_results,
-    save_png,
-    smoothing_window,
-    tokens_figure,
-)
+from convtune.results_csv import read_results
+from convtune.training_options import TrainOptions
 
 from .conftest import EXAMPLE, ROOT
 from .tiny_models import make_tiny_model
@@ -64,8 +59,7 @@ def trained(tmp_path_factory, data) -> dict:
                 model=str(tiny),
                 training_file=service.upload_file(data["train"]).id,
                 validation_file=service.upload_file(data["valid"]).id,
-                n_epochs=EPOCHS,
-                batch_size=BATCH,
+                options=TrainOptions(n_epochs=EPOCHS, batch_size=BATCH),
             )
         )
         *_, done = follow(service, job.id, poll=0.2)
@@ -195,6 +189,12 @@ def test_read_results_openai_columns_empty_cells_bom_base64():
 
 class FakeOpenAI:
     """get_job / file_content / list_events as OpenAI answers them (events newest first)."""
+
+    @property
+    def capabilities(self):
+        from convtune.openai_backend import OpenAIService
+
+        return OpenAIService.capabilities  # what the real backend declares
 
     def __init__(self, job: Job, files: dict[str, bytes], events: list[JobEvent]) -> None:
         self.job, self.files, self.events = job, files, events[::-1]
@@ -370,8 +370,8 @@ def test_help_says_what_it_does_with_an_example(command):
 
 
 def test_a_picture_goes_to_a_png_in_a_folder_that_exists(tmp_path):
+    from convtune.charts import png_target
     from convtune.errors import ConvtuneError, OutputExistsError
-    from convtune.plot import png_target
 
     assert png_target(tmp_path / "loss.png") == tmp_path / "loss.png"
     with pytest.raises(ConvtuneError, match="no such folder"):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from convtune import PrepareOptions, prepare
-from convtune.local.local_service import LocalService, process_alive
+from convtune.local.local_service import LocalService
+from convtune.local.process import process_alive
 
 from .conftest import EXAMPLE
 from .servers import Conformance, serve, wait_for

@@ -60,10 +60,20 @@ def test_job_round_trip_and_status_guard(tmp_path):
     assert back.error == JobError("bad", "line 3: broken", "training_file")
     assert back.seed == 7 and back.suffix == "support" and back.trained_tokens == 12
     assert store.job_runtime(job.id)["options"] == {"lora_r": 8}
-    assert store.set_status(job.id, "succeeded", unless=("cancelled",), event="done", finished_at=5)
-    assert not store.set_status(job.id, "running", unless=("succeeded",))
-    assert store.get_job(job.id).status == "succeeded" and store.get_job(job.id).finished_at == 5
-    assert store.list_events(job.id)[0][0].message == "done"
+    assert store.advance(job.id, "running")
+    assert store.mark_succeeded(job.id)
+    assert not store.advance(job.id, "running")  # an ended job stays ended
+    assert not store.mark_cancelled(job.id) and not store.mark_paused(job.id)
+    assert store.get_job(job.id).status == "succeeded" and store.get_job(job.id).finished_at
+    assert store.list_events(job.id)[0][0].message == "The job has successfully completed"
+    # a resume moves only a job in one of the given states (compare and set)
+    assert not store.requeue(job.id, "resume", only_from=("paused",))
+    failed = make_job(store)
+    assert store.mark_failed(failed.id, JobError("worker_died", "killed"))
+    assert store.requeue(failed.id, "Resuming", only_from=("failed",))
+    again = store.get_job(failed.id)
+    assert again.status == "queued" and again.error is None and again.finished_at is None
+    assert store.job_runtime(failed.id)["launching_until"]  # no one takes it for crashed yet
     d = back.to_dict()
     assert d["object"] == "fine_tuning.job" and d["method"]["type"] == "supervised"
     assert "suffix" not in d
@@ -145,7 +155,8 @@ def test_threads_share_a_store_without_mixing_transactions(tmp_path):
     def work(job: Job) -> None:
         for i in range(50):
             store.add_event(job.id, f"event {i}")
-            store.set_status(job.id, "running" if i % 2 else "queued", event=f"status {i}")
+            store.requeue(job.id, f"status {i}")  # a status change and its event, together
+            store.advance(job.id, "running")
 
     threads = [threading.Thread(target=work, args=(job,)) for job in jobs for _ in range(2)]
     for thread in threads:

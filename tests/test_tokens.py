@@ -5,7 +5,7 @@ from __future__ import annotations
 import bpe_openai
 import pytest
 
-from convtune.dataset import tokens
+from convtune.dataset import encodings, tokens
 
 
 @pytest.mark.parametrize("encoding", ["cl100k_base", "o200k_base"])
@@ -17,14 +17,14 @@ def test_counts_agree_with_bpe_openai(encoding):
 
 
 def test_rank_table_is_cached_and_a_broken_cache_is_rebuilt(isolated_home):
-    tokens._tiktoken_encoding.cache_clear()
+    encodings.tiktoken_encoding.cache_clear()
     cache = isolated_home / "cache" / "cl100k_base.ranks.marshal"
     assert not cache.exists()
-    first = tokens._tiktoken_encoding("cl100k_base").encode_ordinary("Hello world")
+    first = encodings.tiktoken_encoding("cl100k_base").encode_ordinary("Hello world")
     assert cache.stat().st_size > 1_000_000
     cache.write_bytes(b"not marshal data")
-    tokens._tiktoken_encoding.cache_clear()
-    assert tokens._tiktoken_encoding("cl100k_base").encode_ordinary("Hello world") == first
+    encodings.tiktoken_encoding.cache_clear()
+    assert encodings.tiktoken_encoding("cl100k_base").encode_ordinary("Hello world") == first
     assert cache.stat().st_size > 1_000_000
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .contract import FineTuningService
 from .errors import TransientError
 from .objects import Job, JobEvent
 
@@ -43,7 +44,7 @@ class Progress:
 
 
 def follow(
-    service,
+    service: FineTuningService,
     job_id: str,
     *,
     poll: float = 1.0,
@@ -62,7 +63,7 @@ def follow(
     twice as long each time up to `MAX_BACKOFF`, calling `on_retry(error, delay)` first; after `patience`
     seconds without a successful poll the error is raised.
     """
-    if hasattr(service, "events_since"):
+    if service.capabilities.numbered_events:
         last = 0
         while True:
             job = service.get_job(job_id)  # read first: events written before it ends are seen
@@ -104,7 +105,7 @@ def follow(
         sleep(poll)
 
 
-def _new_events(service, job_id: str, seen: set[str]) -> list[JobEvent]:
+def _new_events(service: FineTuningService, job_id: str, seen: set[str]) -> list[JobEvent]:
     """The events not seen yet, oldest first: page back (newest first) to a seen one."""
     fresh: dict[str, JobEvent] = {}
     after = None

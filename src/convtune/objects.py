@@ -6,11 +6,29 @@ worlds. `to_dict()` gives exactly the JSON OpenAI's API returns for the same obj
 
 from __future__ import annotations
 
+import secrets
+import string
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 STATUSES = ("validating_files", "queued", "running", "paused", *TERMINAL)
+ACTIVE = ("validating_files", "queued", "running")  # a worker is (or should be) at work
+RESUMABLE = ("paused", "failed", "cancelled")  # a local job continues from its checkpoint
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(prefix: str) -> str:
+    """An OpenAI-style id: `file-`, `ftjob-`, `ftevent-`, `ftckpt-`, `chatcmpl-` and 24 random
+    letters and digits."""
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(24))
+
+
+def now() -> int:
+    """Seconds since the epoch, as OpenAI's objects count time."""
+    return int(time.time())
 
 
 @dataclass

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import click
 
+from ..contract import FineTuningService
+
 BACKENDS = ("local", "openai")
 
 
@@ -61,30 +63,34 @@ def backend_option(f):
     )(command)
 
 
-def service_for(backend: Backend | str = "local"):
+def service_class(backend: Backend | str = "local") -> type[FineTuningService]:
+    """The class of the backend the options name: its capabilities are known before a key is
+    read or a connection made."""
+    name = backend if isinstance(backend, str) else backend.name
+    if name == "openai":
+        from ..openai_backend import OpenAIService
+
+        return OpenAIService
+    from ..local.local_service import LocalService
+
+    return LocalService
+
+
+def service_for(backend: Backend | str = "local") -> FineTuningService:
     """The service the options name (the openai one reads its key and address here)."""
     if isinstance(backend, str):
         backend = Backend(backend)
+    cls = service_class(backend)
     if backend.name == "openai":
-        from ..openai_backend import OpenAIService
-
-        return OpenAIService(api_key=backend.api_key, base_url=backend.base_url)
-    from ..local.local_service import LocalService
-
-    return LocalService()
+        return cls(api_key=backend.api_key, base_url=backend.base_url)  # type: ignore[call-arg]
+    return cls()
 
 
-def is_local(service) -> bool:
-    from ..local.local_service import LocalService
-
-    return isinstance(service, LocalService)
-
-
-def again(service) -> str:
+def again(service: FineTuningService) -> str:
     """The options that name `service` again in a printed command ('' for the local one)."""
-    if is_local(service):
+    if not service.capabilities.remote:
         return ""
     from ..openai_backend import OPENAI_URL
 
-    url = getattr(service, "base_url", OPENAI_URL)
+    url = service.base_url or OPENAI_URL
     return " --backend openai" + ("" if url == OPENAI_URL else f" --base-url {url}")

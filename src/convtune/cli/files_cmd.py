@@ -11,15 +11,8 @@ from rich.table import Table
 
 from ..errors import OutputExistsError
 from . import render
-from .backend import Backend, backend_option, is_local, service_for
-from .deleting import (
-    check_arguments,
-    confirm_one,
-    delete_many,
-    delete_options,
-    ownership,
-    refuse_foreign,
-)
+from .backend import Backend, backend_option, service_for
+from .deleting import FILES, delete_command, delete_options
 from .tables import print_table, when
 
 
@@ -54,7 +47,7 @@ def list_files(purpose: str | None, as_json: bool, backend: Backend) -> None:
     if not found:
         render.out.print("No files.")
         return
-    owned = None if is_local(service) else ownership(service)
+    owned = service.ownership()
     table = Table(box=None, padding=(0, 2))
     columns = ["file", "name", "bytes", "purpose", "status", "created"]
     if owned is not None:
@@ -64,7 +57,7 @@ def list_files(purpose: str | None, as_json: bool, backend: Backend) -> None:
     for f in found:
         row = [f.id, escape(f.filename), f"{f.bytes:,}", f.purpose, f.status, when(f.created_at)]
         if owned is not None:
-            row.append("yes" if f.id in owned.files else "")
+            row.append("yes" if owned.has_file(f.id) else "")
         table.add_row(*row)
     print_table(table)
 
@@ -75,20 +68,15 @@ def list_files(purpose: str | None, as_json: bool, backend: Backend) -> None:
 @click.option(
     "--no-reuse",
     is_flag=True,
-    help="Upload even if a file of the same name, size and purpose is there (openai).",
+    help="Upload even if an identical file is there (remote services match name, size and purpose).",
 )
 @backend_option
 def upload(path: Path, purpose: str, no_reuse: bool, backend: Backend) -> None:
     """Upload a file (a fine-tuning file is checked first); print its id."""
     service = service_for(backend)
-    if no_reuse and is_local(service):
-        raise click.UsageError("--no-reuse is an option of --backend openai")
     size = path.stat().st_size if path.is_file() else 0
-    options = {"reuse": False} if no_reuse else {}
     with render.progress_bar(f"uploading {path.name}", size) as update:
-        if update is not None:
-            options["progress"] = update
-        uploaded = service.upload_file(path, purpose, **options)
+        uploaded = service.upload_file(path, purpose, reuse=not no_reuse, progress=update)
     render.out.print(uploaded.id)
 
 
@@ -132,28 +120,12 @@ def delete(
     backend: Backend,
 ) -> None:
     """Delete one file, or --all of them (only those convtune uploaded, by default)."""
-    check_arguments(file_id, delete_all, "file")
-    service = service_for(backend)
-    owned = ownership(service)
-    if file_id:
-        found = service.get_file(file_id)  # a missing id fails before the question
-        if owned is not None and not include_foreign:
-            refuse_foreign(file_id, file_id in owned.files, "file")
-        if confirm_one(file_id, yes, dry_run, f"Delete {file_id} ({found.filename})?"):
-            service.delete_file(file_id)
-            render.out.print(f"Deleted {file_id}.")
-        return
-    found = sorted(service.list_files(), key=lambda f: f.created_at)
-    chosen = [f for f in found if owned is None or include_foreign or f.id in owned.files]
-    left = len(found) - len(chosen)
-    delete_many(
-        [(f.id, f.filename, f"{f.bytes:,}", f.purpose, when(f.created_at)) for f in chosen],
-        ("file", "name", "bytes", "purpose", "created"),
-        "files",
-        service.delete_file,
+    delete_command(
+        service_for(backend),
+        FILES,
+        file_id,
+        delete_all=delete_all,
         yes=yes,
         dry_run=dry_run,
-        skipped=f"Leaving {left} file(s) convtune did not upload (--include-foreign adds them)."
-        if left
-        else "",
+        include_foreign=include_foreign,
     )

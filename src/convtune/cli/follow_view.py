@@ -11,11 +11,12 @@ from datetime import datetime
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..contract import FineTuningService
 from ..follow import Progress as JobProgress
 from ..follow import follow
 from ..objects import Job, JobEvent
 from . import render
-from .backend import again, is_local
+from .backend import again
 
 
 def _stamp(event: JobEvent) -> str:
@@ -26,11 +27,13 @@ def _loss(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def follow_job(service, job_id: str, *, poll: float | None = None) -> Job | None:
+def follow_job(
+    service: FineTuningService, job_id: str, *, poll: float | None = None
+) -> Job | None:
     """Render the job's events until it ends; None if the user detached with Ctrl-C."""
     out = render.out
     if poll is None:
-        poll = getattr(service, "poll_interval", 1.0)
+        poll = service.poll_interval
     state = JobProgress()
     bar = Progress(
         TextColumn("[bold]training[/]"),
@@ -83,7 +86,7 @@ def follow_job(service, job_id: str, *, poll: float | None = None) -> Job | None
     return None
 
 
-def summary(job: Job, service=None) -> None:
+def summary(job: Job, service: FineTuningService | None = None) -> None:
     out = render.out
     args = again(service) if service is not None else ""
     if job.status == "succeeded":
@@ -95,7 +98,7 @@ def summary(job: Job, service=None) -> None:
     elif job.status == "failed":
         message = job.error.message if job.error else "unknown error"
         out.print(f"\n[red]Job {job.id} failed:[/] {escape(message)}")
-        if service is None or is_local(service):
+        if service is None or service.capabilities.resume_ended:
             out.print(f"Resume it from its last checkpoint: convtune jobs resume {job.id}")
     elif job.status == "paused":
         out.print(f"\nJob {job.id} is paused.")
@@ -104,7 +107,7 @@ def summary(job: Job, service=None) -> None:
         out.print(f"\nJob {job.id} is {job.status}.")
 
 
-def follow_to_end(service, job_id: str) -> None:
+def follow_to_end(service: FineTuningService, job_id: str) -> None:
     """Follow, print the outcome, and exit 1 unless the job succeeded or paused (Ctrl-C: 0)."""
     import click
 

@@ -1,4 +1,4 @@
-"""`convtune jobs ...` and `convtune models ...`: list, show, cancel, pause, resume, delete."""
+"""`convtune jobs ...`: list, show, cancel, pause, resume, checkpoints, results."""
 
 from __future__ import annotations
 
@@ -10,15 +10,7 @@ from rich.table import Table
 
 from ..errors import ConvtuneError
 from . import render
-from .backend import Backend, again, backend_option, is_local, service_for
-from .deleting import (
-    check_arguments,
-    confirm_one,
-    delete_many,
-    delete_options,
-    ownership,
-    refuse_foreign,
-)
+from .backend import Backend, again, backend_option, service_for
 from .tables import print_table, when
 
 
@@ -145,7 +137,7 @@ def cancel(job_id: str, yes: bool, backend: Backend) -> None:
 def pause(job_id: str, backend: Backend) -> None:
     """Pause a running job after a checkpoint; `jobs resume` continues it."""
     service = service_for(backend)
-    if getattr(service, "pause_job", None) is None:
+    if not service.capabilities.pause:
         raise ConvtuneError(f"the {backend} backend cannot pause jobs")
     job = service.pause_job(job_id)
     render.out.print(
@@ -190,98 +182,3 @@ def resume(job_id: str, detach: bool, backend: Backend) -> None:
         render.out.print(f"Follow it with: convtune follow {job.id}{again(service)}")
         return
     follow_to_end(service, job.id)
-
-
-@click.group(
-    epilog="""
-\b
-Examples:
-  convtune models list
-  convtune models delete ft:SmolLM2-135M-Instruct:support:ftjob-abc123
-  convtune models delete --all --dry-run --backend openai
-"""
-)
-def models() -> None:
-    """List and delete fine-tuned models."""
-
-
-@models.command("list", epilog="\b\nExamples:\n  convtune models list\n  convtune models list --backend openai --include-base")
-@click.option("--include-base", is_flag=True, help="Also base models (remote services list them).")
-@click.option("--json", "as_json", is_flag=True)
-@backend_option
-def list_models(include_base: bool, as_json: bool, backend: Backend) -> None:
-    """Fine-tuned models, newest first."""
-    service = service_for(backend)
-    found = service.list_models()
-    if not include_base and not is_local(service):
-        found = [m for m in found if m.id.startswith("ft:")]
-    if as_json:
-        render.print_json({"object": "list", "data": [m.to_dict() for m in found]})
-        return
-    if not found:
-        render.out.print("No fine-tuned models yet.")
-        return
-    owned = None if is_local(service) else ownership(service)
-    table = Table(box=None, padding=(0, 2))
-    table.add_column("model")
-    table.add_column("created")
-    if owned is not None:
-        table.add_column("owned by")
-        table.add_column("by convtune")
-    for m in found:
-        row = [escape(m.id), when(m.created)]
-        if owned is not None:
-            row += [escape(m.owned_by), "yes" if owned.has_model(m.id) else ""]
-        table.add_row(*row)
-    print_table(table)
-
-
-@models.command("delete", epilog="\b\nExamples:\n  convtune models delete ft:SmolLM2-135M-Instruct:support:ftjob-abc123\n  convtune models delete --all --dry-run --backend openai")
-@click.argument("model_id", required=False)
-@delete_options
-@backend_option
-def delete_model(
-    model_id: str | None,
-    delete_all: bool,
-    yes: bool,
-    dry_run: bool,
-    include_foreign: bool,
-    backend: Backend,
-) -> None:
-    """Delete a fine-tuned model, or --all of them (only convtune's, by default).
-
-    Base models are never deleted. Locally the model's files go too.
-    """
-    check_arguments(model_id, delete_all, "model")
-    service = service_for(backend)
-    local = is_local(service)
-    if model_id:
-        if not local and not model_id.startswith("ft:"):
-            raise ConvtuneError(
-                f"{model_id} is a base model: convtune deletes only fine-tuned (ft:) models"
-            )
-        service.get_model(model_id)  # a missing id fails before the question
-        owned = ownership(service)
-        if owned is not None and not include_foreign:
-            refuse_foreign(model_id, owned.has_model(model_id), "model")
-        question = f"Delete {model_id}" + (" and its files?" if local else "?")
-        if confirm_one(model_id, yes, dry_run, question):
-            service.delete_model(model_id)
-            render.out.print(f"Deleted {model_id}.")
-        return
-    found = [m for m in service.list_models() if local or m.id.startswith("ft:")]
-    owned = ownership(service)
-    chosen = [m for m in found if owned is None or include_foreign or owned.has_model(m.id)]
-    left = len(found) - len(chosen)
-    delete_many(
-        [(m.id, when(m.created), m.owned_by) for m in chosen],
-        ("model", "created", "owned by"),
-        "models",
-        service.delete_model,
-        yes=yes,
-        dry_run=dry_run,
-        skipped=f"Leaving {left} fine-tuned model(s) convtune did not make"
-        " (--include-foreign adds them)."
-        if left
-        else "",
-    )

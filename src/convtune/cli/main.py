@@ -11,7 +11,8 @@ from ..errors import ConvtuneError
 from .chat_cmd import chat
 from .check_cmd import check
 from .files_cmd import files
-from .jobs_cmd import jobs, models
+from .jobs_cmd import jobs
+from .models_cmd import models
 from .plot_cmd import plot
 from .prepare_cmd import prepare
 from .serve_cmd import serve

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..plot import job_metrics, loss_figure, png_target, save_png
+from ..charts import loss_figure, png_target, save_png
+from ..metrics import job_metrics
 from . import render
 from .backend import backend_option, service_for
 

@@ -4,38 +4,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
+from rich.markup import escape
 
-from ..contract import JobRequest
+from ..contract import FineTuningService, JobRequest
+from ..errors import OptionError
+from ..training_options import refuse_trainer_options
 from . import render
-from .backend import Backend, again, backend_option, service_for
+from .backend import Backend, again, backend_option, service_class, service_for
 from .follow_view import follow_to_end
 from .tables import when
+from .train_options import given_trainer_options, pop_train_options, train_options
 
 DEFAULT_MODELS = {"local": "SmolLM2-135M-Instruct", "openai": "gpt-4.1-mini-2025-04-14"}
-LOCAL_ONLY = ("lora_r", "lora_alpha", "full", "max_length", "max_steps", "nproc_per_node")
-
-
-class Auto(click.ParamType):
-    """'auto' or a number in range, checked while parsing: before any file is uploaded."""
-
-    def __init__(self, kind: type, low: float, high: float) -> None:
-        self.kind, self.low, self.high = kind, low, high
-        noun = "an integer" if kind is int else "a number"
-        self.name = f"auto|{'N' if kind is int else 'X'}"
-        self.expected = f"'auto' or {noun} from {low:g} to {high:g}"
-
-    def convert(self, value, param, ctx):
-        if value == "auto" or (isinstance(value, self.kind) and not isinstance(value, bool)):
-            return value
-        try:
-            number = self.kind(value)
-        except ValueError:
-            self.fail(f"{value!r} is not {self.expected}", param, ctx)
-        if not self.low <= number <= self.high:
-            self.fail(f"{value!r} is not {self.expected}", param, ctx)
-        return number
 
 
 @click.command(
@@ -65,44 +48,7 @@ Examples:
 @click.option(
     "--suffix", default=None, help="Part of the fine-tuned model's name: ft:<base>:<suffix>:<job>."
 )
-@click.option(
-    "--n-epochs",
-    type=Auto(int, 1, 50),
-    default="auto",
-    show_default=True,
-    help="Epochs, or auto (OpenAI's rule).",
-)
-@click.option(
-    "--batch-size",
-    type=Auto(int, 1, 256),
-    default="auto",
-    show_default=True,
-    help="Examples per step, or auto.",
-)
-@click.option(
-    "--learning-rate-multiplier",
-    type=Auto(float, 1e-9, 100.0),
-    default="auto",
-    show_default=True,
-    help="Times the base learning rate (2e-4 LoRA, 2e-5 full), or auto (1).",
-)
-@click.option(
-    "--lora-r", type=click.IntRange(min=1), default=16, show_default=True, help="LoRA rank."
-)
-@click.option(
-    "--lora-alpha", type=click.IntRange(min=1), default=32, show_default=True, help="LoRA alpha."
-)
-@click.option("--full", is_flag=True, help="Full fine-tune instead of LoRA.")
-@click.option(
-    "--max-length",
-    type=click.IntRange(min=16),
-    default=1024,
-    show_default=True,
-    help="Longest example in tokens; longer ones lose their oldest tokens.",
-)
-@click.option(
-    "--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps."
-)
+@train_options
 @click.option("--seed", type=int, default=None, help="Seed of the run (default: random, recorded).")
 @click.option(
     "--metadata",
@@ -110,13 +56,6 @@ Examples:
     multiple=True,
     metavar="KEY=VALUE",
     help="Metadata to attach to the job (repeatable).",
-)
-@click.option(
-    "--nproc-per-node",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Processes to train with (torchrun, DDP): one per GPU.",
 )
 @click.option("--detach", is_flag=True, help="Start the job and return at once.")
 @click.option(
@@ -132,39 +71,24 @@ def train(
     validation_file: Path | None,
     model: str,
     suffix: str | None,
-    n_epochs: str,
-    batch_size: str,
-    learning_rate_multiplier: str,
-    lora_r: int,
-    lora_alpha: int,
-    full: bool,
-    max_length: int,
-    max_steps: int | None,
     seed: int | None,
     metadata_items: tuple[str, ...],
-    nproc_per_node: int,
     detach: bool,
     no_reuse: bool,
     backend: Backend,
+    **training: Any,
 ) -> None:
     """Fine-tune a model on a JSONL file and follow the job live."""
     metadata = _metadata(metadata_items)
-    if backend.name != "local":
-        given = [
-            name
-            for name in LOCAL_ONLY
-            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
-        ]
-        if given:
-            options = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise click.UsageError(f"{options}: options of --backend local only")
-    if no_reuse and backend.name == "local":  # locally, only the very same bytes are reused
-        raise click.UsageError("--no-reuse is an option of --backend openai")
+    options = pop_train_options(training)
+    if not service_class(backend).capabilities.trainer_options:
+        try:
+            refuse_trainer_options(given_trainer_options(ctx), backend.name, flags=True)
+        except OptionError as exc:
+            raise click.UsageError(exc.message) from None
     service = service_for(backend)
-    if getattr(service, "is_openai", False):
-        from ..openai_backend import wind_down_warning
-
-        render.err.print(f"[yellow]warning:[/] {wind_down_warning()}", highlight=False)
+    for notice in service.notices():
+        render.err.print(f"[yellow]warning:[/] {escape(notice)}", highlight=False)
     reuse = not no_reuse
     train_file = _upload(service, training_file, "training file", reuse=reuse)
     valid_file = (
@@ -172,27 +96,14 @@ def train(
         if validation_file
         else None
     )
-    local = backend.name == "local"
     request = JobRequest(
         model=model or DEFAULT_MODELS[backend.name],
         training_file=train_file.id,
         validation_file=valid_file.id if valid_file else None,
-        n_epochs=n_epochs,
-        batch_size=batch_size,
-        learning_rate_multiplier=learning_rate_multiplier,
         suffix=suffix,
         seed=seed,
         metadata=metadata,
-        options={
-            "lora_r": lora_r,
-            "lora_alpha": lora_alpha,
-            "full": full,
-            "max_length": max_length,
-            "max_steps": max_steps,
-            "nproc_per_node": nproc_per_node,
-        }
-        if local
-        else {},
+        options=options,
     )
     job = service.create_job(request)
     render.out.print(f"Created fine-tuning job [bold]{job.id}[/] ({job.model}, {job.status})")
@@ -212,18 +123,15 @@ def _metadata(items: tuple[str, ...]) -> dict[str, str] | None:
     return metadata or None
 
 
-def _upload(service, path: Path, what: str, *, reuse: bool = True):
+def _upload(service: FineTuningService, path: Path, what: str, *, reuse: bool = True):
     """Upload with a progress bar (large files, on a terminal); say which file id it became,
     and when an earlier upload was reused instead (a remote service matches it on name, size
     and purpose only, so the user must be able to see it and refuse it with --no-reuse)."""
     size = path.stat().st_size if path.is_file() else 0
     started = int(time.time())
-    options = {} if reuse else {"reuse": False}
     with render.progress_bar(f"uploading {path.name}", size) as update:
-        if update:
-            options["progress"] = update
-        uploaded = service.upload_file(path, **options)
-    if getattr(service, "base_url", None):  # a remote file id is worth knowing
+        uploaded = service.upload_file(path, reuse=reuse, progress=update)
+    if service.capabilities.remote:  # a remote file id is worth knowing
         line = f"{what.capitalize()} {path.name}: {uploaded.id}"
         if uploaded.created_at and uploaded.created_at < started - 1:
             line += f" (reused: uploaded {when(uploaded.created_at)}; --no-reuse sends it again)"

@@ -145,8 +145,8 @@ def _sharegpt(record: dict, findings: Findings, line: int) -> None:
 
 # -- Legacy actor delimiters ---------------------------------------------------------------------
 
-_LABEL_END = re.compile(r"(?:^|\n)([^\n:]{1,40}):$")
-_STOP = re.compile(r"\n([^\n:]{1,40}): $")
+LABEL_END = re.compile(r"(?:^|\n)([^\n:]{1,40}):$")
+STOP_SEPARATOR = re.compile(r"\n([^\n:]{1,40}): $")
 
 
 class LegacyDelimiters:
@@ -165,10 +165,10 @@ class LegacyDelimiters:
         if not isinstance(prompt, str) or not isinstance(completion, str):
             return
         body = completion
-        if m := _STOP.search(completion):
+        if m := STOP_SEPARATOR.search(completion):
             self.labels.add(m.group(1))
             body = completion[: m.start()]
-        if m := _LABEL_END.search(prompt):
+        if m := LABEL_END.search(prompt):
             self.labels.add(m.group(1))
         for label in sorted(self.labels):
             if f"{label}:" in body:
@@ -180,6 +180,28 @@ class LegacyDelimiters:
                     detail=f"{label}:",
                 )
                 break
+
+
+def format_and_actors(path: str | Path) -> tuple[str, tuple[str, str] | None]:
+    """A dataset's format, and for legacy data the two actor labels it was written with (a
+    model trained on it must be prompted with the same `Human:`/`AI:` protocol)."""
+    first = next((record for _, record in _records(path)), None)
+    fmt = detect_format(first) or "chat"
+    if fmt != "prompt-completion" or not isinstance(first, dict):
+        return fmt, None
+    completion, prompt = first.get("completion"), first.get("prompt")
+    stop = STOP_SEPARATOR.search(completion) if isinstance(completion, str) else None
+    label = LABEL_END.search(prompt) if isinstance(prompt, str) else None
+    return fmt, (stop.group(1) if stop else "Human", label.group(1) if label else "AI")
+
+
+def _records(path: str | Path):
+    """(line, parsed JSON) of each line that parses."""
+    for number, text in read_lines(path):
+        try:
+            yield number, json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            continue
 
 
 # -- Files ---------------------------------------------------------------------------------------

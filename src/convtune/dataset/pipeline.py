@@ -21,7 +21,8 @@ from .modelinfo import default_model, resolve_model
 from .report import DatasetReport, DatasetStats
 from .split import split_stream
 from .spreadsheet import SheetOptions, open_sheet
-from .tokens import CountingProcess, MessageCounts, OpenAICounter, TokenCounter, counter_for
+from .token_process import CountingProcess
+from .tokens import MessageCounts, OpenAICounter, TokenCounter, counter_for
 
 OVERLONG = ("drop", "truncate")
 

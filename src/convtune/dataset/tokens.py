@@ -9,36 +9,12 @@ chat template.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import gzip
-import importlib.util
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
 from ..errors import ConvtuneError
+from .encodings import ENCODINGS, tiktoken_encoding
 from .modelinfo import ModelInfo
-
-# The pre-tokenizer patterns of the two encodings, as OpenAI publishes them in tiktoken.
-_PATTERNS = {
-    "cl100k_base": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
-    "o200k_base": "|".join(
-        [
-            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-            r"""\p{N}{1,3}""",
-            r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-            r"""\s*[\r\n]+""",
-            r"""\s+(?!\S)""",
-            r"""\s+""",
-        ]
-    ),
-}
-_SPECIAL = {
-    "cl100k_base": {"<|endoftext|>": 100257, "<|endofprompt|>": 100276},
-    "o200k_base": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
-}
 
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
@@ -57,68 +33,18 @@ class TokenCounter(Protocol):
     def count_prompt_completion(self, prompt: str, completion: str) -> int: ...
 
 
-@lru_cache(maxsize=4)
-def _tiktoken_encoding(name: str):
-    """tiktoken's BPE engine for `name`, built from the table bpe-openai ships.
-
-    Only the engine (`CoreBPE`) is kept: `tiktoken.Encoding` would also keep the Python dict of
-    ranks alive (about 15 MB for cl100k_base), which counting never needs again.
-    """
-    from tiktoken._tiktoken import CoreBPE
-
-    spec = importlib.util.find_spec("bpe_openai")
-    if spec is None or spec.origin is None:
-        raise ConvtuneError(
-            "token counting needs the bpe-openai package", hint="pip install bpe-openai"
-        )
-    table = Path(spec.origin).parent / "data" / f"{name}.tiktoken.gz"
-    return CoreBPE(_ranks(name, table), _SPECIAL[name], _PATTERNS[name])
-
-
-def _ranks(name: str, table: Path) -> dict[bytes, int]:
-    """The encoding's ranks; parsed from the gzipped base64 table once, then read from a
-    `marshal` copy in the data directory (15 ms instead of 95: it starts every counting process).
-    """
-    import marshal
-    import os
-
-    from ..home import data_dir
-
-    cache = data_dir() / "cache" / f"{name}.ranks.marshal"
-    try:
-        ranks = marshal.loads(cache.read_bytes())
-        if isinstance(ranks, dict) and len(ranks) > 1000:
-            return ranks
-    except (OSError, ValueError, EOFError, TypeError):
-        pass
-    ranks = {}
-    with gzip.open(table, "rb") as f:
-        for line in f:  # line by line: no second copy of the whole table
-            token, _, rank = line.partition(b" ")
-            if token:
-                ranks[base64.b64decode(token)] = int(rank)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(marshal.dumps(ranks))
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a read-only data directory only costs the parse next time
-    return ranks
-
-
 class OpenAICounter:
     """An OpenAI encoding, with a small cache: a message recurs in every window it falls in."""
 
     def __init__(self, encoding: str) -> None:
-        if encoding not in _PATTERNS:
+        if encoding not in ENCODINGS:
             raise ConvtuneError(f"unknown encoding {encoding!r}")
         self.name = encoding
         self._cache: dict[str, int] = {}
 
     def _encode(self, text: str) -> list[int]:
         # Loaded at first use: when a child process counts, this process never needs the tables.
-        encode = _tiktoken_encoding(self.name).encode_ordinary
+        encode = tiktoken_encoding(self.name).encode_ordinary
         self._encode = encode  # type: ignore[method-assign]
         return encode(text)
 
@@ -268,72 +194,3 @@ class MessageCounts:
         if self.stop:
             return total + counts[end] + self.stop_tokens
         return total + counts[len(messages) + end]
-
-
-class CountingProcess:
-    """Counts batches of strings in a child process, so counting overlaps the pipeline's work.
-
-    `submit` never blocks (a thread feeds the child's stdin); `result` returns the counts of the
-    oldest batch not yet returned. On a 2-core machine this takes the token count, the slowest
-    step of `prepare`, off the critical path.
-    """
-
-    def __init__(self, encoding: str) -> None:
-        import queue
-        import subprocess
-        import sys
-        import threading
-
-        self._child = subprocess.Popen(
-            [sys.executable, "-m", "convtune.dataset.token_process", encoding],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._feeder = threading.Thread(target=self._feed, daemon=True)
-        self._feeder.start()
-
-    def _feed(self) -> None:
-        from .token_process import write_frame
-
-        stdin = self._child.stdin
-        try:
-            while (texts := self._outbox.get()) is not None:
-                write_frame(stdin, texts)
-        except (BrokenPipeError, OSError):
-            pass  # the child died; result() reports it
-        finally:
-            with contextlib.suppress(OSError):
-                stdin.close()  # type: ignore[union-attr]
-
-    def submit(self, texts: list[str]) -> None:
-        self._outbox.put(texts)
-
-    def result(self) -> list[int]:
-        from .token_process import read_frame
-
-        counts = read_frame(self._child.stdout)
-        if counts is None:
-            self._child.wait(timeout=5)
-            detail = (self._child.stderr.read() or b"").decode(errors="replace").strip()  # type: ignore[union-attr]
-            last = detail.splitlines()[-1] if detail else f"exit code {self._child.returncode}"
-            raise ConvtuneError(f"the token counting process stopped: {last}")
-        return counts  # type: ignore[return-value]
-
-    def count_many(self, texts: list[str]) -> list[int]:
-        """Counts of a few strings, synchronously (only when no batch is in flight)."""
-        self.submit(texts)
-        return self.result()
-
-    def close(self) -> None:
-        self._outbox.put(None)
-        self._feeder.join(timeout=5)
-        try:
-            self._child.wait(timeout=5)
-        except Exception:  # pragma: no cover - only if the child hangs
-            self._child.kill()
-            self._child.wait()
-        for stream in (self._child.stdout, self._child.stderr):
-            if stream is not None:
-                stream.close()

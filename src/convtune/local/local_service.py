@@ -1,8 +1,9 @@
 """`LocalService`: OpenAI's fine-tuning API, on this machine, with open models.
 
 Files are copied into the data directory, jobs are rows in the SQLite store, and each job runs in
-its own process (`python -m convtune.local.worker JOB`, or under `torchrun` for several
-processes), started in a new session so that it survives the terminal that started it.
+its own process (`process.start_worker`: `python -m convtune.local.worker JOB`, or under
+`torchrun` for several processes), started in a new session so that it survives the terminal that
+started it. Every change of a job's status is one of the store's transitions.
 """
 
 from __future__ import annotations
@@ -10,48 +11,52 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-from ..contract import ChatRequest, JobRequest
+from ..contract import Capabilities, ChatRequest, FineTuningService, JobRequest, Progress
 from ..digest import file_sha256
 from ..errors import Conflict, ConvtuneError, NotFound, OptionError
 from ..home import data_dir
 from ..objects import (
-    STATUSES,
-    TERMINAL,
+    ACTIVE,
+    RESUMABLE,
     Checkpoint,
     FileObject,
     Job,
     JobError,
     JobEvent,
     ModelObject,
+    new_id,
+    now,
 )
-from .store import LAUNCH_GRACE, Store, new_id, now
+from . import process
+from .store import LAUNCH_GRACE, Store, database_path
 
 SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 PURPOSES = ("fine-tune", "fine-tune-results")
-ACTIVE = ("validating_files", "queued", "running")
-
-
-def database_path(home: Path | None = None) -> Path:
-    return (home or data_dir()) / "convtune.db"
-
-
 CHAT_MODELS_KEPT = 4  # models kept loaded for chat; the least recently used is dropped first
 
 
-class LocalService:
+class LocalService(FineTuningService):
     """The local implementation of `FineTuningService`.
 
     `max_running` caps how many jobs train at once (`convtune serve --concurrency`): more jobs
     wait in line as `queued`, oldest first. None, as the CLI has it, runs every job at once.
     """
+
+    name = "local"
+    capabilities = Capabilities(
+        remote=False,
+        numbered_events=True,
+        file_paths=True,
+        trainer_options=True,
+        resume_ended=True,
+        lists_base_models=False,
+        deletes_model_files=True,
+    )
 
     def __init__(self, home: Path | None = None, *, max_running: int | None = None) -> None:
         if max_running is not None and max_running < 1:
@@ -75,10 +80,12 @@ class LocalService:
         path: Path,
         purpose: str = "fine-tune",
         *,
-        progress: Callable[[int, int], None] | None = None,
         filename: str | None = None,
+        reuse: bool = True,
+        progress: Progress | None = None,
     ) -> FileObject:
-        """Copy a JSONL file into the data directory; an identical earlier upload is reused.
+        """Copy a JSONL file into the data directory; with `reuse`, an earlier upload of the
+        very same bytes, name and purpose is returned instead.
 
         `filename` names the file as the uploader called it (the server receives uploads into
         temporary files); by default the path's own name.
@@ -92,7 +99,7 @@ class LocalService:
         total = path.stat().st_size
         digest = file_sha256(path)
         with self._uploading:  # the same bytes uploaded twice at once are stored once
-            existing = self.store.find_file(digest, name, purpose)
+            existing = self.store.find_file(digest, name, purpose) if reuse else None
             if existing is not None:
                 if progress is not None:
                     progress(total, total)
@@ -106,7 +113,7 @@ class LocalService:
         purpose: str,
         digest: str,
         total: int,
-        progress: Callable[[int, int], None] | None,
+        progress: Progress | None,
     ) -> FileObject:
         file_id = new_id("file-")
         target = self.home / "files" / f"{file_id}.jsonl"
@@ -168,47 +175,31 @@ class LocalService:
             self.file_path(file_id)  # NotFound early, with the id
         if request.suffix is not None and not SUFFIX.match(request.suffix):
             raise OptionError("the suffix may have up to 40 letters, digits, '-', '_' or '.'")
-        _check_hyperparameters(request)
         job = Job(
             id=new_id("ftjob-"),
             created_at=now(),
             model=request.model if tuned is not None else base.name,
             training_file=request.training_file,
             validation_file=request.validation_file,
-            hyperparameters=request.hyperparameters,
+            hyperparameters=request.options.hyperparameters(),
             seed=request.seed if request.seed is not None else int.from_bytes(os.urandom(3), "big"),
             suffix=request.suffix,
             metadata=request.metadata,
         )
-        options = dict(request.options)
-        options.setdefault("model_source", base.source)  # absolute: workers may run elsewhere
-        options.setdefault("base_name", base.name)  # ft:<base>:..., also when training further
-        self.store.add_job(job, options)
+        runtime = {
+            "training": request.options.trainer_options(),
+            "model_source": base.source,  # absolute: workers may run elsewhere
+            "base_name": base.name,  # ft:<base>:..., also when training further
+        }
+        self.store.add_job(job, runtime)
         self.store.add_event(job.id, f"Created fine-tuning job: {job.id}")
-        self._start(job.id, options)
+        self._start(job.id, runtime)
         return self.get_job(job.id)
 
-    def _start(self, job_id: str, options: dict, *, resume: bool = False) -> None:
-        if self.max_running is not None and options.get("max_running") != self.max_running:
-            options = {**options, "max_running": self.max_running}
-            self.store.update_job(job_id, options=options)
-        folder = self.job_dir(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        nproc = int(options.get("nproc_per_node") or 1)
-        if nproc > 1:
-            command = [
-                str(Path(sys.executable).with_name("torchrun")),
-                f"--nproc_per_node={nproc}",
-                "-m",
-                "convtune.local.worker",
-                job_id,
-            ]
-        else:
-            command = [sys.executable, "-m", "convtune.local.worker", job_id]
-        if resume:
-            command.append("--resume")
-        env = dict(os.environ, CONVTUNE_HOME=str(self.home), PYTHONUNBUFFERED="1")
-        env.pop("CONVTUNE_API_KEYS", None)  # the server's keys: a worker has no use for them
+    def _start(self, job_id: str, runtime: dict, *, resume: bool = False) -> None:
+        if self.max_running is not None and runtime.get("max_running") != self.max_running:
+            runtime = {**runtime, "max_running": self.max_running}
+            self.store.update_job(job_id, options=runtime)
         # before the worker exists: flags cleared (a resumed worker must not read an old pause),
         # no stale pid, and a grace period in which readers do not take the job for crashed
         self.store.update_job(
@@ -218,15 +209,10 @@ class LocalService:
             pause_requested=0,
             launching_until=now() + LAUNCH_GRACE,
         )
-        with open(folder / "worker.log", "ab") as log:
-            child = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=env,
-            )
+        nproc = int(runtime.get("training", runtime).get("nproc_per_node") or 1)
+        child = process.start_worker(
+            job_id, self.home, self.job_dir(job_id) / "worker.log", nproc=nproc, resume=resume
+        )
         self._children[job_id] = child
         self.store.update_job(job_id, pid=child.pid, launching_until=None)
 
@@ -254,13 +240,7 @@ class LocalService:
             raise Conflict(f"job {job_id} is already {job.status}")
         self.store.update_job(job_id, cancel_requested=1)
         self._stop_worker(job_id, grace)
-        self.store.set_status(
-            job_id,
-            "cancelled",
-            unless=TERMINAL,
-            event="Fine-tuning job cancelled",
-            finished_at=now(),
-        )
+        self.store.mark_cancelled(job_id)  # a no-op if the worker marked it itself
         return self.get_job(job_id)
 
     def pause_job(self, job_id: str, *, grace: float = 60.0) -> Job:
@@ -276,9 +256,7 @@ class LocalService:
             raise Conflict(f"job {job_id} is being cancelled")
         self.store.update_job(job_id, pause_requested=1)
         self._stop_worker(job_id, grace)
-        self.store.set_status(
-            job_id, "paused", unless=(*TERMINAL, "paused"), event="Fine-tuning job paused"
-        )
+        self.store.mark_paused(job_id)  # a no-op if the worker marked it itself
         return self.get_job(job_id)
 
     def _stop_worker(self, job_id: str, grace: float) -> None:
@@ -286,40 +264,27 @@ class LocalService:
         pid = self.store.job_runtime(job_id).get("pid")
         if not (pid and self._worker_alive(job_id)):
             return
-        with _suppress():
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and self._worker_alive(job_id):
-            time.sleep(0.1)
-        if self._worker_alive(job_id):
-            with _suppress():
-                os.killpg(pid, signal.SIGKILL)
-            self._wait(job_id)
+        if process.stop_group(pid, lambda: self._worker_alive(job_id), grace):
+            process.reap(self._children.get(job_id))
 
     def resume_job(self, job_id: str) -> Job:
         """Continue a paused, failed or cancelled job from its last checkpoint (or the start)."""
         job = self.get_job(job_id)
-        if job.status not in ("paused", "failed", "cancelled"):
+        if job.status not in RESUMABLE:
             raise Conflict(
                 f"job {job_id} is {job.status}; only paused, failed or cancelled jobs resume"
             )
-        checkpoints = self.store.list_checkpoints(job_id)
-        where = (
-            f"checkpoint at step {checkpoints[0][0].step_number}" if checkpoints else "the start"
-        )
-        moved = self.store.set_status(  # compare and set: of two resumes at once, one starts
-            job_id,
-            "queued",
-            unless=tuple(x for x in STATUSES if x not in ("paused", "failed", "cancelled")),
-            event=f"Resuming fine-tuning job from {where}",
-            error=None,
-            finished_at=None,
-            fine_tuned_model=None,
-        )
-        if not moved:
+        # compare and set: of two resumes at once, one moves the job and starts a worker
+        if not self.store.requeue(
+            job_id, f"Resuming fine-tuning job from {self._resume_point(job_id)}", only_from=RESUMABLE
+        ):
             raise Conflict(f"job {job_id} is being resumed already")
         self._start(job_id, self.store.job_runtime(job_id)["options"], resume=True)
         return self.get_job(job_id)
+
+    def _resume_point(self, job_id: str) -> str:
+        checkpoints = self.store.list_checkpoints(job_id)
+        return f"checkpoint at step {checkpoints[0][0].step_number}" if checkpoints else "the start"
 
     def list_events(
         self, job_id: str, *, after: str | None = None, limit: int = 20
@@ -328,6 +293,7 @@ class LocalService:
         return self.store.list_events(job_id, after=after, limit=limit)[0]
 
     def events_since(self, job_id: str, seq: int = 0) -> list[tuple[int, JobEvent]]:
+        """Oldest first, with sequence numbers: a database query, no paging."""
         return self.store.events_since(job_id, seq)
 
     def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
@@ -348,25 +314,16 @@ class LocalService:
                 continue
             job = self.store.get_job(job_id)
             assert job is not None
-            options = self.store.job_runtime(job_id)["options"]
+            runtime = self.store.job_runtime(job_id)["options"]
             if job.status in ("validating_files", "queued"):
-                self.store.set_status(
-                    job_id, "queued", event="Restarting the job: its worker had stopped"
-                )
+                self.store.requeue(job_id, "Restarting the job: its worker had stopped")
                 # resume: a job queued again after a pause has checkpoints to go on from
-                self._start(job_id, options, resume=True)
+                self._start(job_id, runtime, resume=True)
                 done.append((job_id, "restarted"))
             elif resume_running:
-                checkpoints = self.store.list_checkpoints(job_id)
-                where = (
-                    f"checkpoint at step {checkpoints[0][0].step_number}"
-                    if checkpoints
-                    else "the start"
-                )
-                self.store.set_status(
-                    job_id, "queued", event=f"Its worker had stopped: resuming from {where}"
-                )
-                self._start(job_id, options, resume=True)
+                where = self._resume_point(job_id)
+                self.store.requeue(job_id, f"Its worker had stopped: resuming from {where}")
+                self._start(job_id, runtime, resume=True)
                 done.append((job_id, "resumed"))
             else:
                 self._mark_crashed(job_id)
@@ -375,21 +332,15 @@ class LocalService:
 
     # -- worker liveness -----------------------------------------------------------------------
 
-    def _wait(self, job_id: str) -> None:
-        child = self._children.get(job_id)
-        if child is not None:
-            with _suppress():
-                child.wait(timeout=10)
-
     def _worker_alive(self, job_id: str) -> bool:
-        child = self._children.get(job_id)
-        if child is not None:
-            return child.poll() is None
         runtime = self.store.job_runtime(job_id)
+        if (runtime.get("launching_until") or 0) >= now():  # being started right now
+            return True
+        child = self._children.get(job_id)
+        if child is not None and child.pid == runtime.get("pid"):
+            return child.poll() is None
         pid = runtime.get("pid")
-        if pid:
-            return process_alive(pid, job_id)
-        return (runtime.get("launching_until") or 0) >= now()  # being started right now
+        return bool(pid) and process.process_alive(pid, job_id)
 
     def _mark_crashed(self, job_id: str) -> Job:
         # The worker writes its final status before exiting; re-read in case it just did.
@@ -397,20 +348,11 @@ class LocalService:
         assert job is not None
         if job.status not in ACTIVE:
             return job
-        log = self.job_dir(job_id) / "worker.log"
-        last = _last_line(log)
+        last = process.last_line(self.job_dir(job_id) / "worker.log")
         reason = "the training process stopped unexpectedly (killed, or out of memory?)"
         if last:
             reason += f": {last}"
-        self.store.set_status(
-            job_id,
-            "failed",
-            unless=TERMINAL,
-            event=reason,
-            level="error",
-            error=JobError("worker_died", reason),
-            finished_at=now(),
-        )
+        self.store.mark_failed(job_id, JobError("worker_died", reason))
         job = self.store.get_job(job_id)
         assert job is not None
         return job
@@ -452,6 +394,18 @@ class LocalService:
         if folder.is_dir() and self.home in folder.parents:
             shutil.rmtree(folder, ignore_errors=True)
 
+    def knows_model(self, model: str) -> bool:
+        """A fine-tuned model of the store, or a base model name or folder that resolves."""
+        from .base_models import resolve_base_model
+
+        if self.store.get_model(model) is not None:
+            return True
+        try:
+            resolve_base_model(model)
+        except OptionError:
+            return False
+        return True
+
     def chat(self, request: ChatRequest) -> Iterator[str]:
         from .chat import LocalChat
 
@@ -476,62 +430,3 @@ class LocalService:
         from .base_models import resolve_base_model
 
         return resolve_base_model(model).source
-
-
-def _check_hyperparameters(request: JobRequest) -> None:
-    checks = (
-        ("n_epochs", request.n_epochs, int, 1, 50),
-        ("batch_size", request.batch_size, int, 1, 256),
-        ("learning_rate_multiplier", request.learning_rate_multiplier, float, 1e-9, 100.0),
-    )
-    for name, value, kind, low, high in checks:
-        if value == "auto":
-            continue
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not low <= value <= high
-        ):
-            raise OptionError(
-                f"{name} must be 'auto' or a {kind.__name__} from {low:g} to {high:g}"
-            )
-
-
-def process_alive(pid: int, job_id: str) -> bool:
-    """True if `pid` runs this job's worker (not a zombie, not a recycled pid)."""
-    proc = Path(f"/proc/{pid}")
-    if proc.exists():
-        try:
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            if state == "Z":
-                with _suppress():
-                    os.waitpid(pid, os.WNOHANG)
-                return False
-            return job_id.encode() in (proc / "cmdline").read_bytes()
-        except OSError:
-            return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1][:300] if lines else ""
-
-
-class _suppress:
-    """Ignore the errors of signalling or reaping a process that is already gone."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        return exc_type is not None and issubclass(
-            exc_type, OSError | subprocess.TimeoutExpired | ChildProcessError
-        )

@@ -8,18 +8,27 @@ Migrations are append-only and named, applied in order, recorded in `migrations`
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
-import string
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import OptionError
-from ..objects import Checkpoint, FileObject, Job, JobError, JobEvent, ModelObject
+from ..objects import (
+    ACTIVE,
+    STATUSES,
+    TERMINAL,
+    Checkpoint,
+    FileObject,
+    Job,
+    JobError,
+    JobEvent,
+    ModelObject,
+    new_id,
+    now,
+)
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -73,16 +82,10 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 LAUNCH_GRACE = 60  # seconds a job may wait for its worker's pid before it counts as crashed
 
-_ALPHABET = string.ascii_letters + string.digits
 
-
-def new_id(prefix: str) -> str:
-    """An OpenAI-style id: `file-`, `ftjob-`, `ftevent-`, `ftckpt-` and 24 random characters."""
-    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(24))
-
-
-def now() -> int:
-    return int(time.time())
+def database_path(home: Path) -> Path:
+    """The local backend's database in convtune's data directory."""
+    return home / "convtune.db"
 
 
 class Store:
@@ -257,7 +260,8 @@ class Store:
         with self.transaction() as db:
             rows = db.execute(
                 "SELECT id, status, pid FROM jobs"
-                " WHERE status IN ('validating_files', 'queued', 'running') ORDER BY rowid"
+                f" WHERE status IN ({','.join('?' * len(ACTIVE))}) ORDER BY rowid",
+                ACTIVE,
             ).fetchall()
             mine = next((r for r in rows if r["id"] == job_id), None)
             if mine is None or mine["status"] != "queued":
@@ -307,7 +311,7 @@ class Store:
         columns = ", ".join(f"{k} = ?" for k in encoded)
         self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*encoded.values(), job_id))
 
-    def set_status(
+    def _set_status(
         self,
         job_id: str,
         status: str,
@@ -330,6 +334,67 @@ class Store:
             if event is not None:
                 self.add_event(job_id, event, level=level)
             return True
+
+    # -- status transitions: every change of a job's status is one of these ------------------
+
+    def advance(self, job_id: str, status: str) -> bool:
+        """The worker's own steps (validating_files, queued, running); False once the job has
+        ended (cancelled meanwhile): the worker then stops."""
+        return self._set_status(job_id, status, unless=TERMINAL)
+
+    def requeue(self, job_id: str, event: str, *, only_from: tuple[str, ...] = ()) -> bool:
+        """Back in line for a new worker (a resume, or a restart after a crash), with the event
+        that says why. With `only_from`, a compare-and-set: of two resumes at once, one moves the
+        job. The launch grace starts in the same transaction, so that nobody takes the job for
+        crashed before its new worker has a pid."""
+        unless = tuple(s for s in STATUSES if s not in only_from) if only_from else ()
+        return self._set_status(
+            job_id,
+            "queued",
+            unless=unless,
+            event=event,
+            error=None,
+            finished_at=None,
+            fine_tuned_model=None,
+            launching_until=now() + LAUNCH_GRACE,
+        )
+
+    def mark_paused(self, job_id: str) -> bool:
+        """Paused, keeping its place in a checkpoint (written by the worker or the canceller)."""
+        return self._set_status(
+            job_id, "paused", unless=(*TERMINAL, "paused"), event="Fine-tuning job paused"
+        )
+
+    def mark_cancelled(self, job_id: str) -> bool:
+        return self._set_status(
+            job_id,
+            "cancelled",
+            unless=TERMINAL,
+            event="Fine-tuning job cancelled",
+            finished_at=now(),
+        )
+
+    def mark_failed(self, job_id: str, error: JobError) -> bool:
+        """Failed, with the error's message as the job's last event."""
+        return self._set_status(
+            job_id,
+            "failed",
+            unless=TERMINAL,
+            event=error.message,
+            level="error",
+            error=error,
+            finished_at=now(),
+        )
+
+    def mark_succeeded(self, job_id: str) -> bool:
+        return self._set_status(
+            job_id,
+            "succeeded",
+            unless=TERMINAL,
+            event="The job has successfully completed",
+            finished_at=now(),
+            estimated_finish=None,
+        )
 
     # -- events ------------------------------------------------------------------------------
 

@@ -8,9 +8,6 @@ checkpoint each epoch, then save the LoRA adapter and a merged model and registe
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import signal
 import sys
@@ -19,14 +16,16 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from ..dataset.check import check_file
+from ..dataset.check import check_file, format_and_actors
 from ..dataset.findings import first_error
 from ..dataset.modelinfo import default_epochs
 from ..digest import file_sha256
 from ..home import data_dir
-from ..objects import TERMINAL, JobError
-from .local_service import database_path
-from .store import Store, now
+from ..objects import JobError
+from ..results_csv import write_results
+from ..training_options import TrainOptions
+from .process import process_alive
+from .store import Store, database_path, now
 
 BASE_LEARNING_RATE = {True: 2e-4, False: 2e-5}  # LoRA, full fine-tune
 CHECKPOINT_METRICS = (
@@ -63,7 +62,8 @@ class JobRun:
         if job is None:
             raise SystemExit(f"no job {job_id}")
         self.job = job
-        self.options = self.store.job_runtime(job_id)["options"]
+        self.runtime = self.store.job_runtime(job_id)["options"]
+        self.options = stored_options(job.hyperparameters, self.runtime)
         self.stopping = False
         self.folder = self.home / "jobs" / job_id
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -74,11 +74,13 @@ class JobRun:
         if self.rank == 0:
             self.store.add_event(self.job_id, message, **kw)
 
-    def status(self, status: str) -> None:
-        if self.rank == 0 and not self.store.set_status(self.job_id, status, unless=TERMINAL):
+    def advance(self, status: str) -> None:
+        """validating_files, queued, running: the worker's own steps; a job cancelled meanwhile
+        stops the worker."""
+        if self.rank == 0 and not self.store.advance(self.job_id, status):
             raise Stop()
 
-    def cancelled(self) -> bool:
+    def stop_requested(self) -> bool:
         """True once a cancel or a pause was asked for (a flag in the store, or SIGTERM)."""
         if self.stopping:
             return True
@@ -94,11 +96,9 @@ class JobRun:
     def wait_for_slot(self) -> None:
         """Run now, or wait in line while `max_running` jobs already run (`convtune serve
         --concurrency`). Waiting happens before torch is imported: a queued job costs little."""
-        from .local_service import process_alive
-
-        limit = self.options.get("max_running")
+        limit = self.runtime.get("max_running")
         if self.rank != 0 or not limit:
-            self.status("running")
+            self.advance("running")
             return
         told = False
         while True:
@@ -107,7 +107,7 @@ class JobRun:
                 return
             if claim == "gone":
                 raise Gone()
-            if self.cancelled():
+            if self.stop_requested():
                 raise Stop()
             if not told:
                 self.event(f"Waiting for a free slot ({limit} job(s) run at once)")
@@ -115,23 +115,14 @@ class JobRun:
             time.sleep(1.0)
 
     def fail(self, code: str, message: str, param: str | None = None) -> None:
-        if self.rank != 0:
-            return
-        self.store.set_status(
-            self.job_id,
-            "failed",
-            unless=TERMINAL,
-            event=message,
-            level="error",
-            error=JobError(code, message, param),
-            finished_at=now(),
-        )
+        if self.rank == 0:
+            self.store.mark_failed(self.job_id, JobError(code, message, param))
 
     # -- the job -------------------------------------------------------------------------------
 
     def run(self) -> None:
         job = self.job
-        self.status("validating_files")
+        self.advance("validating_files")
         train_path = self.file(job.training_file)
         valid_path = self.file(job.validation_file) if job.validation_file else None
         self.event(f"Validating training file: {job.training_file}")
@@ -148,7 +139,7 @@ class JobRun:
                     role,
                 )
         self.event("Files validated, moving job to queued state")
-        self.status("queued")
+        self.advance("queued")
         self.wait_for_slot()
         self.event("Fine-tuning job started")
         self.train(train_path, valid_path)
@@ -163,13 +154,13 @@ class JobRun:
         import torch
 
         from .base_models import load_base_model, resolve_base_model
-        from .trainer import TrainConfig, merge_and_save, train
+        from .training import TrainConfig, merge_and_save, train
         from .training_data import tokenize_file
 
         options = self.options
-        ref = resolve_base_model(options.get("model_source") or self.job.model)
+        ref = resolve_base_model(self.runtime.get("model_source") or self.job.model)
         model, tokenizer, _ = load_base_model(ref)
-        max_length = int(options.get("max_length") or 1024)
+        max_length = options.max_length
         train_examples, train_stats = tokenize_file(train_path, tokenizer, max_length=max_length)
         valid_examples = None
         if valid_path is not None:
@@ -180,15 +171,14 @@ class JobRun:
                 " and lost their oldest tokens",
                 level="warn",
             )
-        hp = self.job.hyperparameters
         n = len(train_examples)
-        lora = not options.get("full", False)
-        n_epochs = default_epochs(n) if hp["n_epochs"] == "auto" else int(hp["n_epochs"])
-        batch_size = auto_batch_size(n) if hp["batch_size"] == "auto" else int(hp["batch_size"])
+        lora = not options.full
+        n_epochs = default_epochs(n) if options.n_epochs == "auto" else int(options.n_epochs)
+        batch_size = auto_batch_size(n) if options.batch_size == "auto" else int(options.batch_size)
         multiplier = (
             1.0
-            if hp["learning_rate_multiplier"] == "auto"
-            else float(hp["learning_rate_multiplier"])
+            if options.learning_rate_multiplier == "auto"
+            else float(options.learning_rate_multiplier)
         )
         if self.rank == 0:
             self.store.update_job(
@@ -204,11 +194,11 @@ class JobRun:
             batch_size=batch_size,
             learning_rate=BASE_LEARNING_RATE[lora] * multiplier,
             lora=lora,
-            lora_r=int(options.get("lora_r") or 16),
-            lora_alpha=int(options.get("lora_alpha") or 32),
-            max_steps=options.get("max_steps"),
+            lora_r=options.lora_r,
+            lora_alpha=options.lora_alpha,
+            max_steps=options.max_steps,
             seed=self.job.seed,
-            precision=options.get("precision") or "auto",
+            precision=options.precision,
         )
         resume_from = None
         checkpoints = self.store.list_checkpoints(self.job_id)
@@ -237,15 +227,17 @@ class JobRun:
                     self.job_id, estimated_finish=now() + int(rate * (m.total_steps - m.step))
                 )
 
-        def on_epoch_end(epoch: int, step: int, save) -> None:
-            if self.rank != 0:
-                return
+        def checkpoint(step: int, epoch: int, save, why: str) -> None:
             folder = self.folder / "checkpoints" / f"step-{step}"
             save(folder)
             metrics = {k: v for k, v in (rows[-1] if rows else {}).items() if k in CHECKPOINT_METRICS}
             name = f"{self.model_id()}:ckpt-step-{step}"
             self.store.add_checkpoint(self.job_id, step, epoch, metrics, name, folder)
-            self.event(f"Checkpoint created at step {step} (epoch {epoch})")
+            self.event(f"Checkpoint created at step {step} ({why})")
+
+        def on_epoch_end(epoch: int, step: int, save) -> None:
+            if self.rank == 0:
+                checkpoint(step, epoch, save, f"epoch {epoch}")
 
         def on_stop(step: int, save) -> None:
             """A pause keeps its place: a checkpoint at this step (unless one is there)."""
@@ -253,13 +245,7 @@ class JobRun:
                 return
             if any(c.step_number == step for c, _, _ in self.store.list_checkpoints(self.job_id)):
                 return
-            folder = self.folder / "checkpoints" / f"step-{step}"
-            save(folder)
-            metrics = {k: v for k, v in (rows[-1] if rows else {}).items() if k in CHECKPOINT_METRICS}
-            name = f"{self.model_id()}:ckpt-step-{step}"
-            epoch = step // max(1, -(-n // batch_size))
-            self.store.add_checkpoint(self.job_id, step, epoch, metrics, name, folder)
-            self.event(f"Checkpoint created at step {step} (paused)")
+            checkpoint(step, step // max(1, -(-n // batch_size)), save, "paused")
 
         result = train(
             model,
@@ -269,23 +255,23 @@ class JobRun:
             config,
             on_metrics=on_metrics,
             on_epoch_end=on_epoch_end,
-            should_stop=self.cancelled,
+            should_stop=self.stop_requested,
             resume=resume_from,
             on_stop=on_stop,
         )
-        if self.cancelled() or getattr(result, "stopped", False):
+        if self.stop_requested() or result.stopped:
             raise Stop()
         if self.rank != 0:
             return
         model_id = self.model_id()
         target = self.home / "models" / model_id.replace(":", "_")
         merge_and_save(
-            result.model if hasattr(result, "model") else model,
+            result.model,
             tokenizer,
             target / "merged",
             adapter_folder=target / "adapter",
         )
-        fmt, actors = _format_and_actors(train_path)
+        fmt, actors = format_and_actors(train_path)
         self.store.add_model(
             model_id, self.base_name, self.job_id, target / "merged", target / "adapter", fmt, actors
         )
@@ -294,19 +280,10 @@ class JobRun:
             self.job_id,
             fine_tuned_model=model_id,
             result_files=[results],
-            trained_tokens=int(
-                getattr(result, "trained_tokens", 0) or train_stats.trained_tokens * n_epochs
-            ),
+            trained_tokens=int(result.trained_tokens or train_stats.trained_tokens * n_epochs),
         )
         self.event(f"New fine-tuned model created: {model_id}")
-        self.store.set_status(
-            self.job_id,
-            "succeeded",
-            unless=TERMINAL,
-            event="The job has successfully completed",
-            finished_at=now(),
-            estimated_finish=None,
-        )
+        self.store.mark_succeeded(self.job_id)
         del torch
 
     def earlier_metrics(self, up_to: int) -> list[dict]:
@@ -324,55 +301,36 @@ class JobRun:
     @property
     def base_name(self) -> str:
         """The base model's name, also for a job that trains a fine-tuned model further."""
-        return self.options.get("base_name") or self.job.model
+        return self.runtime.get("base_name") or self.job.model
 
     def model_id(self) -> str:
         return f"ft:{self.base_name}:{self.job.suffix or ''}:{self.job_id}"
 
     def results_file(self, rows: list[dict]) -> str:
         """OpenAI's results CSV: step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy."""
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(
-            ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
-        )
-        for r in rows:
-            writer.writerow(
-                [
-                    r.get("step"),
-                    r.get("train_loss"),
-                    r.get("train_mean_token_accuracy"),
-                    r.get("valid_loss", ""),
-                    r.get("valid_mean_token_accuracy", ""),
-                ]
-            )
         path = self.folder / "results.csv"
-        path.write_text(out.getvalue(), encoding="utf-8")
+        path.write_text(write_results(rows), encoding="utf-8")
         digest = file_sha256(path)
         return self.store.add_file(
             f"{self.job_id}-results.csv", path.stat().st_size, "fine-tune-results", path, digest
         ).id
 
 
+def stored_options(hyperparameters: dict, runtime: dict) -> TrainOptions:
+    """The job's options as its creator gave them: OpenAI's hyperparameters from the job (numbers
+    once the first run resolved "auto"), the trainer's from the stored runtime (kept flat beside
+    the runtime by convtune before 0.2)."""
+    training = runtime.get("training")
+    if training is None:
+        known = TrainOptions().trainer_options()
+        training = {k: v for k, v in runtime.items() if k in known and v is not None}
+    return TrainOptions(**hyperparameters, **training)
+
+
 class Invalid(Exception):
     def __init__(self, message: str, param: str) -> None:
         super().__init__(message)
         self.param = param
-
-
-def _format_and_actors(path: Path) -> tuple[str, tuple[str, str] | None]:
-    """The training format, and for legacy data the two actor labels chat must speak with."""
-    from ..dataset.check import _LABEL_END, _STOP, detect_format
-
-    with open(path, encoding="utf-8") as f:
-        first = json.loads(next(line for line in f if line.strip()))
-    fmt = detect_format(first) or "chat"
-    if fmt != "prompt-completion":
-        return fmt, None
-    stop = _STOP.search(first.get("completion", ""))
-    label = _LABEL_END.search(first.get("prompt", ""))
-    actors = (stop.group(1) if stop else "Human", label.group(1) if label else "AI")
-    return fmt, actors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,17 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Stop:
         if run.rank == 0 and run.pausing():
-            run.store.set_status(
-                job_id, "paused", unless=(*TERMINAL, "paused"), event="Fine-tuning job paused"
-            )
+            run.store.mark_paused(job_id)
         elif run.rank == 0:
-            run.store.set_status(
-                job_id,
-                "cancelled",
-                unless=TERMINAL,
-                event="Fine-tuning job cancelled",
-                finished_at=now(),
-            )
+            run.store.mark_cancelled(job_id)
         return 0
     except Invalid as exc:
         run.fail("invalid_file", str(exc), exc.param)

@@ -9,30 +9,43 @@ within what convtune made.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import io
 import os
 import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..contract import ChatRequest, JobRequest
+from ..contract import (
+    Capabilities,
+    ChatRequest,
+    FineTuningService,
+    JobRequest,
+    Ownership,
+    Progress,
+)
 from ..dataset.check import check_file
 from ..dataset.findings import first_error
 from ..dataset.report import OPENAI_MIN_EXAMPLES
 from ..digest import file_sha256
 from ..errors import Conflict, ConvtuneError, NotFound, OptionError, TransientError
 from ..home import data_dir, installation_id
-from ..objects import Checkpoint, FileObject, Job, JobError, JobEvent, ModelObject
+from ..objects import Checkpoint, FileObject, Job, JobEvent, ModelObject
+from ..results_csv import decode_base64_results
+from ..training_options import refuse_trainer_options
+from .conversions import (
+    ProgressReader,
+    server_message,
+    to_checkpoint,
+    to_event,
+    to_file,
+    to_job,
+)
 from .record import Record
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -42,7 +55,6 @@ TAG = {"created_by": "convtune"}
 INSTALL_KEY = "convtune_installation"
 KEY_HINT = "set OPENAI_API_KEY or pass --api-key"
 _KEYLIKE = re.compile(r"\b(sk|sess|org|proj)-[A-Za-z0-9_*.\-]{6,}")
-_BASE64 = re.compile(rb"^[A-Za-z0-9+/\s]+={0,2}\s*$")
 
 
 def wind_down_warning(today: date | None = None) -> str:
@@ -60,20 +72,7 @@ def wind_down_warning(today: date | None = None) -> str:
     )
 
 
-@dataclass
-class Ownership:
-    """The ids of what convtune created on one service."""
-
-    files: set[str] = field(default_factory=set)
-    jobs: set[str] = field(default_factory=set)
-    models: set[str] = field(default_factory=set)
-
-    def has_model(self, model_id: str) -> bool:
-        # a checkpoint's model (ft:...:ckpt-step-N) is its job's, as the job's model is
-        return model_id in self.models or model_id.split(":ckpt-step-")[0] in self.models
-
-
-class OpenAIService:
+class OpenAIService(FineTuningService):
     """The `FineTuningService` of OpenAI and compatible services (convtune serve included).
 
     The key comes from `api_key`, else `OPENAI_API_KEY`; the address from `base_url`, else
@@ -81,6 +80,17 @@ class OpenAIService:
     are recorded); `max_retries` is the SDK's own retry count for 429, 5xx and dropped
     connections, before a `TransientError` reaches the caller.
     """
+
+    name = "openai"
+    capabilities = Capabilities(
+        remote=True,
+        numbered_events=False,
+        file_paths=False,
+        trainer_options=False,
+        resume_ended=False,
+        lists_base_models=True,
+        deletes_model_files=False,
+    )
 
     def __init__(
         self,
@@ -169,7 +179,7 @@ class OpenAIService:
         if not isinstance(exc, openai.APIStatusError):
             return ConvtuneError(redact(f"{what}: {exc}"))
         status = exc.status_code
-        message = redact(_server_message(exc))
+        message = redact(server_message(exc))
         if status == 401:
             return ConvtuneError(
                 f"{what}: the service refused the API key (401: {message})", hint=KEY_HINT
@@ -202,8 +212,9 @@ class OpenAIService:
         path: Path,
         purpose: str = "fine-tune",
         *,
-        progress: Callable[[int, int], None] | None = None,
+        filename: str | None = None,
         reuse: bool = True,
+        progress: Progress | None = None,
     ) -> FileObject:
         """Upload a file and wait until the service has processed it.
 
@@ -215,6 +226,7 @@ class OpenAIService:
         path = Path(path)
         if not path.is_file():
             raise ConvtuneError("no such file", path=path)
+        name = filename or path.name
         stat = path.stat()
         digest = file_sha256(path)
         if purpose == "fine-tune":
@@ -222,7 +234,7 @@ class OpenAIService:
             _refuse_errors(report, path)
             self._checked[digest] = report
         if reuse:
-            existing = self._identical(path.name, stat.st_size, purpose, digest)
+            existing = self._identical(name, stat.st_size, purpose, digest)
             if existing is not None:
                 self.record.add_file(
                     existing.id,
@@ -237,13 +249,13 @@ class OpenAIService:
                 if progress is not None:
                     progress(stat.st_size, stat.st_size)
                 return self._processed(existing)
-        with _ProgressReader(path, progress) as reader, self._api(f"upload {path.name}"):
-            created = self.client.files.create(file=(path.name, reader), purpose=purpose)
+        with ProgressReader(path, progress) as reader, self._api(f"upload {name}"):
+            created = self.client.files.create(file=(name, reader), purpose=purpose)
         if progress is not None:
             progress(stat.st_size, stat.st_size)
         self.record.add_file(
             created.id,
-            filename=path.name,
+            filename=name,
             size=stat.st_size,
             purpose=purpose,
             sha256=digest,
@@ -251,7 +263,7 @@ class OpenAIService:
             mtime_ns=stat.st_mtime_ns,
             ours=True,
         )
-        return self._processed(_file(created))
+        return self._processed(to_file(created))
 
     def _identical(self, name: str, size: int, purpose: str, digest: str) -> FileObject | None:
         known = self.record.files()
@@ -304,11 +316,11 @@ class OpenAIService:
 
     def get_file(self, file_id: str) -> FileObject:
         with self._api(f"file {file_id}"):
-            return _file(self.client.files.retrieve(file_id))
+            return to_file(self.client.files.retrieve(file_id))
 
     def list_files(self) -> list[FileObject]:
         with self._api("list files"):
-            return [_file(f) for f in self.client.files.list()]
+            return [to_file(f) for f in self.client.files.list()]
 
     def delete_file(self, file_id: str) -> None:
         with self._api(f"delete file {file_id}"):
@@ -317,15 +329,7 @@ class OpenAIService:
 
     def file_content(self, file_id: str) -> bytes:
         """The file's bytes; a results file OpenAI serves base64-encoded comes back decoded."""
-        content = self._raw_content(file_id)
-        if content and _BASE64.match(content[:4096]):
-            try:
-                decoded = base64.b64decode(content, validate=False)
-            except (binascii.Error, ValueError):
-                return content
-            if decoded.startswith(b"step,"):
-                return decoded
-        return content
+        return decode_base64_results(self._raw_content(file_id))
 
     def _raw_content(self, file_id: str) -> bytes:
         with self._api(f"download file {file_id}"):
@@ -335,13 +339,7 @@ class OpenAIService:
 
     def create_job(self, request: JobRequest) -> Job:
         """Check the files, then create the job with only the parameters that were set."""
-        local = sorted(k for k, v in request.options.items() if v not in (None, False))
-        if local:
-            raise OptionError(
-                f"{', '.join(local)}: options of the local backend only",
-                hint="OpenAI's parameters are n_epochs, batch_size, learning_rate_multiplier,"
-                " suffix, seed and metadata",
-            )
+        refuse_trainer_options(request.options.changed_trainer_options())
         metadata = dict(request.metadata or {})
         for key in set(metadata) & set(self.tag):
             raise OptionError(f"the metadata key {key} is convtune's own tag")
@@ -365,7 +363,7 @@ class OpenAIService:
         with self._api("create the fine-tuning job"):
             created = self.client.fine_tuning.jobs.create(**params)
         self.record.add_job(created.id)
-        return _job(created)
+        return to_job(created)
 
     def _check_uploaded(self, file_id: str, *, training: bool) -> None:
         """Refuse a file with errors (or, for OpenAI, too few examples) before a job uses it.
@@ -418,7 +416,7 @@ class OpenAIService:
 
     def get_job(self, job_id: str) -> Job:
         with self._api(f"fine-tuning job {job_id}"):
-            return _job(self.client.fine_tuning.jobs.retrieve(job_id))
+            return to_job(self.client.fine_tuning.jobs.retrieve(job_id))
 
     def list_jobs(
         self, *, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None
@@ -430,19 +428,19 @@ class OpenAIService:
             params["metadata"] = metadata
         with self._api("list fine-tuning jobs"):
             page = self.client.fine_tuning.jobs.list(**params)
-            return [_job(j) for j in page.data]
+            return [to_job(j) for j in page.data]
 
     def cancel_job(self, job_id: str) -> Job:
         with self._api(f"cancel {job_id}"):
-            return _job(self.client.fine_tuning.jobs.cancel(job_id))
+            return to_job(self.client.fine_tuning.jobs.cancel(job_id))
 
     def pause_job(self, job_id: str) -> Job:
         with self._api(f"pause {job_id}"):
-            return _job(self.client.fine_tuning.jobs.pause(job_id))
+            return to_job(self.client.fine_tuning.jobs.pause(job_id))
 
     def resume_job(self, job_id: str) -> Job:
         with self._api(f"resume {job_id}"):
-            return _job(self.client.fine_tuning.jobs.resume(job_id))
+            return to_job(self.client.fine_tuning.jobs.resume(job_id))
 
     def list_events(
         self, job_id: str, *, after: str | None = None, limit: int = 20
@@ -452,12 +450,12 @@ class OpenAIService:
             params["after"] = after
         with self._api(f"events of {job_id}"):
             page = self.client.fine_tuning.jobs.list_events(job_id, **params)
-            return [_event(e) for e in page.data]
+            return [to_event(e) for e in page.data]
 
     def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
         with self._api(f"checkpoints of {job_id}"):
             pages = self.client.fine_tuning.jobs.checkpoints.list(job_id, limit=100)
-            return [_checkpoint(c) for c in pages]
+            return [to_checkpoint(c) for c in pages]
 
     # -- models and chat -----------------------------------------------------------------------
 
@@ -509,6 +507,10 @@ class OpenAIService:
 
     # -- what convtune created -----------------------------------------------------------------
 
+    def notices(self) -> list[str]:
+        """OpenAI's wind-down, before a job goes to api.openai.com."""
+        return [wind_down_warning()] if self.is_openai else []
+
     def ownership(self) -> Ownership:
         """What convtune created here: its uploads, its jobs (tagged or recorded), their models
         and results files. Lists every job of the account once."""
@@ -528,93 +530,6 @@ class OpenAIService:
         return owned
 
 
-# -- conversions -------------------------------------------------------------------------------
-
-
-def _file(f) -> FileObject:
-    return FileObject(
-        id=f.id,
-        bytes=f.bytes or 0,
-        created_at=f.created_at or 0,
-        filename=f.filename or "",
-        purpose=f.purpose or "",
-        status=getattr(f, "status", None) or "processed",
-    )
-
-
-def _job(j) -> Job:
-    data = j.model_dump()
-    hyperparameters = dict(data.get("hyperparameters") or {})
-    method = data.get("method") or {}
-    chosen = (method.get(method.get("type") or "supervised") or {}).get("hyperparameters")
-    if chosen:
-        hyperparameters.update({k: v for k, v in chosen.items() if v is not None})
-    for name in ("n_epochs", "batch_size", "learning_rate_multiplier"):
-        if hyperparameters.get(name) is None:
-            hyperparameters[name] = "auto"
-    error = data.get("error") or {}
-    return Job(
-        id=data["id"],
-        created_at=data.get("created_at") or 0,
-        model=data.get("model") or "",
-        training_file=data.get("training_file") or "",
-        status=data.get("status") or "validating_files",
-        validation_file=data.get("validation_file"),
-        hyperparameters=hyperparameters,
-        fine_tuned_model=data.get("fine_tuned_model"),
-        finished_at=data.get("finished_at"),
-        error=JobError(error.get("code") or "", error["message"], error.get("param"))
-        if error.get("message")
-        else None,
-        result_files=list(data.get("result_files") or []),
-        trained_tokens=data.get("trained_tokens"),
-        seed=data.get("seed") or 0,
-        suffix=data.get("suffix") or data.get("user_provided_suffix"),
-        estimated_finish=data.get("estimated_finish"),
-        metadata=data.get("metadata"),
-        organization_id=data.get("organization_id") or "",
-    )
-
-
-def _event(e) -> JobEvent:
-    return JobEvent(
-        id=e.id,
-        created_at=e.created_at or 0,
-        level=e.level or "info",
-        message=e.message or "",
-        type=getattr(e, "type", None) or "message",
-        data=dict(getattr(e, "data", None) or {}),
-    )
-
-
-def _checkpoint(c) -> Checkpoint:
-    metrics = c.metrics.model_dump(exclude_none=True) if c.metrics is not None else {}
-    return Checkpoint(
-        id=c.id,
-        created_at=c.created_at or 0,
-        fine_tuned_model_checkpoint=c.fine_tuned_model_checkpoint,
-        fine_tuning_job_id=c.fine_tuning_job_id,
-        step_number=c.step_number,
-        metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)},
-    )
-
-
-def _server_message(exc) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        for key in ("message", "detail", "error"):
-            if body.get(key):
-                value = body[key]
-                return value if isinstance(value, str) else str(value)
-    if isinstance(body, str) and body.strip():
-        return body.strip()[:300]
-    try:
-        text = exc.response.text.strip()
-    except Exception:
-        text = ""
-    return text[:300] or exc.response.reason_phrase or "no message"
-
-
 def _refuse_errors(report, path: Path) -> None:
     """A `ConvtuneError` at the first error's line, if the report has errors."""
     first = first_error(report.findings)
@@ -628,18 +543,3 @@ def _refuse_errors(report, path: Path) -> None:
         if first.more
         else "the service would refuse this file",
     )
-
-
-class _ProgressReader(io.FileIO):
-    """A file the SDK (httpx) reads in chunks while uploading; each read reports progress."""
-
-    def __init__(self, path: Path, progress: Callable[[int, int], None] | None) -> None:
-        super().__init__(path, "rb")
-        self._progress = progress
-        self._total = os.fstat(self.fileno()).st_size
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = super().read(size)
-        if self._progress is not None:
-            self._progress(self.tell(), self._total)
-        return chunk

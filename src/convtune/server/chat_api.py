@@ -24,8 +24,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..contract import ChatRequest
-from ..errors import ConvtuneError, NotFound, OptionError
-from ..local.store import new_id
+from ..errors import ConvtuneError
+from ..objects import new_id
 from . import ids, pages
 from .chat_request import ChatBody, to_chat_request
 from .context import Context
@@ -91,17 +91,8 @@ def router(ctx: Context) -> APIRouter:
 
 async def _known_model(ctx: Context, model: str) -> None:
     """404 for a model that is neither fine-tuned here nor a base model convtune can load."""
-    from ..local.base_models import resolve_base_model
-
-    try:
-        await ctx.gate(ctx.service.get_model, model)
-        return
-    except NotFound:
-        pass
-    try:
-        await anyio.to_thread.run_sync(resolve_base_model, model)
-    except OptionError:
-        raise model_not_found(model) from None
+    if not await ctx.gate(ctx.service.knows_model, model):
+        raise model_not_found(model)
 
 
 class _Meta:

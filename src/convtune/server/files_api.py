@@ -95,9 +95,8 @@ def router(ctx: Context) -> APIRouter:
     async def download_file(file_id: str) -> Response:
         ids.check(ids.FILE_ID, file_id, param="file_id")
         found = await ctx.gate(ctx.service.get_file, file_id)
-        file_path = getattr(ctx.service, "file_path", None)  # LocalService: stream from disk
-        if file_path is not None:
-            path = await ctx.gate(file_path, file_id)
+        if ctx.service.capabilities.file_paths:  # stream from disk
+            path = await ctx.gate(ctx.service.file_path, file_id)
             return FileResponse(path, media_type=OCTETS, filename=found.filename)
         content = await ctx.gate(ctx.service.file_content, file_id)
         return Response(content, media_type=OCTETS)

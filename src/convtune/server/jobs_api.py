@@ -3,21 +3,32 @@
 The request body is OpenAI's, checked field by field (an unknown field is a 400, as OpenAI
 answers), plus one field of convtune's own: ``"convtune": {"max_steps": 4, "lora_r": 8, ...}``,
 the local trainer's options that OpenAI's API has no words for (the openai SDK sends it with
-``extra_body={"convtune": {...}}``). Only the options listed in `LocalOptions` pass: a request
-cannot choose how many processes train. Its `model` may be a base model name, a fine-tuned
+``extra_body={"convtune": {...}}``). Both models are made from `TrainOptions` (the options'
+one definition): the hyperparameters OpenAI's, the rest `LocalOptions`, without the options a
+request may not set (how many processes train). Its `model` may be a base model name, a fine-tuned
 model, or the path of a model folder the server's user can read (the README says so: a key
 holder is trusted that far).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    create_model,
+)
 
 from ..contract import JobRequest
-from ..errors import ConvtuneError
+from ..errors import ConvtuneError, OptionError
+from ..training_options import Spec, TrainOptions, specs
 from . import ids, pages
 from .context import Context
 from .errors import APIError, from_library
@@ -29,10 +40,34 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Hyperparameters(_Body):
-    n_epochs: Literal["auto"] | StrictInt = "auto"
-    batch_size: Literal["auto"] | StrictInt = "auto"
-    learning_rate_multiplier: Literal["auto"] | StrictInt | StrictFloat = "auto"
+def _annotation(spec: Spec) -> Any:
+    """The pydantic type of an option: strict (no "3" for 3), with its range."""
+    if spec.kind is bool:
+        kind: Any = StrictBool
+    elif spec.choices:
+        kind = Literal[spec.choices]  # type: ignore[valid-type]
+    else:
+        number = StrictInt if spec.kind is int else StrictInt | StrictFloat
+        kind = Annotated[number, Field(ge=spec.low, le=spec.high)]
+    if spec.auto:
+        kind = Literal["auto"] | kind
+    return kind | None
+
+
+def _options_model(name: str, wanted: Callable[[Spec], bool], doc: str) -> type[BaseModel]:
+    fields = {n: (_annotation(s), None) for n, s in specs().items() if wanted(s)}
+    model = create_model(name, __base__=_Body, __doc__=doc, **fields)  # type: ignore[call-overload]
+    return model
+
+
+Hyperparameters = _options_model(
+    "Hyperparameters", lambda s: s.hyperparameter, "OpenAI's hyperparameters."
+)
+LocalOptions = _options_model(
+    "LocalOptions",
+    lambda s: s.api and not s.hyperparameter,
+    "convtune's trainer options, as `convtune train` has them (what a client may set).",
+)
 
 
 class Supervised(_Body):
@@ -44,16 +79,6 @@ class Method(_Body):
     supervised: Supervised | None = None
     dpo: dict[str, Any] | None = None
     reinforcement: dict[str, Any] | None = None
-
-
-class LocalOptions(_Body):
-    """convtune's trainer options, as `convtune train` has them."""
-
-    lora_r: StrictInt | None = Field(None, ge=1, le=1024)
-    lora_alpha: StrictInt | None = Field(None, ge=1, le=4096)
-    full: StrictBool | None = None
-    max_length: StrictInt | None = Field(None, ge=16, le=131072)
-    max_steps: StrictInt | None = Field(None, ge=1)
 
 
 class CreateJob(_Body):
@@ -190,7 +215,7 @@ async def _job_request(ctx: Context, body: CreateJob) -> JobRequest:
             " not both.",
             param="hyperparameters",
         )
-    hp = method_hp or body.hyperparameters or Hyperparameters()
+    hp = method_hp or body.hyperparameters
     if body.integrations:
         raise APIError(
             400, "Integrations (wandb) are not available in convtune.", param="integrations"
@@ -207,14 +232,18 @@ async def _job_request(ctx: Context, body: CreateJob) -> JobRequest:
         except ConvtuneError as exc:
             error = from_library(exc, param=param)
             raise APIError(400, f"Invalid {param}: {exc}", param=param, code=error.code) from None
-    options = body.convtune.model_dump(exclude_none=True) if body.convtune else {}
+    given = {
+        **(hp.model_dump(exclude_none=True) if hp is not None else {}),
+        **(body.convtune.model_dump(exclude_none=True) if body.convtune else {}),
+    }
+    try:
+        options = TrainOptions(**given)
+    except OptionError as exc:
+        raise APIError(400, f"Invalid options: {exc.message}.", param="convtune") from None
     return JobRequest(
         model=body.model,
         training_file=body.training_file,
         validation_file=body.validation_file,
-        n_epochs=hp.n_epochs,
-        batch_size=hp.batch_size,
-        learning_rate_multiplier=hp.learning_rate_multiplier,
         suffix=body.suffix,
         seed=body.seed,
         metadata=body.metadata,

@@ -2,9 +2,8 @@
 
 Pure functions, no display: `loss_figure` and `tokens_figure` return a matplotlib `Figure` made
 without pyplot (no global state, no GUI backend; a notebook shows it inline, `save_png` writes it
-with Agg). `job_metrics` collects a job's metrics from any `FineTuningService`: its results file
-(OpenAI's `step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy` CSV) or else its
-`metrics` events.
+with Agg). The loss comes from `metrics.job_metrics` (or any metrics rows), the lengths from a
+`check_file` report.
 
     metrics = convtune.job_metrics(service, "ftjob-abc123")
     convtune.save_png(convtune.loss_figure(metrics), "loss.png")
@@ -14,9 +13,6 @@ with Agg). `job_metrics` collects a job's metrics from any `FineTuningService`: 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import csv
 import functools
 import io
 import itertools
@@ -24,28 +20,17 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConvtuneError, OutputExistsError
+from .metrics import JobMetrics, NoMetrics
+from .results_csv import in_step_order, metrics_row
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with convtune
     from matplotlib.figure import Figure
 
     from .dataset.report import DatasetReport
-
-# What a metrics row may hold, as OpenAI's events name it (the results CSV says train_accuracy).
-METRICS = (
-    "train_loss",
-    "train_mean_token_accuracy",
-    "valid_loss",
-    "valid_mean_token_accuracy",
-    "full_valid_loss",
-    "full_valid_mean_token_accuracy",
-    "epoch",
-)
-_ALIASES = {"train_accuracy": "train_mean_token_accuracy"}
 
 TRAIN = "#1f77b4"  # blue
 VALID = "#e4572e"  # orange-red: tells apart from blue for most colour-blind readers too
@@ -53,196 +38,6 @@ LIMIT = "#c0392b"
 GREY = "0.45"
 SIZE = (9.0, 5.0)  # inches; at 120 dpi a 1080 x 600 PNG, readable in a README or a notebook
 DPI = 120
-
-
-class NoMetrics(ConvtuneError):
-    """A job with no training metrics (yet): nothing to plot."""
-
-
-@dataclass
-class JobMetrics:
-    """A job's metrics, one row per step in step order, and where they came from.
-
-    `epoch_ends` are the steps after which an epoch ended (the last step excluded), when known.
-    """
-
-    rows: list[dict[str, Any]]
-    epoch_ends: list[int] = field(default_factory=list)
-    job_id: str | None = None
-    model: str | None = None
-    source: str = ""
-
-    @property
-    def steps(self) -> int:
-        return self.rows[-1]["step"] if self.rows else 0
-
-
-# -- reading -------------------------------------------------------------------------------------
-
-
-def _number(value: Any) -> float | None:
-    """A finite float, or None for an empty cell, 'nan', 'null', a bad value."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        value = value.strip()
-        if not value:
-            return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _row(data: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A normalized metrics row (`step` an int >= 0, the rest floats) or None without a step."""
-    step = _number(data.get("step"))
-    if step is None or step < 0:
-        return None
-    row: dict[str, Any] = {"step": int(step)}
-    for key, value in data.items():
-        name = _ALIASES.get(str(key).strip().lower(), str(key).strip().lower())
-        if name in METRICS and name not in row:
-            number = _number(value)
-            if number is not None:
-                row[name] = number
-    return row
-
-
-def _ordered(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per step, in step order; a later row of the same step wins (a resumed run)."""
-    by_step: dict[int, dict[str, Any]] = {}
-    for row in rows:
-        by_step[row["step"]] = {**by_step.get(row["step"], {}), **row}
-    return [by_step[s] for s in sorted(by_step)]
-
-
-def _text(content: bytes | str) -> str:
-    if isinstance(content, bytes):
-        text = content.decode("utf-8-sig", errors="replace")
-    else:
-        text = content.lstrip("\ufeff")
-    head = text.lstrip()[:200].lower()
-    if "step" not in head:  # OpenAI has served results files base64-encoded
-        try:
-            decoded = base64.b64decode("".join(text.split()), validate=True)
-            text = decoded.decode("utf-8-sig")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            pass
-    return text
-
-
-def read_results(content: bytes | str | Path) -> list[dict[str, Any]]:
-    """The rows of a results CSV (OpenAI's, or a local job's), one per step, in step order.
-
-    Robust to what real files have: extra or reordered columns, empty cells, `nan`, a BOM, CRLF,
-    base64-encoded content, rows without a step (skipped). `train_accuracy` is read as
-    `train_mean_token_accuracy`, the name metrics events use.
-    """
-    if isinstance(content, Path):
-        content = content.read_bytes()
-    reader = csv.DictReader(io.StringIO(_text(content)))
-    if reader.fieldnames is None or "step" not in [f.strip().lower() for f in reader.fieldnames]:
-        return []
-    rows = []
-    for record in reader:
-        data = {str(k).strip().lower(): v for k, v in record.items() if k is not None}
-        row = _row(data)
-        if row is not None:
-            rows.append(row)
-    return _ordered(rows)
-
-
-def _event_rows(service, job_id: str, *, page: int = 100, most: int = 200_000) -> list[dict]:
-    """Metrics rows from the job's events (newest first, paged with `after`)."""
-    rows: list[dict[str, Any]] = []
-    after = None
-    seen = 0
-    while seen < most:
-        events = service.list_events(job_id, after=after, limit=page)
-        for event in events:
-            if event.type == "metrics" and isinstance(event.data, Mapping):
-                row = _row(event.data)
-                if row is not None:
-                    rows.append(row)
-        seen += len(events)
-        if len(events) < page:
-            break
-        after = events[-1].id
-    rows.reverse()  # oldest first, so that a resumed run's rows win
-    return rows
-
-
-def _file_bytes(service, file_id: str) -> bytes:
-    if hasattr(service, "file_content"):
-        return service.file_content(file_id)
-    return service.file_path(file_id).read_bytes()  # a LocalService without file_content
-
-
-def _epoch_ends(rows: list[dict[str, Any]], job) -> list[int]:
-    """Steps after which an epoch ended: from the rows' `epoch` (local events), else from the
-    job's `n_epochs` when its steps divide evenly (OpenAI: n_epochs x steps per epoch)."""
-    if not rows:
-        return []
-    last = rows[-1]["step"]
-    per_epoch = None
-    ratios = sorted(r["step"] / r["epoch"] for r in rows if r.get("epoch") and r["step"] > 0)
-    if ratios:
-        per_epoch = round(ratios[len(ratios) // 2])
-    else:
-        n_epochs = (job.hyperparameters or {}).get("n_epochs") if job is not None else None
-        if (
-            isinstance(n_epochs, int)
-            and n_epochs > 1
-            and job.status == "succeeded"
-            and last % n_epochs == 0
-        ):
-            per_epoch = last // n_epochs
-    if not per_epoch or per_epoch < 1:
-        return []
-    return list(range(per_epoch, last, per_epoch))
-
-
-def job_metrics(service, job_id: str) -> JobMetrics:
-    """A job's metrics, from whatever `FineTuningService` runs it.
-
-    The results file when the job has one (a finished job), completed from the `metrics` events
-    when it does not start at the first step (a resumed job); the events alone while it runs.
-    A local service's events are always read too: a database query away, they know the epochs.
-    Raises `NotFound` (from the service) for an unknown job, `NoMetrics` for a job without any.
-    """
-    job = service.get_job(job_id)
-    rows: list[dict[str, Any]] = []
-    sources = []
-    for file_id in job.result_files or []:
-        try:
-            rows = read_results(_file_bytes(service, file_id))
-        except ConvtuneError:
-            continue
-        if rows:
-            sources.append(f"results file {file_id}")
-            break
-    local = hasattr(service, "events_since")  # events are a database query away: epochs too
-    if not rows or rows[0]["step"] > 1 or local:
-        events = _event_rows(service, job_id)
-        if events:
-            sources.append("metrics events")
-            rows = _ordered([*events, *rows])  # the results file wins for a step in both
-    if not rows:
-        raise NoMetrics(
-            f"job {job_id} has no training metrics yet (it is {job.status})",
-            hint=f"metrics come with its first steps: convtune follow {job_id}"
-            if not job.done
-            else "it ended before its first training step",
-        )
-    return JobMetrics(
-        rows,
-        _epoch_ends(rows, job),
-        job_id=job.id,
-        model=job.fine_tuned_model or job.model,
-        source=" + ".join(sources),
-    )
 
 
 # -- drawing -------------------------------------------------------------------------------------
@@ -345,7 +140,7 @@ def loss_figure(
         rows, job_id, model = metrics.rows, metrics.job_id, metrics.model
         ends = list(metrics.epoch_ends if epoch_ends is None else epoch_ends)
     else:
-        rows = _ordered(r for r in (_row(m) for m in metrics) if r is not None)
+        rows = in_step_order(r for r in map(metrics_row, metrics) if r is not None)
         job_id = model = None
         ends = list(epoch_ends or [])
     train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]

@@ -1,0 +1,33 @@
+"""The training loop of the local backend: LoRA (or full) fine-tuning, fast on a CPU.
+
+Read as a recipe: set up (`loop.train`: device, precision and threads from `runtime`, the model
+with its adapters from `adapters`), train (`loop.TrainingLoop`, over the batches of `batching`
+with the packed attention of `attention`), save (`checkpoints`). Options and results are in
+`config`.
+
+Where the time goes on a CPU, and what the loop does about it, is measured on SmolLM2-135M with
+LoRA on every linear layer (BENCHMARKS.md has the figures); each module's docstring says its
+part: padding and attention (`attention`, `batching`), precision (`runtime`, `adapters`), the
+output layer and the optimizer (`loop`).
+
+Data parallel: run under ``torchrun --nproc_per_node N`` unchanged; one process and N processes
+compute the same update. Exact resume: a checkpoint (weights, optimizer, step) is all a run
+needs to continue as if it had never stopped.
+"""
+
+from .checkpoints import load_checkpoint, merge_and_save, save_checkpoint
+from .config import StepMetrics, TrainConfig, TrainResult
+from .loop import evaluate, train
+from .runtime import cpu_computes_bf16
+
+__all__ = [
+    "StepMetrics",
+    "TrainConfig",
+    "TrainResult",
+    "cpu_computes_bf16",
+    "evaluate",
+    "load_checkpoint",
+    "merge_and_save",
+    "save_checkpoint",
+    "train",
+]

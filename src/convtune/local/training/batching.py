@@ -1,0 +1,105 @@
+"""Examples as tensors, and which of them each step, each process and each forward pass takes.
+
+A step's examples are a permutation of the set per epoch fixed by (seed, epoch), so a resumed
+run takes the same batches as one that never stopped. With packed attention they go into one
+row end to end (`Examples.packed`: segments and position ids restarting at 0, no padding);
+other models get a right-padded batch with its attention mask (`Examples.padded`). Under
+torchrun each rank takes a deterministic share of every batch, balanced by tokens (`rank_share`);
+a share longer than the token budget of one forward pass is split into micro-batches whose
+gradients accumulate (`micro_batches`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..training_data import IGNORE, TokenizedExample
+from .attention import SEGMENTS
+
+
+class Examples:
+    """Examples as tensors, with what batching needs: lengths and loss tokens.
+
+    A position has a loss when the next token of its example has a label; its target is that
+    label. The last position of each example has none (it has no next token).
+    """
+
+    def __init__(self, examples: list[TokenizedExample]) -> None:
+        self.ids = [torch.tensor(e.input_ids, dtype=torch.long) for e in examples]
+        self.targets = []
+        for e in examples:
+            shifted = torch.tensor([*e.labels[1:], IGNORE], dtype=torch.long)
+            self.targets.append(shifted)
+        self.lengths = [len(e.input_ids) for e in examples]
+        self.loss_tokens = [int((t != IGNORE).sum()) for t in self.targets]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def all(self) -> list[int]:
+        return list(range(len(self.ids)))
+
+    def batch(self, step: int, steps_per_epoch: int, batch_size: int, seed: int) -> list[int]:
+        """The examples of a step: a permutation of the set per epoch, fixed by (seed, epoch)."""
+        epoch, k = divmod(step, steps_per_epoch)
+        generator = torch.Generator().manual_seed(seed * 7_919 + epoch)
+        order = torch.randperm(len(self.ids), generator=generator)
+        return order[k * batch_size : (k + 1) * batch_size].tolist()
+
+    def packed(self, indices: list[int], device: torch.device) -> tuple[dict, torch.Tensor]:
+        """One row with the examples end to end, positions restarting at each one."""
+        ids = torch.cat([self.ids[i] for i in indices])
+        targets = torch.cat([self.targets[i] for i in indices])
+        position_ids = torch.cat([torch.arange(self.lengths[i]) for i in indices])
+        keep = (targets != IGNORE).nonzero().squeeze(1)
+        segments, start = [], 0
+        for i in indices:
+            segments.append((start, self.lengths[i]))
+            start += self.lengths[i]
+        inputs = {
+            "input_ids": ids[None].to(device),
+            "position_ids": position_ids[None].to(device),
+            "logits_to_keep": keep.to(device),
+            SEGMENTS: tuple(segments),
+        }
+        return inputs, targets[keep].to(device)
+
+    def padded(self, indices: list[int], device: torch.device):
+        """A right-padded batch with its attention mask: for models without packed attention."""
+        width = max(self.lengths[i] for i in indices)
+        ids = torch.zeros(len(indices), width, dtype=torch.long)
+        mask = torch.zeros(len(indices), width, dtype=torch.long)
+        targets = torch.full((len(indices), width), IGNORE, dtype=torch.long)
+        for row, i in enumerate(indices):
+            n = self.lengths[i]
+            ids[row, :n], mask[row, :n], targets[row, :n] = self.ids[i], 1, self.targets[i]
+        keep = targets != IGNORE
+        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        return inputs, keep.to(device), targets[keep].to(device)
+
+
+def rank_share(batch: list[int], lengths: list[int], rank: int, world: int) -> list[int]:
+    """This rank's examples of a batch: longest first, each to the least loaded rank."""
+    if world == 1:
+        return list(batch)
+    loads = [0] * world
+    shares: list[list[int]] = [[] for _ in range(world)]
+    for i in sorted(batch, key=lambda i: (-lengths[i], i)):
+        r = min(range(world), key=lambda r: (loads[r], r))
+        shares[r].append(i)
+        loads[r] += lengths[i]
+    return shares[rank]
+
+
+def micro_batches(indices: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """Consecutive groups of at most `budget` tokens (an example longer than that goes alone)."""
+    groups: list[list[int]] = []
+    size = 0
+    for i in indices:
+        if groups and size + lengths[i] <= budget:
+            groups[-1].append(i)
+            size += lengths[i]
+        else:
+            groups.append([i])
+            size = lengths[i]
+    return groups

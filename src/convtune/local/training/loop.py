@@ -1,0 +1,329 @@
+"""The training loop: set up (`train`), run the steps (`TrainingLoop`), evaluate.
+
+Each step: the step's examples (`batching`), forward and backward in micro-batches under
+autocast, gradients summed across ranks, clipping, the optimizer's step; metrics after every
+step, validation now and then. What it does for speed on a CPU:
+
+- The output layer: SmolLM2's vocabulary has 49,152 words. Logits are computed only at the
+  positions that have a loss (a fifth of the tokens in chat data), through the model's own
+  ``logits_to_keep``.
+- Fused AdamW; one host synchronisation per step, for the metrics.
+
+Data parallel (under torchrun): each rank takes its share of every batch, gradients are summed
+across ranks once per step, and rank 0 alone reports metrics and saves. The loss is normalised
+by the whole batch's loss tokens, so one process and N processes compute the same update.
+
+Exact resume: dropout's random numbers come from (seed, step, rank) and the learning rate from
+the step, so a checkpoint (`checkpoints`) continues the run as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import ConvtuneError
+from ..training_data import TokenizedExample
+from .adapters import core_model, prepare_model, restore_model
+from .attention import is_packed, use_packed_attention
+from .batching import Examples, micro_batches, rank_share
+from .checkpoints import load_checkpoint, save_checkpoint
+from .config import StepMetrics, TrainConfig, TrainResult
+from .runtime import (
+    Distributed,
+    autocast_dtype,
+    fused_kwargs,
+    peak_memory_mb,
+    pick_device,
+    set_threads,
+)
+
+
+def train(
+    model: Any,
+    tokenizer: Any,
+    train: list[TokenizedExample],
+    valid: list[TokenizedExample] | None,
+    config: TrainConfig,
+    *,
+    on_metrics: Callable[[StepMetrics], None] = lambda metrics: None,
+    on_epoch_end: Callable[..., None] = lambda epoch, step: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    resume: Path | None = None,
+    on_stop: Callable[[int, Callable[[Path], Path]], None] | None = None,
+) -> TrainResult:
+    """Fine-tune `model` on `train`; metrics after every step, validation now and then.
+
+    `on_epoch_end(epoch, step)` runs after each epoch's last step (epochs count from 1); a
+    callback with a third parameter gets ``save(folder)``, which writes a checkpoint there.
+    `resume` is a checkpoint folder: the run continues from it exactly. Under torchrun only rank
+    0 calls `on_metrics` and `on_epoch_end`; `should_stop` is asked on every rank and any rank
+    stopping stops all of them after the current step; then rank 0 calls ``on_stop(step, save)``
+    (a pause keeps its place in a checkpoint there).
+    """
+    if not train:
+        raise ConvtuneError("no training examples")
+    dist = Distributed.start()
+    device = pick_device(dist.local_rank)
+    precision = autocast_dtype(config.precision, device)
+    threads_before = torch.get_num_threads()
+    set_threads(config.threads, device, dist.local_world)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # the adapters' initial weights, equal on every rank
+            model = prepare_model(model, config, device, precision)
+            return TrainingLoop(model, train, valid, config, dist, device, precision).run(
+                on_metrics, on_epoch_end, should_stop, resume, on_stop
+            )
+    finally:
+        restore_model(model)
+        torch.set_num_threads(threads_before)
+
+
+@dataclass
+class _Context:
+    """Where and how forward passes run."""
+
+    device: torch.device
+    precision: torch.dtype | None  # the autocast dtype, None for float32
+    dist: Distributed
+    packed: bool  # examples packed in one row (else padded batches)
+    micro_batch_tokens: int
+
+    def autocast(self):
+        if self.precision is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.precision)
+
+
+class TrainingLoop:
+    """One run's steps, from its first (or resumed) step to its last or to a stop."""
+
+    def __init__(self, model, train, valid, config, dist, device, precision) -> None:
+        self.model, self.config, self.dist = model, config, dist
+        packed = is_packed(core_model(model))
+        self.ctx = _Context(device, precision, dist, packed, config.micro_batch_tokens)
+        self.train_set = Examples(train)
+        self.valid_set = Examples(valid) if valid else None
+        self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        self.total_steps = config.max_steps or config.n_epochs * self.steps_per_epoch
+        self.eval_every = config.eval_every or max(1, round(self.total_steps / 10))
+        self.params = [p for _, p in model.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+            **fused_kwargs(device),
+        )
+        self.valid_cursor = 0
+
+    def run(self, on_metrics, on_epoch_end, should_stop, resume, on_stop=None) -> TrainResult:
+        config, dist = self.config, self.dist
+        step = 0
+        if resume is not None:
+            step = load_checkpoint(self.model, self.optimizer, resume, expect=self._identity())
+        dist.broadcast_(self.params)
+        wants_save = _accepts_save(on_epoch_end)
+        tokens = loss_tokens = 0
+        seconds = 0.0
+        train_loss = valid_loss = None
+        stopped = False
+        self.model.train()
+        while step < self.total_steps:
+            started = time.perf_counter()
+            batch = self.train_set.batch(step, self.steps_per_epoch, config.batch_size, config.seed)
+            lr = config.learning_rate * (1 - step / self.total_steps)  # linear decay, no warm-up
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(config.seed * 1_000_003 + step * 1_009 + dist.rank)  # dropout
+            sums = self._step(batch)
+            loss_sum, correct, count, step_tokens = dist.sum(sums)
+            elapsed = time.perf_counter() - started
+            step += 1
+            seconds += elapsed
+            tokens += int(step_tokens)
+            loss_tokens += int(count)
+            train_loss = loss_sum / max(count, 1)
+            epoch_end = step % self.steps_per_epoch == 0
+            valid = (None, None)
+            if self.valid_set is not None:
+                if epoch_end or step == self.total_steps:
+                    valid = _evaluate(self.model, self.valid_set, self.valid_set.all(), self.ctx)
+                    valid_loss = valid[0]
+                elif step % self.eval_every == 0:
+                    valid = _evaluate(self.model, self.valid_set, self._valid_batch(), self.ctx)
+            if dist.rank == 0:
+                on_metrics(
+                    StepMetrics(
+                        step=step,
+                        total_steps=self.total_steps,
+                        epoch=step / self.steps_per_epoch,
+                        train_loss=train_loss,
+                        train_mean_token_accuracy=correct / max(count, 1),
+                        valid_loss=valid[0],
+                        valid_mean_token_accuracy=valid[1],
+                        tokens_per_second=step_tokens / elapsed,
+                        learning_rate=lr,
+                    )
+                )
+                if epoch_end:
+                    self._epoch_end(on_epoch_end, wants_save, step)
+            if step < self.total_steps and dist.sum([1.0 if should_stop() else 0.0])[0]:
+                stopped = True
+                if on_stop is not None and dist.rank == 0:
+                    on_stop(step, self._saver(step))
+                break
+        return TrainResult(
+            model=self.model,
+            steps=step,
+            total_steps=self.total_steps,
+            stopped=stopped,
+            trained_tokens=tokens,
+            loss_tokens=loss_tokens,
+            seconds=seconds,
+            tokens_per_second=tokens / seconds if seconds else 0.0,
+            train_loss=train_loss,
+            valid_loss=valid_loss,
+            peak_memory_mb=peak_memory_mb(self.ctx.device),
+            precision="bf16" if self.ctx.precision is not None else "fp32",
+            device=str(self.ctx.device),
+        )
+
+    def _epoch_end(self, on_epoch_end: Callable, wants_save: bool, step: int) -> None:
+        epoch = step // self.steps_per_epoch
+        if not wants_save:
+            on_epoch_end(epoch, step)
+            return
+
+        on_epoch_end(epoch, step, self._saver(step))
+
+    def _saver(self, step: int) -> Callable[[Path], Path]:
+        """`save(folder)`: a checkpoint of the run as it is after `step`."""
+
+        def save(folder: Path) -> Path:
+            return save_checkpoint(
+                self.model,
+                self.optimizer,
+                folder,
+                step=step,
+                epoch=step // self.steps_per_epoch,
+                identity=self._identity(),
+            )
+
+        return save
+
+    def _identity(self) -> dict:
+        """What a checkpoint must match to be resumed by this run."""
+        c = self.config
+        return {
+            "examples": len(self.train_set),
+            "batch_size": c.batch_size,
+            "seed": c.seed,
+            "lora": c.lora,
+            "total_steps": self.total_steps,
+        }
+
+    def _step(self, batch: list[int]) -> list[float]:
+        """Forward and backward over the batch (this rank's share), then the optimizer's step."""
+        examples, ctx = self.train_set, self.ctx
+        total_loss_tokens = max(1, sum(examples.loss_tokens[i] for i in batch))
+        mine = rank_share(batch, examples.lengths, self.dist.rank, self.dist.world)
+        sums = torch.zeros(3, dtype=torch.float64)
+        for micro in micro_batches(mine, examples.lengths, ctx.micro_batch_tokens):
+            with ctx.autocast():
+                loss, correct, count = _forward(self.model, examples, micro, ctx)
+            (loss / total_loss_tokens).backward()
+            sums += torch.stack([loss.detach().double().cpu(), correct, count])
+        self.dist.sum_gradients_(self.params)
+        if self.config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return [*sums.tolist(), float(sum(examples.lengths[i] for i in mine))]
+
+    def _valid_batch(self) -> list[int]:
+        """The next batch of validation examples, in turn (OpenAI's step-wise validation loss)."""
+        n = len(self.valid_set)
+        size = min(n, self.config.batch_size)
+        chosen = [(self.valid_cursor + k) % n for k in range(size)]
+        self.valid_cursor = (self.valid_cursor + size) % n
+        return chosen
+
+
+def _forward(model: Any, examples: Examples, micro: list[int], ctx: _Context):
+    """Summed loss, correct next-token guesses and loss tokens of some examples."""
+    if ctx.packed:
+        inputs, targets = examples.packed(micro, ctx.device)
+        logits = model(**inputs, use_cache=False).logits[0]
+    else:
+        inputs, keep, targets = examples.padded(micro, ctx.device)
+        logits = model(**inputs, use_cache=False).logits[keep]
+    loss, correct = _loss_and_correct(logits, targets)
+    return loss, correct.double().cpu(), torch.tensor(float(targets.numel()), dtype=torch.float64)
+
+
+def _loss_and_correct(logits: torch.Tensor, targets: torch.Tensor):
+    """Summed cross-entropy (in float32) and the number of targets the logits rank first.
+
+    (A chunked cross-entropy that never holds float32 logits was measured: no faster.)
+    """
+    floats = logits.float()
+    loss = F.cross_entropy(floats, targets, reduction="sum")
+    return loss, (floats.detach().argmax(-1) == targets).sum()
+
+
+def _evaluate(
+    model: Any, examples: Examples, indices: list[int], ctx: _Context
+) -> tuple[float, float]:
+    """Mean loss and next-token accuracy over some examples (shared among ranks)."""
+    mine = rank_share(indices, examples.lengths, ctx.dist.rank, ctx.dist.world)
+    sums = torch.zeros(3, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():  # not inference_mode: the cached masks are reused by training
+        for micro in micro_batches(mine, examples.lengths, ctx.micro_batch_tokens):
+            with ctx.autocast():
+                loss, correct, count = _forward(model, examples, micro, ctx)
+            sums += torch.stack([loss.double().cpu(), correct, count])
+    model.train(was_training)
+    loss_sum, correct, count = ctx.dist.sum(sums.tolist())
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def evaluate(
+    model: Any, examples: list[TokenizedExample], config: TrainConfig | None = None
+) -> tuple[float, float]:
+    """Mean loss and next-token accuracy of `model` on `examples`, computed as training does."""
+    if not examples:
+        raise ConvtuneError("no examples to evaluate")
+    config = config or TrainConfig()
+    dist = Distributed.start()
+    device = pick_device(dist.local_rank)
+    model.to(device)
+    packed = use_packed_attention(core_model(model))
+    ctx = _Context(
+        device, autocast_dtype(config.precision, device), dist, packed, config.micro_batch_tokens
+    )
+    try:
+        data = Examples(examples)
+        return _evaluate(model, data, data.all(), ctx)
+    finally:
+        restore_model(model)
+
+
+def _accepts_save(callback: Callable) -> bool:
+    """Whether an `on_epoch_end` callback takes a third argument, ``save``."""
+    try:
+        parameters = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in parameters)

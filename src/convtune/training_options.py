@@ -1,0 +1,198 @@
+"""The options of a fine-tuning job, defined once.
+
+Every interface derives from the fields below, the way TRL's `SFTConfig` fields become its
+command-line flags: `convtune train`'s options (`cli/train_options.py`), the request model of
+`convtune serve` (`server/jobs_api.py`), what a job stores and its worker reads
+(`local/worker.py`), and the trainer's configuration (`local/training/config.py`). A field's
+`Spec` carries its help, its type and range, and where it applies:
+
+- `hyperparameter`: one of OpenAI's three (`n_epochs`, `batch_size`,
+  `learning_rate_multiplier`), "auto" or a value, which every backend takes;
+- otherwise a trainer option of the local backend, which the openai backend refuses;
+- `api`: whether a client of `convtune serve` may set it (a request cannot choose how many
+  processes train on the server's machine).
+
+Values are checked here, once, with every problem reported together (`OptionError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import OptionError
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one option accepts, and its help text (the CLI's and the docs')."""
+
+    help: str
+    kind: type  # int, float, bool or str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    auto: bool = False  # "auto" is a value: the backend chooses (OpenAI's hyperparameters)
+    nullable: bool = False  # None is a value: no limit
+    hyperparameter: bool = False  # one of OpenAI's hyperparameters: every backend takes it
+    api: bool = True  # a client of `convtune serve` may set it
+
+    def problem(self, name: str, value: Any) -> str | None:
+        """Why `value` is not acceptable for option `name`, or None if it is."""
+        if value is None and self.nullable:
+            return None
+        if value == AUTO and self.auto:
+            return None
+        if self.kind is bool:
+            return None if isinstance(value, bool) else f"{name} must be true or false"
+        if self.choices:
+            if value in self.choices:
+                return None
+            return f"{name} must be one of {', '.join(self.choices)}, not {value!r}"
+        if self.kind is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, self.kind) and not isinstance(value, bool)
+        if ok and (self.low is None or value >= self.low) and (
+            self.high is None or value <= self.high
+        ):
+            return None
+        return f"{name} must be {self.expected()}, not {value!r}"
+
+    def expected(self) -> str:
+        """'an integer from 1 to 50', "'auto' or a number from 1e-09 to 100"..."""
+        noun = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            noun += f" from {self.low:g} to {self.high:g}"
+        elif self.low is not None:
+            noun += f" of at least {self.low:g}"
+        return f"'auto' or {noun}" if self.auto else noun
+
+
+def _option(default: Any, help: str, kind: type, **spec: Any) -> Any:
+    return field(default=default, metadata={"spec": Spec(help, kind, **spec)})
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a job trains: OpenAI's hyperparameters and the local trainer's options."""
+
+    n_epochs: int | str = _option(
+        AUTO,
+        "Epochs, or auto (OpenAI's rule: more epochs for fewer examples).",
+        int,
+        low=1,
+        high=50,
+        auto=True,
+        hyperparameter=True,
+    )
+    batch_size: int | str = _option(
+        AUTO,
+        "Examples per step, or auto.",
+        int,
+        low=1,
+        high=256,
+        auto=True,
+        hyperparameter=True,
+    )
+    learning_rate_multiplier: float | str = _option(
+        AUTO,
+        "Times the base learning rate (2e-4 LoRA, 2e-5 full), or auto (1).",
+        float,
+        low=1e-9,
+        high=100.0,
+        auto=True,
+        hyperparameter=True,
+    )
+    lora_r: int = _option(16, "LoRA rank.", int, low=1, high=1024)
+    lora_alpha: int = _option(32, "LoRA alpha (the adapters' scale is alpha / rank).", int, low=1, high=4096)
+    full: bool = _option(False, "Full fine-tune instead of LoRA.", bool)
+    max_length: int = _option(
+        1024,
+        "Longest example in tokens; longer ones lose their oldest tokens.",
+        int,
+        low=16,
+        high=131072,
+    )
+    max_steps: int | None = _option(
+        None, "Stop after this many steps.", int, low=1, nullable=True
+    )
+    precision: str = _option(
+        AUTO,
+        "auto: bf16 where the hardware computes in it (CUDA, avx512_bf16/AMX CPUs), else fp32.",
+        str,
+        choices=(AUTO, "fp32", "bf16"),
+    )
+    nproc_per_node: int = _option(
+        1, "Processes to train with (torchrun, DDP): one per GPU.", int, low=1, high=1024, api=False
+    )
+
+    def __post_init__(self) -> None:
+        problems = [
+            problem
+            for name, spec in specs().items()
+            if (problem := spec.problem(name, getattr(self, name))) is not None
+        ]
+        if problems:
+            raise OptionError("; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainOptions:
+        """From a mapping of option names (a stored job, a request body); unknown names are
+        errors, as TRL's parser has them, not silently ignored."""
+        unknown = sorted(set(data) - set(specs()))
+        if unknown:
+            raise OptionError(
+                f"unknown training option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
+                hint="the options are " + ", ".join(specs()),
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """OpenAI's three, as its `method.supervised.hyperparameters` has them."""
+        return {n: getattr(self, n) for n, s in specs().items() if s.hyperparameter}
+
+    def trainer_options(self) -> dict[str, Any]:
+        """The local trainer's options (everything but the hyperparameters)."""
+        return {n: getattr(self, n) for n, s in specs().items() if not s.hyperparameter}
+
+    def changed_trainer_options(self) -> list[str]:
+        """The trainer options set to something else than their default."""
+        defaults = TrainOptions()
+        return [n for n, v in self.trainer_options().items() if v != getattr(defaults, n)]
+
+
+def specs() -> dict[str, Spec]:
+    """Every option's `Spec`, by name, in declaration order."""
+    return _SPECS
+
+
+def default(name: str) -> Any:
+    """An option's default value."""
+    return _DEFAULTS[name]
+
+
+def refuse_trainer_options(
+    names: Iterable[str], backend: str = "openai", *, flags: bool = False
+) -> None:
+    """The one refusal of local trainer options on a backend that has no trainer of ours;
+    `flags` names them as the command line spells them (`--lora-r`)."""
+    names = sorted(names)
+    if names:
+        listed = ", ".join(("--" + n.replace("_", "-")) if flags else n for n in names)
+        raise OptionError(
+            f"{listed}: options of the local backend only, not of the {backend} backend",
+            hint="OpenAI's parameters are n_epochs, batch_size, learning_rate_multiplier,"
+            " suffix, seed and metadata",
+        )
+
+
+_SPECS: dict[str, Spec] = {f.name: f.metadata["spec"] for f in dataclasses.fields(TrainOptions)}
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainOptions)}
