@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from convtune.errors import ConvtuneError, InputError
-from convtune.local.training_data import IGNORE, tokenize_file, tokenize_records
+from convtune.local.loss_masks import IGNORE, tokenize_file, tokenize_records
 
 from .tiny_models import make_tiny_model
 

@@ -19,6 +19,7 @@ from rich.table import Table
 from ..contract import FineTuningService, Ownership
 from ..errors import Conflict, ConvtuneError
 from . import render
+from .backend import Backend, backend_option, service_for
 from .tables import print_table, when
 
 
@@ -83,17 +84,43 @@ MODELS = Kind(
 )
 
 
-def delete_options(f):
-    f = click.option(
+def delete_subcommand(kind: Kind, summary: str, examples: list[str]) -> click.Command:
+    """The `delete` subcommand of a group (`files`, `models`): one id, or --all."""
+
+    @click.command(
+        "delete",
+        help=summary,
+        epilog="\b\nExamples:\n" + "\n".join(f"  {e}" for e in examples),
+    )
+    @click.argument("object_id", metavar=f"[{kind.noun.upper()}_ID]", required=False)
+    @click.option("--all", "delete_all", is_flag=True, help="Delete every one (asks first).")
+    @click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts).")
+    @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+    @click.option(
         "--include-foreign",
         is_flag=True,
         help="Also objects convtune did not create (remote services only).",
-    )(f)
-    f = click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")(f)
-    f = click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts).")(f)
-    return click.option(
-        "--all", "delete_all", is_flag=True, help="Delete every one (asks first, see --dry-run)."
-    )(f)
+    )
+    @backend_option
+    def delete(
+        object_id: str | None,
+        delete_all: bool,
+        yes: bool,
+        dry_run: bool,
+        include_foreign: bool,
+        backend: Backend,
+    ) -> None:
+        delete_command(
+            service_for(backend),
+            kind,
+            object_id,
+            delete_all=delete_all,
+            yes=yes,
+            dry_run=dry_run,
+            include_foreign=include_foreign,
+        )
+
+    return delete
 
 
 def delete_command(

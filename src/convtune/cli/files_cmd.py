@@ -12,7 +12,7 @@ from rich.table import Table
 from ..errors import OutputExistsError
 from . import render
 from .backend import Backend, backend_option, service_for
-from .deleting import FILES, delete_command, delete_options
+from .deleting import FILES, delete_subcommand
 from .tables import print_table, when
 
 
@@ -107,25 +107,13 @@ def write(content: bytes, output: Path | None, force: bool) -> None:
     render.err.print(f"wrote {output} ({len(content):,} bytes)", highlight=False, markup=False)
 
 
-@files.command("delete", epilog="\b\nExamples:\n  convtune files delete file-abc123\n  convtune files delete --all --dry-run --backend openai")
-@click.argument("file_id", required=False)
-@delete_options
-@backend_option
-def delete(
-    file_id: str | None,
-    delete_all: bool,
-    yes: bool,
-    dry_run: bool,
-    include_foreign: bool,
-    backend: Backend,
-) -> None:
-    """Delete one file, or --all of them (only those convtune uploaded, by default)."""
-    delete_command(
-        service_for(backend),
+files.add_command(
+    delete_subcommand(
         FILES,
-        file_id,
-        delete_all=delete_all,
-        yes=yes,
-        dry_run=dry_run,
-        include_foreign=include_foreign,
+        "Delete one file, or --all of them (only those convtune uploaded, by default).",
+        [
+            "convtune files delete file-abc123",
+            "convtune files delete --all --dry-run --backend openai",
+        ],
     )
+)

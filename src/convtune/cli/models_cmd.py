@@ -8,7 +8,7 @@ from rich.table import Table
 
 from . import render
 from .backend import Backend, backend_option, service_for
-from .deleting import MODELS, delete_command, delete_options
+from .deleting import MODELS, delete_subcommand
 from .tables import print_table, when
 
 
@@ -56,28 +56,14 @@ def list_models(include_base: bool, as_json: bool, backend: Backend) -> None:
     print_table(table)
 
 
-@models.command("delete", epilog="\b\nExamples:\n  convtune models delete ft:SmolLM2-135M-Instruct:support:ftjob-abc123\n  convtune models delete --all --dry-run --backend openai")
-@click.argument("model_id", required=False)
-@delete_options
-@backend_option
-def delete_model(
-    model_id: str | None,
-    delete_all: bool,
-    yes: bool,
-    dry_run: bool,
-    include_foreign: bool,
-    backend: Backend,
-) -> None:
-    """Delete a fine-tuned model, or --all of them (only convtune's, by default).
-
-    Base models are never deleted. Locally the model's files go too.
-    """
-    delete_command(
-        service_for(backend),
+models.add_command(
+    delete_subcommand(
         MODELS,
-        model_id,
-        delete_all=delete_all,
-        yes=yes,
-        dry_run=dry_run,
-        include_foreign=include_foreign,
+        "Delete a fine-tuned model, or --all of them (only convtune's, by default). Base models"
+        " are never deleted; locally the model's files go too.",
+        [
+            "convtune models delete ft:SmolLM2-135M-Instruct:support:ftjob-abc123",
+            "convtune models delete --all --dry-run --backend openai",
+        ],
     )
+)

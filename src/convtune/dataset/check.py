@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import OptionError
+from .examples import SHAREGPT_ROLE
 from .findings import Findings
 from .jsonl import read_lines
 from .modelinfo import default_model, resolve_model
@@ -23,7 +24,6 @@ CHAT_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
 MESSAGE_KEYS = {"role", "content", "name", "weight"}
 ROLES = ("system", "user", "assistant")
 SHAREGPT_KEYS = {"conversations", "system", "tools"}
-SHAREGPT_ROLES = ("system", "human", "gpt")
 
 
 def detect_format(record: object) -> str | None:
@@ -130,7 +130,7 @@ def _sharegpt(record: dict, findings: Findings, line: int) -> None:
             continue
         _unknown_keys(turn, {"from", "value"}, "turn", findings, line)
         who = turn.get("from")
-        if who not in SHAREGPT_ROLES:
+        if who not in SHAREGPT_ROLE:
             findings.error(
                 "bad_from", "a 'from' outside human, gpt and system", line, detail=repr(who)
             )
@@ -211,9 +211,9 @@ def example_tokens(record: dict, fmt: str, counter: TokenCounter) -> int:
     if fmt == "chat":
         return counter.count_messages(record["messages"])
     if fmt == "sharegpt":
-        roles = {"human": "user", "gpt": "assistant", "system": "system"}
         messages = [
-            {"role": roles[t["from"]], "content": t["value"]} for t in record["conversations"]
+            {"role": SHAREGPT_ROLE[t["from"]], "content": t["value"]}
+            for t in record["conversations"]
         ]
         if isinstance(record.get("system"), str):  # LLaMA-Factory's top-level system prompt
             messages.insert(0, {"role": "system", "content": record["system"]})

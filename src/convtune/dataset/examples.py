@@ -20,7 +20,9 @@ from .conversation import Conversation, Message
 
 FORMATS = ("chat", "prompt-completion", "sharegpt")
 LAYOUTS = ("turn", "conversation")
-SHAREGPT_ROLES = {"user": "human", "assistant": "gpt"}
+# ShareGPT's speakers and chat's roles, both ways: the one map every reader and writer uses
+SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt"}  # role -> "from"
+SHAREGPT_ROLE = {speaker: role for role, speaker in SHAREGPT_FROM.items()}  # "from" -> role
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class ExampleBuilder:
         if self.options.system:
             out.append({"from": "system", "value": self.options.system})
         for m in window:
-            who = SHAREGPT_ROLES[m.role]
+            who = SHAREGPT_FROM[m.role]
             if out and out[-1]["from"] == who:
                 out[-1]["value"] += "\n" + m.text
             else:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from ..dataset.check import check_file, format_and_actors
 from ..dataset.findings import first_error
-from ..dataset.modelinfo import default_epochs
 from ..digest import file_sha256
 from ..home import data_dir
 from ..objects import JobError
@@ -27,7 +26,6 @@ from ..training_options import TrainOptions
 from .process import process_alive
 from .store import Store, database_path, now
 
-BASE_LEARNING_RATE = {True: 2e-4, False: 2e-5}  # LoRA, full fine-tune
 CHECKPOINT_METRICS = (
     "step",
     "train_loss",
@@ -44,11 +42,6 @@ class Stop(Exception):
 class Gone(Exception):
     """The job left the line without this worker (cancelled, or run by another worker): leave
     without writing anything, its status is someone else's."""
-
-
-def auto_batch_size(n_examples: int) -> int:
-    """OpenAI scales the batch with the data (about 0.2% of it); on a CPU, 8 is the most useful."""
-    return max(1, min(8, round(n_examples * 0.002) or 1, n_examples))
 
 
 class JobRun:
@@ -154,8 +147,8 @@ class JobRun:
         import torch
 
         from .base_models import load_base_model, resolve_base_model
+        from .loss_masks import tokenize_file
         from .training import TrainConfig, merge_and_save, train
-        from .training_data import tokenize_file
 
         options = self.options
         ref = resolve_base_model(self.runtime.get("model_source") or self.job.model)
@@ -172,34 +165,10 @@ class JobRun:
                 level="warn",
             )
         n = len(train_examples)
-        lora = not options.full
-        n_epochs = default_epochs(n) if options.n_epochs == "auto" else int(options.n_epochs)
-        batch_size = auto_batch_size(n) if options.batch_size == "auto" else int(options.batch_size)
-        multiplier = (
-            1.0
-            if options.learning_rate_multiplier == "auto"
-            else float(options.learning_rate_multiplier)
-        )
+        config = TrainConfig.from_options(options, n, seed=self.job.seed)
+        n_epochs, batch_size = config.n_epochs, config.batch_size
         if self.rank == 0:
-            self.store.update_job(
-                self.job_id,
-                hyperparameters={
-                    "n_epochs": n_epochs,
-                    "batch_size": batch_size,
-                    "learning_rate_multiplier": multiplier,
-                },
-            )
-        config = TrainConfig(
-            n_epochs=n_epochs,
-            batch_size=batch_size,
-            learning_rate=BASE_LEARNING_RATE[lora] * multiplier,
-            lora=lora,
-            lora_r=options.lora_r,
-            lora_alpha=options.lora_alpha,
-            max_steps=options.max_steps,
-            seed=self.job.seed,
-            precision=options.precision,
-        )
+            self.store.update_job(self.job_id, hyperparameters=config.hyperparameters())
         resume_from = None
         checkpoints = self.store.list_checkpoints(self.job_id)
         if self.resume and checkpoints:
@@ -207,7 +176,7 @@ class JobRun:
         self.event(
             f"Training {self.job.model} on {n} examples ({train_stats.trained_tokens:,} trained tokens),"
             f" {n_epochs} epoch{'s' if n_epochs != 1 else ''}, batch size {batch_size}, "
-            + ("LoRA" if lora else "full fine-tune")
+            + ("LoRA" if config.lora else "full fine-tune")
             + (f", resuming from step {checkpoints[0][0].step_number}" if resume_from else "")
         )
         start_step = checkpoints[0][0].step_number if resume_from else 0

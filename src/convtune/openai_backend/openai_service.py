@@ -236,15 +236,8 @@ class OpenAIService(FineTuningService):
         if reuse:
             existing = self._identical(name, stat.st_size, purpose, digest)
             if existing is not None:
-                self.record.add_file(
-                    existing.id,
-                    filename=existing.filename,
-                    size=existing.bytes,
-                    purpose=purpose,
-                    sha256=digest,
-                    path=path.resolve(),
-                    mtime_ns=stat.st_mtime_ns,
-                    ours=False,
+                self._record_upload(
+                    existing.id, existing.filename, purpose, path, digest, ours=False
                 )
                 if progress is not None:
                     progress(stat.st_size, stat.st_size)
@@ -253,17 +246,25 @@ class OpenAIService(FineTuningService):
             created = self.client.files.create(file=(name, reader), purpose=purpose)
         if progress is not None:
             progress(stat.st_size, stat.st_size)
+        self._record_upload(created.id, name, purpose, path, digest, ours=True)
+        return self._processed(to_file(created))
+
+    def _record_upload(
+        self, file_id: str, filename: str, purpose: str, path: Path, digest: str, *, ours: bool
+    ) -> None:
+        """Remember where a file on the service came from (and whether convtune sent it): its
+        checks can then read the local copy, and deleting stays within what convtune sent."""
+        stat = path.stat()
         self.record.add_file(
-            created.id,
-            filename=name,
+            file_id,
+            filename=filename,
             size=stat.st_size,
             purpose=purpose,
             sha256=digest,
             path=path.resolve(),
             mtime_ns=stat.st_mtime_ns,
-            ours=True,
+            ours=ours,
         )
-        return self._processed(to_file(created))
 
     def _identical(self, name: str, size: int, purpose: str, digest: str) -> FileObject | None:
         known = self.record.files()

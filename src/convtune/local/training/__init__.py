@@ -16,14 +16,16 @@ needs to continue as if it had never stopped.
 """
 
 from .checkpoints import load_checkpoint, merge_and_save, save_checkpoint
-from .config import StepMetrics, TrainConfig, TrainResult
+from .config import WORKER_OPTIONS, StepMetrics, TrainConfig, TrainResult, auto_batch_size
 from .loop import evaluate, train
 from .runtime import cpu_computes_bf16
 
 __all__ = [
+    "WORKER_OPTIONS",
     "StepMetrics",
     "TrainConfig",
     "TrainResult",
+    "auto_batch_size",
     "cpu_computes_bf16",
     "evaluate",
     "load_checkpoint",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..training_data import IGNORE, TokenizedExample
+from ..loss_masks import IGNORE, TokenizedExample
 from .attention import SEGMENTS
 
 

@@ -1,39 +1,59 @@
 """What a training run is asked to do (`TrainConfig`) and what it reports (`StepMetrics`,
 `TrainResult`).
 
-Each option is a dataclass field with its type, default and help text in one place; the checks
-in `TrainConfig.__post_init__` report every bad option at once.
+The options a user gives (`TrainOptions`, defined once for the CLI, the server and the worker)
+reach the trainer through `TrainConfig.from_options`, which resolves OpenAI's "auto" values for
+the data at hand. The fields they share take their help text and range from that definition
+(`_option`); the fields only the trainer has (dropout, threads, micro-batches...) are defined
+here. `__post_init__` reports every bad value at once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ...dataset.modelinfo import default_epochs
 from ...errors import OptionError
+from ...training_options import AUTO, TrainOptions, default, specs
+
+BASE_LEARNING_RATE = {True: 2e-4, False: 2e-5}  # LoRA, full fine-tune (x the multiplier)
+# options that shape the job rather than the loop: the worker reads them (tokenizing, processes)
+WORKER_OPTIONS = ("max_length", "nproc_per_node")
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """OpenAI scales the batch with the data (about 0.2% of it); on a CPU, 8 is the most useful."""
+    return max(1, min(8, round(n_examples * 0.002) or 1, n_examples))
+
+
+def _option(name: str, value: Any = None) -> Any:
+    """A field that is one of the `TrainOptions`: its help and range from there; its default
+    too, unless the trainer needs a resolved value where the option says "auto"."""
+    spec = specs()[name]
+    return field(
+        default=default(name) if value is None else value,
+        metadata={"help": spec.help, "option": name},
+    )
 
 
 @dataclass
 class TrainConfig:
-    n_epochs: int = field(default=3, metadata={"help": "passes over the training examples"})
-    batch_size: int = field(
-        default=8, metadata={"help": "examples per optimizer step, over all processes"}
-    )
+    n_epochs: int = _option("n_epochs", 3)
+    batch_size: int = _option("batch_size", 8)
     learning_rate: float = field(
-        default=2e-4,
-        metadata={"help": "peak learning rate (LoRA default; the caller maps OpenAI's multiplier)"},
+        default=BASE_LEARNING_RATE[True],
+        metadata={"help": "peak learning rate (the base rate x learning_rate_multiplier)"},
     )
     lora: bool = field(default=True, metadata={"help": "train LoRA adapters, not every weight"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scale numerator (scale = alpha/r)"})
+    lora_r: int = _option("lora_r")
+    lora_alpha: int = _option("lora_alpha")
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA inputs"})
     lora_targets: str | list[str] = field(
         default="all-linear",
         metadata={"help": "modules that get adapters: 'all-linear' or a list of module names"},
     )
-    max_steps: int | None = field(
-        default=None, metadata={"help": "stop after this many steps (overrides n_epochs)"}
-    )
+    max_steps: int | None = _option("max_steps")
     seed: int = field(default=0, metadata={"help": "seed of the order, adapters and dropout"})
     eval_every: int | None = field(
         default=None,
@@ -42,13 +62,7 @@ class TrainConfig:
             " whole set at each epoch end); default: about 10 times per run"
         },
     )
-    precision: str = field(
-        default="auto",
-        metadata={
-            "help": "auto | fp32 | bf16: auto is bf16 autocast on CUDA and on CPUs that compute"
-            " in bf16 (avx512_bf16 or AMX), fp32 elsewhere"
-        },
-    )
+    precision: str = _option("precision")
     threads: int | None = field(
         default=None,
         metadata={"help": "CPU threads per process; default: physical cores / processes"},
@@ -69,10 +83,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("n_epochs", "batch_size", "lora_r", "lora_alpha", "micro_batch_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"{name} must be a positive integer, not {getattr(self, name)!r}")
-        for name in ("max_steps", "eval_every", "threads"):
+        for f in fields(self):
+            option = f.metadata.get("option")
+            if option is None:
+                continue
+            value = getattr(self, f.name)
+            if value == AUTO and option in ("n_epochs", "batch_size"):
+                problems.append(f"{f.name} must be a number here: resolve 'auto' first")
+            elif (problem := specs()[option].problem(f.name, value)) is not None:
+                problems.append(problem)
+        if not isinstance(self.micro_batch_tokens, int) or self.micro_batch_tokens < 1:
+            problems.append(
+                f"micro_batch_tokens must be a positive integer, not {self.micro_batch_tokens!r}"
+            )
+        for name in ("eval_every", "threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 problems.append(f"{name} must be a positive integer or None, not {value!r}")
@@ -80,10 +104,41 @@ class TrainConfig:
             problems.append(f"learning_rate must be positive, not {self.learning_rate!r}")
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout must be in [0, 1), not {self.lora_dropout!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            problems.append(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
         if problems:
             raise OptionError("; ".join(problems))
+
+    @classmethod
+    def from_options(
+        cls, options: TrainOptions, examples: int, *, seed: int = 0, **trainer: Any
+    ) -> TrainConfig:
+        """The run `options` ask for on `examples` training examples: OpenAI's "auto" resolved
+        as OpenAI resolves it (epochs by dataset size, the base learning rate x 1) and a batch
+        that suits a CPU. `trainer` sets the trainer-only fields."""
+        lora = not options.full
+        multiplier = options.learning_rate_multiplier
+        return cls(
+            n_epochs=default_epochs(examples) if options.n_epochs == AUTO else options.n_epochs,
+            batch_size=(
+                auto_batch_size(examples) if options.batch_size == AUTO else options.batch_size
+            ),
+            learning_rate=BASE_LEARNING_RATE[lora] * (1.0 if multiplier == AUTO else multiplier),
+            lora=lora,
+            lora_r=options.lora_r,
+            lora_alpha=options.lora_alpha,
+            max_steps=options.max_steps,
+            precision=options.precision,
+            seed=seed,
+            **trainer,
+        )
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """What the run resolved OpenAI's hyperparameters to (the job shows these)."""
+        multiplier = self.learning_rate / BASE_LEARNING_RATE[self.lora]
+        return {
+            "n_epochs": self.n_epochs,
+            "batch_size": self.batch_size,
+            "learning_rate_multiplier": round(multiplier, 12),
+        }
 
 
 @dataclass

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConvtuneError
-from ..training_data import TokenizedExample
+from ..loss_masks import TokenizedExample
 from .adapters import core_model, prepare_model, restore_model
 from .attention import is_packed, use_packed_attention
 from .batching import Examples, micro_batches, rank_share

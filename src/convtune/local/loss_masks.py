@@ -32,17 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from ..dataset.check import detect_format
+from ..dataset.examples import SHAREGPT_ROLE
 from ..errors import ConvtuneError, InputError
 
 IGNORE = -100  # the label of a position without loss (PyTorch's cross-entropy ignore_index)
 ROLES = {"system", "user", "assistant"}
-SHAREGPT_ROLES = {
-    "system": "system",
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-}
 
 
 @dataclass
@@ -209,7 +203,9 @@ def _messages(record: dict, line: int, *, sharegpt: bool) -> tuple[list[dict], l
         if not isinstance(m, dict):
             raise InputError(f"message {i} is not an object", line=line)
         if sharegpt:
-            role, content = SHAREGPT_ROLES.get(m.get("from")), m.get("value")
+            speaker = m.get("from")
+            role = SHAREGPT_ROLE.get(speaker, speaker if speaker in ROLES else None)
+            content = m.get("value")
             weight = 1
         else:
             role, content = m.get("role"), m.get("content")

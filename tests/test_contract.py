@@ -1,0 +1,98 @@
+"""The service contract: both backends implement it, declare what they can do, and the front
+ends read those declarations instead of probing the services."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+from convtune.contract import Capabilities, FineTuningService, Unsupported
+from convtune.local.local_service import LocalService
+from convtune.openai_backend import OpenAIService
+
+from .conftest import ROOT
+
+SRC = ROOT / "src" / "convtune"
+
+
+def test_both_backends_implement_every_operation_with_one_signature():
+    for cls in (LocalService, OpenAIService):
+        assert issubclass(cls, FineTuningService) and not inspect.isabstract(cls)
+        assert isinstance(cls.capabilities, Capabilities)
+        assert cls.name in ("local", "openai")
+    for name in ("upload_file", "list_jobs", "list_events", "chat"):
+        local = inspect.signature(getattr(LocalService, name)).parameters
+        remote = inspect.signature(getattr(OpenAIService, name)).parameters
+        assert list(local) == list(remote), name
+
+
+def test_what_a_backend_cannot_do_is_declared_and_refused_in_one_line(tmp_path):
+    service = OpenAIService(api_key="sk-test", base_url="http://127.0.0.1:9/v1", home=tmp_path)
+    assert not service.capabilities.numbered_events and not service.capabilities.file_paths
+    with pytest.raises(Unsupported, match="the openai backend has no numbered events"):
+        service.events_since("ftjob-abc")
+    with pytest.raises(Unsupported, match="keeps no files on this machine"):
+        service.file_path("file-abc")
+    local = LocalService()
+    assert local.capabilities.numbered_events and local.ownership() is None
+    assert local.notices() == [] and local.base_url is None
+
+
+def test_the_wind_down_is_a_notice_of_openai_itself(tmp_path):
+    assert OpenAIService(api_key="sk-test", home=tmp_path).notices()
+    assert not OpenAIService(
+        api_key="sk-test", base_url="http://127.0.0.1:8000/v1", home=tmp_path
+    ).notices()
+
+
+def _probes(path: Path) -> list[str]:
+    """getattr/hasattr calls whose object is a service (`service`, `ctx.service`...)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr")
+            and node.args
+            and "service" in ast.unparse(node.args[0])
+        ):
+            found.append(f"{path.relative_to(SRC)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_front_ends_never_probe_a_service():
+    fronts = [*SRC.glob("cli/*.py"), *SRC.glob("server/*.py"), SRC / "follow.py", SRC / "metrics.py"]
+    assert [p for path in fronts for p in _probes(path)] == []
+
+
+def test_imports_run_downward():
+    """Front ends -> services -> store/trainer/models -> dataset -> objects: a worker never
+    imports its parent's service, the server never the local backend's internals, the dataset
+    nothing above it."""
+
+    def imports(path: Path) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(("." * node.level) + node.module)
+        return names
+
+    worker = imports(SRC / "local" / "worker.py")
+    assert not any("local_service" in m for m in worker)
+    for path in SRC.glob("server/*.py"):
+        assert not any(m.startswith("..local") for m in imports(path)), path.name
+    for path in SRC.glob("dataset/*.py"):
+        above = ("..local", "..server", "..cli", "..openai_backend", "..contract")
+        assert not any(m.startswith(above) for m in imports(path)), path.name
+
+
+def test_no_source_file_is_over_600_lines():
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 600
+    }
+    assert long == {}
