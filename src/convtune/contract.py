@@ -75,6 +75,23 @@ class ChatRequest:
     stop: list[str] = field(default_factory=list)  # OpenAI's `stop`: strings that end the reply
 
 
+class ChatReply(Iterator[str]):
+    """A reply as it is generated: iterate for its pieces of text. Once they are exhausted,
+    `completion_tokens` and `finish_reason` ("stop" or "length", as OpenAI says it) are set, and
+    `prompt_tokens` (known from the start locally). A count the service did not give is None.
+
+    `close()` ends generation early (a reader that went away); it may wait for the generating
+    thread, so call it from a thread that may block.
+    """
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+
+    def close(self) -> None:
+        """Stop generating."""
+
+
 @dataclass
 class Ownership:
     """The ids of what convtune created on one service (deleting stays within them)."""
@@ -201,8 +218,8 @@ class FineTuningService(ABC):
         return True
 
     @abstractmethod
-    def chat(self, request: ChatRequest) -> Iterator[str]:
-        """The reply, piece by piece as it is generated."""
+    def chat(self, request: ChatRequest) -> ChatReply:
+        """The reply, piece by piece as it is generated, with its token counts at the end."""
 
     # -- what convtune made, and what to tell the user -----------------------------------------
 

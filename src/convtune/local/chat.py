@@ -18,16 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..contract import ChatRequest
+from ..contract import ChatReply, ChatRequest
 from ..errors import ConvtuneError
 
 
-class Reply(Iterator[str]):
-    """A reply as it is generated: iterate for its pieces; once they are exhausted,
-    `completion_tokens` and `finish_reason` ("stop" or "length", as OpenAI says it) are set.
+class Reply(ChatReply):
+    """A local model's reply (`ChatReply`), generated in a thread of its own.
 
-    `prompt_tokens` is known from the start. `close()` ends generation early (a client that
-    went away); it waits for the generating thread, so call it from a thread that may block.
+    `prompt_tokens` is known from the start; `close()` waits for the generating thread.
     """
 
     def __init__(self, prompt_tokens: int, max_tokens: int) -> None:

@@ -13,10 +13,16 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-from ..contract import Capabilities, ChatRequest, FineTuningService, JobRequest, Progress
+from ..contract import (
+    Capabilities,
+    ChatReply,
+    ChatRequest,
+    FineTuningService,
+    JobRequest,
+    Progress,
+)
 from ..digest import file_sha256
 from ..errors import Conflict, ConvtuneError, NotFound, OptionError
 from ..home import data_dir
@@ -406,7 +412,7 @@ class LocalService(FineTuningService):
             return False
         return True
 
-    def chat(self, request: ChatRequest) -> Iterator[str]:
+    def chat(self, request: ChatRequest) -> ChatReply:
         from .chat import LocalChat
 
         key = self._chat_key(request.model)

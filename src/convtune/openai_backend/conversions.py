@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from ..contract import ChatReply
 from ..objects import Checkpoint, FileObject, Job, JobError, JobEvent
 
 
@@ -107,3 +109,37 @@ class ProgressReader(io.FileIO):
         if self._progress is not None:
             self._progress(self.tell(), self._total)
         return chunk
+
+
+class RemoteReply(ChatReply):
+    """A streamed chat completion as a `ChatReply`: its text deltas, then the finish reason and
+    the usage chunk (services that send none leave the counts None). `errors()` wraps each read
+    of the stream, so a failure midway is a `ConvtuneError` like any other call's."""
+
+    def __init__(self, stream, errors: Callable[[], AbstractContextManager]) -> None:
+        self._stream = stream
+        self._errors = errors
+        self._pieces = self._read()
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def _read(self) -> Iterator[str]:
+        try:
+            with self._errors():
+                for chunk in self._stream:
+                    usage = getattr(chunk, "usage", None)
+                    if usage is not None:
+                        self.prompt_tokens = usage.prompt_tokens
+                        self.completion_tokens = usage.completion_tokens
+                    for choice in chunk.choices or ():
+                        if choice.finish_reason:
+                            self.finish_reason = choice.finish_reason
+                        if choice.delta is not None and choice.delta.content:
+                            yield choice.delta.content
+        finally:
+            self._stream.close()
+
+    def close(self) -> None:
+        self._pieces.close()
+        self._stream.close()

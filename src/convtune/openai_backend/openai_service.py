@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from ..contract import (
     Capabilities,
+    ChatReply,
     ChatRequest,
     FineTuningService,
     JobRequest,
@@ -40,6 +41,7 @@ from ..results_csv import decode_base64_results
 from ..training_options import refuse_trainer_options
 from .conversions import (
     ProgressReader,
+    RemoteReply,
     server_message,
     to_checkpoint,
     to_event,
@@ -483,28 +485,26 @@ class OpenAIService(FineTuningService):
         with self._api(f"delete model {model_id}"):
             self.client.models.delete(model_id)
 
-    def chat(self, request: ChatRequest) -> Iterator[str]:
-        """Stream the reply (chat.completions with stream=True)."""
+    def chat(self, request: ChatRequest) -> ChatReply:
+        """Stream the reply (chat.completions with stream=True, asking for the usage chunk)."""
         params: dict[str, Any] = {
             "model": request.model,
             "messages": request.messages,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "stream": True,
+            "stream_options": {"include_usage": True},
         }
         if request.top_p != 1.0:
             params["top_p"] = request.top_p
         if request.seed is not None:
             params["seed"] = request.seed
-        with self._api(f"chat with {request.model}"):
+        if request.stop:
+            params["stop"] = request.stop
+        what = f"chat with {request.model}"
+        with self._api(what):
             stream = self.client.chat.completions.create(**params)
-            try:
-                for chunk in stream:
-                    for choice in chunk.choices or ():
-                        if choice.delta is not None and choice.delta.content:
-                            yield choice.delta.content
-            finally:
-                stream.close()
+        return RemoteReply(stream, lambda: self._api(what))
 
     # -- what convtune created -----------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ..contract import ChatRequest
+from ..contract import ChatReply, ChatRequest
 from ..errors import ConvtuneError
 from ..objects import new_id
 from . import ids, pages
@@ -106,9 +106,9 @@ class _Meta:
         self.metadata = body.metadata
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def usage(self, reply: Any) -> dict[str, Any]:
-        prompt = int(getattr(reply, "prompt_tokens", 0))
-        completion = int(getattr(reply, "completion_tokens", 0))
+    def usage(self, reply: ChatReply) -> dict[str, Any]:
+        prompt = reply.prompt_tokens or 0
+        completion = reply.completion_tokens or 0
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -128,7 +128,7 @@ class _Meta:
             "system_fingerprint": "convtune",
         }
 
-    def completion(self, text: str, reply: Any) -> dict[str, Any]:
+    def completion(self, text: str, reply: ChatReply) -> dict[str, Any]:
         body = {
             **self._head("chat.completion"),
             "choices": [
@@ -141,7 +141,7 @@ class _Meta:
                         "annotations": [],
                     },
                     "logprobs": None,
-                    "finish_reason": getattr(reply, "finish_reason", None) or "stop",
+                    "finish_reason": reply.finish_reason or "stop",
                 }
             ],
             "usage": self.usage(reply),
@@ -159,7 +159,7 @@ class _Meta:
             data["usage"] = None
         return _event(data)
 
-    def usage_chunk(self, reply: Any) -> str:
+    def usage_chunk(self, reply: ChatReply) -> str:
         return _event(
             {**self._head("chat.completion.chunk"), "choices": [], "usage": self.usage(reply)}
         )
@@ -180,7 +180,7 @@ async def _stream(ctx: Context, request: ChatRequest, meta: _Meta) -> AsyncItera
             while (piece := await anyio.to_thread.run_sync(_next, reply)) is not None:
                 pieces.append(piece)
                 yield meta.chunk({"content": piece})
-            finish = getattr(reply, "finish_reason", None) or "stop"
+            finish = reply.finish_reason or "stop"
             yield meta.chunk({}, finish)
             if meta.include_usage:
                 yield meta.usage_chunk(reply)
@@ -212,17 +212,15 @@ def _import_torch() -> None:
     from transformers import AutoModelForCausalLM, TextIteratorStreamer  # noqa: F401
 
 
-def _next(reply: Any) -> str | None:
+def _next(reply: ChatReply) -> str | None:
     return next(reply, None)
 
 
-async def _close(reply: Any) -> None:
+async def _close(reply: ChatReply) -> None:
     """End a reply's generation, even from a request being cancelled (a client gone, shutdown):
     in a thread, since it waits for torch, and shielded, since it must run to its end."""
-    close = getattr(reply, "close", None)
-    if close is not None:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(close)
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(reply.close)
 
 
 def _event(data: dict[str, Any]) -> str:
