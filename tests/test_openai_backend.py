@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from convtune.backoff import MAX_BACKOFF
 from convtune.contract import ChatRequest, JobRequest
 from convtune.errors import Conflict, ConvtuneError, NotFound, OptionError, TransientError
-from convtune.follow import MAX_BACKOFF, follow
+from convtune.follow import follow
 from convtune.objects import Job
 from convtune.openai_backend import OpenAIService, wind_down_warning
 from convtune.training_options import TrainOptions

@@ -41,6 +41,7 @@ class Capabilities:
     lists_base_models: bool  # `list_models` lists base models beside the fine-tuned (ft:) ones
     deletes_model_files: bool  # deleting a model removes its weights from this machine
     pause: bool = True  # running jobs pause (with a checkpoint) and resume
+    scores_references: bool = False  # `score_references`: loss and accuracy by teacher forcing
 
 
 @dataclass
@@ -220,6 +221,14 @@ class FineTuningService(ABC):
     @abstractmethod
     def chat(self, request: ChatRequest) -> ChatReply:
         """The reply, piece by piece as it is generated, with its token counts at the end."""
+
+    def score_references(
+        self, model: str, records: list[dict], *, max_length: int = 1024
+    ) -> tuple[float, float]:
+        """The model's mean loss and next-token accuracy on the trained parts of `records`
+        (fine-tuning examples), by teacher forcing with the trainer's own loss masks: OpenAI's
+        `valid_loss` and `valid_mean_token_accuracy` (`capabilities.scores_references`)."""
+        raise Unsupported(f"the {self.name} backend cannot score references by teacher forcing")
 
     # -- what convtune made, and what to tell the user -----------------------------------------
 

@@ -13,12 +13,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .backoff import PATIENCE, Backoff
 from .contract import FineTuningService
 from .errors import TransientError
 from .objects import Job, JobEvent
-
-MAX_BACKOFF = 60.0  # seconds between two tries, at most
-PATIENCE = 1800.0  # give up after this long without one successful poll
 
 
 @dataclass
@@ -76,25 +74,15 @@ def follow(
             sleep(poll)
     seen: set[str] = set()
     paused_polls = 0
-    failing_since: float | None = None
-    failures = 0
+    backoff = Backoff(poll, patience, sleep, clock, on_retry)
     while True:
         try:
             job = service.get_job(job_id)
             fresh = _new_events(service, job_id, seen)
         except TransientError as error:
-            now = clock()
-            if failing_since is None:
-                failing_since = now
-            elif now - failing_since >= patience:
-                raise
-            delay = min(MAX_BACKOFF, max(poll, 1.0) * 2**failures)
-            failures += 1
-            if on_retry is not None:
-                on_retry(error, delay)
-            sleep(delay)
+            backoff.wait(error)
             continue
-        failing_since, failures = None, 0
+        backoff.reset()
         for event in fresh:
             seen.add(event.id)
             yield event

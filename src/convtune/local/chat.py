@@ -109,6 +109,18 @@ class LocalChat:
         model.eval()
         return cls(model, tokenizer, fmt, actors)
 
+    def score(self, records: list[dict], *, max_length: int = 1024) -> tuple[float, float]:
+        """Mean loss and next-token accuracy on the trained parts of `records` (teacher forcing
+        with training's loss masks); replies on this model wait meanwhile."""
+        from .loss_masks import tokenize_records
+        from .training import evaluate
+
+        examples, _ = tokenize_records(records, self.tokenizer, max_length=max_length)
+        if not examples:
+            raise ConvtuneError("no example has a trained token to score")
+        with self._lock:
+            return evaluate(self.model, examples)
+
     def prompt(self, messages: list[dict[str, str]]) -> tuple[str, list[str]]:
         """The text the model continues, and the strings that end its reply."""
         if self.format == "prompt-completion":

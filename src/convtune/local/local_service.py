@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..contract import (
     Capabilities,
@@ -39,6 +40,9 @@ from ..objects import (
     now,
 )
 from . import process
+
+if TYPE_CHECKING:  # loading a chat model needs torch; resolving a job does not
+    from .chat import LocalChat
 from .store import LAUNCH_GRACE, Store, database_path
 
 SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
@@ -62,6 +66,7 @@ class LocalService(FineTuningService):
         resume_ended=True,
         lists_base_models=False,
         deletes_model_files=True,
+        scores_references=True,
     )
 
     def __init__(self, home: Path | None = None, *, max_running: int | None = None) -> None:
@@ -71,7 +76,7 @@ class LocalService(FineTuningService):
         self.max_running = max_running
         self.store = Store(database_path(self.home))
         self._children: dict[str, subprocess.Popen] = {}
-        self._chat_models: dict[str, object] = {}
+        self._chat_models: dict[str, LocalChat] = {}
         self._loading: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._uploading = threading.Lock()
@@ -412,22 +417,33 @@ class LocalService(FineTuningService):
             return False
         return True
 
+    def score_references(
+        self, model: str, records: list[dict], *, max_length: int = 1024
+    ) -> tuple[float, float]:
+        """Teacher forcing on `records` with the loss masks training uses (the model loaded
+        once, shared with chat; chats on it wait meanwhile)."""
+        return self._chat_model(model).score(records, max_length=max_length)
+
     def chat(self, request: ChatRequest) -> ChatReply:
+        return self._chat_model(request.model).reply(request)
+
+    def _chat_model(self, model: str) -> LocalChat:
+        """The loaded model, from the cache of the most recently used ones."""
         from .chat import LocalChat
 
-        key = self._chat_key(request.model)
+        key = self._chat_key(model)
         with self._guard:  # one load per model, however many threads ask for it at once
             loading = self._loading.setdefault(key, threading.Lock())
         with loading:
             with self._guard:
                 chat = self._chat_models.pop(key, None)
             if chat is None:
-                chat = LocalChat.load(self, request.model)
+                chat = LocalChat.load(self, model)
             with self._guard:
                 self._chat_models[key] = chat  # most recently used last
                 while len(self._chat_models) > CHAT_MODELS_KEPT:  # replies under way go on
                     self._chat_models.pop(next(iter(self._chat_models)))
-        return chat.reply(request)  # type: ignore[attr-defined]
+        return chat
 
     def _chat_key(self, model: str) -> str:
         """One cache entry per model, however its path is spelled (`/a/b`, `/a//b`, `/a/./b`)."""
