@@ -76,6 +76,10 @@ class FakeOpenAI:
         self.faults: list[Fault] = []
         self.requests: list[dict] = []  # method, path, query, json, host
         self.downloadable = True  # False: like OpenAI, fine-tune files cannot be downloaded
+        # chat: the reply to a conversation (default: the same words every time), and a delay
+        # before it, so that a test can stop a client in the middle of a run
+        self.answer = None  # Callable[[list[dict]], str] | None
+        self.chat_delay = 0.0
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -479,6 +483,11 @@ class _Handler(BaseHTTPRequestHandler):
         if body["model"] not in fake.models:
             return self._error(404, f"The model {body['model']} does not exist")
         words = ["Hello", " from", " the", " fake", " service"]
+        if fake.answer is not None:
+            words = fake.answer(body["messages"]).split(" ")
+            words = [words[0], *(" " + w for w in words[1:])]
+        if fake.chat_delay:
+            time.sleep(fake.chat_delay)
         if not body.get("stream"):
             return self._send(
                 200,
@@ -514,6 +523,21 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
             }
             chunk(f"data: {json.dumps(delta)}\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+            usage = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": len(words),
+                    "total_tokens": prompt + len(words),
+                },
+            }
+            chunk(f"data: {json.dumps(usage)}\n\n")
         chunk("data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
 

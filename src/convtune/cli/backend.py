@@ -24,20 +24,29 @@ class Backend:
         return self.name
 
 
-def resolve(backend: str | None, base_url: str | None, api_key: str | None) -> Backend:
-    """--base-url alone means openai; --backend local with openai's options is a usage error."""
+def resolve(
+    backend: str | None, base_url: str | None, api_key: str | None, *, mixed: bool = False
+) -> Backend:
+    """--base-url alone means openai; --backend local with openai's options is a usage error,
+    unless the command takes models of several backends (`mixed`: MODEL@openai beside local
+    models, for which --api-key is the key)."""
     name = backend or ("openai" if base_url else "local")
-    if name == "local" and (base_url or api_key):
+    if name == "local" and (base_url or (api_key and not mixed)):
         raise click.UsageError("--base-url and --api-key are options of --backend openai")
     return Backend(name, base_url or None, api_key or None)
 
 
-def backend_option(f):
-    """Add --backend, --base-url and --api-key; the command receives one `backend` (a Backend)."""
+def backend_option(f=None, *, mixed: bool = False):
+    """Add --backend, --base-url and --api-key; the command receives one `backend` (a Backend).
+
+    `mixed`: the command names models of several backends (MODEL@BACKEND); --backend and
+    --base-url are then the default for models without one."""
+    if f is None:
+        return functools.partial(backend_option, mixed=mixed)
 
     @functools.wraps(f)
     def command(*args, backend, base_url, api_key, **kwargs):
-        return f(*args, backend=resolve(backend, base_url, api_key), **kwargs)
+        return f(*args, backend=resolve(backend, base_url, api_key, mixed=mixed), **kwargs)
 
     command = click.option(
         "--api-key",

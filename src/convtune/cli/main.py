@@ -10,6 +10,7 @@ import click
 from ..errors import ConvtuneError
 from .chat_cmd import chat
 from .check_cmd import check
+from .eval_cmd import eval_command, record
 from .files_cmd import files
 from .jobs_cmd import jobs
 from .models_cmd import models
@@ -26,6 +27,7 @@ Examples:
   convtune train out/conversations.train.jsonl --validation-file out/conversations.valid.jsonl
   convtune chat ft:SmolLM2-135M-Instruct::ftjob-abc123 --message "Hello"
   convtune plot ftjob-abc123 -o loss.png
+  convtune eval SmolLM2-135M-Instruct ft:SmolLM2-135M-Instruct::ftjob-abc123 --data out/x.valid.jsonl
 """
 
 
@@ -38,7 +40,9 @@ def cli() -> None:
     """
 
 
-for command in (prepare, check, train, follow, jobs, models, files, chat, plot, serve):
+for command in (
+    prepare, check, train, follow, jobs, models, files, chat, eval_command, record, plot, serve
+):
     cli.add_command(command)
 
 

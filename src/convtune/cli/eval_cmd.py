@@ -1,0 +1,351 @@
+"""`convtune eval` and `convtune record`: does the fine-tune work, and keep what a model said."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..contract import FineTuningService
+from ..errors import OptionError, OutputExistsError, TransientError
+from ..evaluation.answers import AnswerCache, Settings, ask
+from ..evaluation.golden import write_golden
+from ..evaluation.graders import DEFAULT_GRADERS, parse_graders
+from ..evaluation.prompts import read_prompts
+from ..evaluation.results import EvalResult
+from ..evaluation.run import CachedJudge, evaluate, with_references
+from ..evaluation.run import Progress as RunProgress
+from ..evaluation.targets import Target, parse_target
+from ..home import data_dir
+from . import render
+from .backend import Backend, backend_option, service_for
+from .tables import print_table
+
+
+def generation_options(f):
+    """How answers are asked, shared by eval and record: deterministic by default."""
+    f = click.option(
+        "--cache",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Answers file (default: eval/answers.jsonl in the data folder); every answer is"
+        " appended as it arrives, so a rerun or a resumed run asks nothing twice.",
+    )(f)
+    f = click.option("--no-cache", is_flag=True, help="Ask every prompt again.")(f)
+    f = click.option(
+        "--concurrency",
+        type=click.IntRange(1, 64),
+        default=4,
+        show_default=True,
+        help="Prompts asked at once of a remote model (a local one answers one at a time).",
+    )(f)
+    f = click.option("--seed", type=int, default=0, show_default=True)(f)
+    f = click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N examples.")(f)
+    f = click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)(f)
+    f = click.option(
+        "--temperature",
+        type=click.FloatRange(0, 2),
+        default=0.0,
+        show_default=True,
+        help="0: greedy, the same answers every run.",
+    )(f)
+    return f
+
+
+def _cache(path: Path | None, no_cache: bool) -> AnswerCache:
+    if no_cache:
+        return AnswerCache(None)
+    return AnswerCache(path or data_dir() / "eval" / "answers.jsonl")
+
+
+def _services(backend: Backend):
+    """One service per backend and address, made on first use."""
+
+    @functools.cache
+    def service(name: str, base_url: str | None) -> FineTuningService:
+        return service_for(Backend(name, base_url, backend.api_key))
+
+    return lambda target: service(target.backend, target.base_url)
+
+
+def _targets(models: tuple[str, ...], backend: Backend) -> list[Target]:
+    return [parse_target(m, backend=backend.name, base_url=backend.base_url) for m in models]
+
+
+@click.command(
+    "eval",
+    short_help="Score models' answers against a validation file, with confidence intervals.",
+    epilog="""
+\b
+Examples:
+  convtune eval SmolLM2-135M-Instruct ft:SmolLM2-135M-Instruct::ftjob-abc --data out/x.valid.jsonl
+  convtune eval ft:gpt-4o-mini-2024-07-18:acme::AbC@openai ft:SmolLM2-135M-Instruct::ftjob-abc@local \\
+      --data out/x.valid.jsonl --report eval.html
+  convtune eval ft:SmolLM2-135M-Instruct::ftjob-abc --reference golden.jsonl --json
+  convtune eval m1 m2 --data v.jsonl --grader string_check:ilike --grader score_model:rubric.txt --judge gpt-4.1-mini@openai
+""",
+)
+@click.argument("models", nargs=-1, required=True, metavar="MODEL[@BACKEND]...")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Chat, prompt-completion or sharegpt JSONL: each example's last trained reply is the"
+    " reference, everything before it the prompt.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A golden file from `convtune record`: its answers are the references (its prompts"
+    " too, without --data).",
+)
+@click.option(
+    "--grader",
+    "graders",
+    multiple=True,
+    help="fuzzy_match, bleu, gleu, rouge_1..rouge_5, rouge_l, string_check:eq|ne|like|ilike,"
+    " score_model:RUBRIC_FILE (default: fuzzy_match, bleu, rouge_l).",
+)
+@click.option("--judge", default=None, metavar="MODEL[@BACKEND]", help="The model that grades score_model.")
+@generation_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (shape in the README).")
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write a self-contained HTML page: summary, chart, every example side by side.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing --report file.")
+@click.option("--no-teacher-forcing", is_flag=True, help="Skip the validation loss of local models.")
+@backend_option(mixed=True)
+def eval_command(
+    models: tuple[str, ...],
+    data: Path | None,
+    reference: Path | None,
+    graders: tuple[str, ...],
+    judge: str | None,
+    temperature: float,
+    max_tokens: int,
+    limit: int | None,
+    seed: int,
+    concurrency: int,
+    no_cache: bool,
+    cache: Path | None,
+    as_json: bool,
+    report: Path | None,
+    force: bool,
+    no_teacher_forcing: bool,
+    backend: Backend,
+) -> None:
+    """Score every model's answer to every prompt of a validation file.
+
+    Each metric comes with a 95% bootstrap interval, and each model after the first with its
+    difference to the first: an interval that excludes 0 is a real difference. Models may come
+    from different backends: MODEL@local, MODEL@openai, MODEL@http://host:port/v1.
+    """
+    if data is None and reference is None:
+        raise click.UsageError("give --data FILE (or --reference GOLDEN.jsonl)")
+    if report is not None:
+        _check_output(report, force, ".html")
+    settings = Settings(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    answers = _cache(cache, no_cache)
+    services = _services(backend)
+    judge_fn = None
+    if judge is not None:
+        judge_target = parse_target(judge, backend=backend.name, base_url=backend.base_url)
+        judge_fn = CachedJudge(judge_target, services, answers)
+    chosen = parse_graders(graders or DEFAULT_GRADERS, judge=judge_fn)
+    prompts = read_prompts(data or reference, limit=limit)  # type: ignore[arg-type]
+    if reference is not None and data is not None:
+        prompts = with_references(prompts, reference)
+    targets = _targets(models, backend)
+    with _progress() as progress:
+        result = evaluate(
+            prompts,
+            targets,
+            chosen,
+            services,
+            answers,
+            settings=settings,
+            concurrency=concurrency,
+            seed=seed,
+            teacher_forcing=not no_teacher_forcing,
+            progress=progress,
+        )
+    if report is not None:
+        from ..dataset.jsonl import AtomicWriter
+        from ..evaluation.report_html import render_html
+
+        with AtomicWriter(report, force=force) as out:
+            out.write(render_html(result))
+    if as_json:
+        render.print_json(result.to_json())
+    else:
+        show_result(result)
+        if report is not None:
+            render.out.print(f"\nwrote {report}", highlight=False)
+    if prompts.unasked:
+        render.err.print(
+            f"{len(prompts.unasked)} example(s) asked nothing (a reply opens the conversation):"
+            f" lines {', '.join(map(str, prompts.unasked[:5]))}",
+            highlight=False,
+        )
+    if any(m.errors for m in result.models):
+        raise click.exceptions.Exit(1)
+
+
+@click.command(
+    "record",
+    short_help="Write a model's answers as a chat fine-tuning file (a golden set).",
+    epilog="""
+\b
+Examples:
+  convtune record ft:gpt-4o-mini-2024-07-18:acme::AbC --backend openai --data out/x.valid.jsonl -o golden.jsonl
+  convtune record ft:SmolLM2-135M-Instruct::ftjob-abc --data out/x.valid.jsonl -o golden.jsonl
+""",
+)
+@click.argument("model", metavar="MODEL[@BACKEND]")
+@click.option("--data", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The prompts: a chat, prompt-completion or sharegpt JSONL.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The golden chat JSONL to write.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@generation_options
+@backend_option
+def record(
+    model: str,
+    data: Path,
+    output: Path,
+    force: bool,
+    temperature: float,
+    max_tokens: int,
+    limit: int | None,
+    seed: int,
+    concurrency: int,
+    no_cache: bool,
+    cache: Path | None,
+    backend: Backend,
+) -> None:
+    """Write MODEL's answers to every prompt of --data as chat examples.
+
+    The file passes `convtune check`, is the reference of `eval --reference`, and trains an open
+    model on what this one said. Answers are cached as they arrive: a rerun asks only the rest.
+    """
+    _check_output(output, force, ".jsonl")
+    prompts = read_prompts(data, limit=limit)
+    target = parse_target(model, backend=backend.name, base_url=backend.base_url)
+    settings = Settings(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    with _progress() as progress:
+        progress.model(target, len(prompts.prompts))
+        answers = ask(
+            _services(backend)(target),
+            target,
+            prompts.prompts,
+            settings,
+            _cache(cache, no_cache),
+            concurrency=concurrency,
+            on_answer=lambda prompt, answer: progress.answer(target, prompt, answer),
+            on_retry=progress.retry,
+        )
+    written = write_golden(output, prompts.prompts, answers, force=force)
+    render.out.print(
+        f"wrote {written.path}: {written.examples} examples"
+        + (f" ({written.cached} answers from the cache)" if written.cached else ""),
+        highlight=False,
+    )
+
+
+def _check_output(path: Path, force: bool, suffix: str) -> None:
+    """Before anything is asked (or paid for): the output must be writable as asked."""
+    if path.suffix.lower() != suffix:
+        raise OptionError(f"{path} should end in {suffix}")
+    if path.exists() and not force:
+        raise OutputExistsError("already exists", path=path, hint="use --force to overwrite it")
+    if not path.parent.exists():
+        raise OptionError(f"the folder {path.parent} does not exist")
+
+
+class _progress:
+    """A progress bar per model on stderr (a terminal only), and retries as yellow lines."""
+
+    def __enter__(self) -> RunProgress:
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=render.err,
+            transient=True,
+            disable=not render.err.is_terminal,
+        )
+        self.bar.__enter__()
+        tasks: dict[str, int] = {}
+
+        def model(target: Target, total: int) -> None:
+            tasks[target.label] = self.bar.add_task(escape(target.label), total=total)
+
+        def answer(target: Target, prompt, answer) -> None:
+            self.bar.advance(tasks[target.label])
+
+        def retry(error: TransientError, delay: float) -> None:
+            render.err.print(f"[yellow]{escape(str(error))}; trying again in {delay:.0f} s[/]")
+
+        return RunProgress(model, answer, retry)
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+
+def show_result(result: EvalResult) -> None:
+    """The summary table: per model, each metric's mean and interval, latency, speed, cost."""
+    out = render.out
+    out.print(
+        f"{result.example_count} examples of {result.data}; 95% bootstrap intervals"
+        f" (seed {result.seed})",
+        highlight=False,
+    )
+    table = Table(box=None, padding=(0, 2))
+    table.add_column("model", no_wrap=True)
+    for name in result.graders:
+        table.add_column(name, justify="right")
+    for column in ("valid loss", "p50 s", "p90 s", "tok/s", "cost", "errors"):
+        table.add_column(column, justify="right")
+    for m in result.models:
+        row = [escape(m.model)]
+        for name in result.graders:
+            i = m.metrics.get(name)
+            row.append("—" if i is None else f"{i.mean:.3f} [{i.low:.3f}, {i.high:.3f}]")
+        row += [
+            _num(m.valid_loss, "{:.3f}"),
+            _num(m.latency_p50, "{:.2f}"),
+            _num(m.latency_p90, "{:.2f}"),
+            _num(m.tokens_per_second, "{:.1f}"),
+            _num(m.cost_usd, "${:.4f}"),
+            f"[red]{m.errors}[/]" if m.errors else "0",
+        ]
+        table.add_row(*row)
+    print_table(table)
+    if result.differences:
+        out.print()
+        diff = Table(box=None, padding=(0, 2))
+        for column in ("metric", "model", "minus", "difference [95% interval]", ""):
+            diff.add_column(column)
+        for d in result.differences:
+            i = d.interval
+            verdict = "better" if i.low > 0 else "worse" if i.high < 0 else "no clear difference"
+            colour = {"better": "green", "worse": "red"}.get(verdict, "dim")
+            diff.add_row(
+                d.metric,
+                escape(d.b),
+                escape(d.a),
+                f"{i.mean:+.3f} [{i.low:+.3f}, {i.high:+.3f}]",
+                f"[{colour}]{verdict}[/]",
+            )
+        print_table(diff)
+
+
+def _num(value: float | None, form: str) -> str:
+    return "—" if value is None else form.format(value)

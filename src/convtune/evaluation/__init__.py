@@ -1,0 +1,1 @@
+"""Does the fine-tune work? Grading models' answers against a validation file."""

@@ -1,0 +1,189 @@
+"""Asking models: every prompt once, answers kept as they arrive, nothing paid for twice.
+
+Each answer is appended to a cache file (JSON Lines, flushed and synced) the moment it arrives,
+keyed by the model, its backend, the prompt and the generation settings. A rerun, or a run
+resumed after Ctrl-C or a crash, reads the cache and asks only what is missing; a line cut short
+by a kill is ignored. Remote models are asked by `concurrency` threads at once; 429s, 5xx and
+dropped connections (`TransientError`) are retried with the same capped backoff as `follow`.
+A local model answers one prompt at a time (it generates one reply at a time anyway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..backoff import Backoff
+from ..contract import ChatRequest, FineTuningService
+from ..errors import ConvtuneError, OptionError, TransientError
+from .prompts import Prompt
+from .targets import Target
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How answers are generated: deterministic by default (greedy, seeded)."""
+
+    temperature: float = 0.0
+    max_tokens: int = 256
+    seed: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.temperature <= 2:
+            raise OptionError("the temperature must be from 0 to 2")
+        if self.max_tokens < 1:
+            raise OptionError("max_tokens must be 1 or more")
+        if not 0 < self.top_p <= 1:
+            raise OptionError("top_p must be above 0 and at most 1")
+
+
+@dataclass
+class Answer:
+    """One model's answer to one prompt, and what it cost in time and tokens."""
+
+    text: str
+    seconds: float  # from the request to the last piece of the reply
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    error: str | None = None  # the model could not answer this prompt (not cached)
+    cached: bool = False  # read from the cache, not asked in this run
+
+
+class AnswerCache:
+    """Answers by key, in a JSON Lines file that only ever grows (append, flush, fsync)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._answers: dict[str, Answer] = {}
+        self._lock = threading.Lock()
+        if path is not None and path.exists():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self._answers[entry["key"]] = Answer(**entry["answer"], cached=True)
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a kill, or from another version
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def get(self, key: str) -> Answer | None:
+        return self._answers.get(key)
+
+    def put(self, key: str, answer: Answer) -> None:
+        with self._lock:
+            self._answers[key] = answer
+            if self.path is None:
+                return
+            entry = {"key": key, "answer": {k: v for k, v in asdict(answer).items() if k != "cached"}}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def answer_key(target: Target, prompt: Prompt, settings: Settings) -> str:
+    raw = json.dumps([target.key(), prompt.key(), asdict(settings)], sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+def ask(
+    service: FineTuningService,
+    target: Target,
+    prompts: list[Prompt],
+    settings: Settings,
+    cache: AnswerCache,
+    *,
+    concurrency: int = 4,
+    on_answer: Callable[[Prompt, Answer], None] | None = None,
+    on_retry: Callable[[TransientError, float], None] | None = None,
+) -> list[Answer]:
+    """Every prompt's answer by `target`, in prompt order (cached ones are not asked again)."""
+    if concurrency < 1:
+        raise OptionError("--concurrency must be 1 or more")
+    answers: dict[int, Answer] = {}
+    missing: list[Prompt] = []
+    for prompt in prompts:
+        found = cache.get(answer_key(target, prompt, settings))
+        if found is not None:
+            answers[prompt.index] = found
+            if on_answer is not None:
+                on_answer(prompt, found)
+        else:
+            missing.append(prompt)
+
+    def one(prompt: Prompt) -> Answer:
+        answer = ask_one(service, target, prompt, settings, on_retry)
+        if answer.error is None:
+            cache.put(answer_key(target, prompt, settings), answer)
+        return answer
+
+    workers = concurrency if service.capabilities.remote else 1
+    if workers == 1:
+        for prompt in missing:
+            answers[prompt.index] = answer = one(prompt)
+            if on_answer is not None:
+                on_answer(prompt, answer)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval") as pool:
+            futures = {pool.submit(one, prompt): prompt for prompt in missing}
+            try:
+                for future in as_completed(futures):
+                    prompt = futures[future]
+                    answers[prompt.index] = answer = future.result()
+                    if on_answer is not None:
+                        on_answer(prompt, answer)
+            except BaseException:  # Ctrl-C: what arrived is cached; ask nothing more
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    return [answers[p.index] for p in prompts]
+
+
+def ask_one(
+    service: FineTuningService,
+    target: Target,
+    prompt: Prompt,
+    settings: Settings,
+    on_retry: Callable[[TransientError, float], None] | None = None,
+) -> Answer:
+    """One answer, asked now (no cache); transient failures are retried with backoff, any other
+    failure is the answer's `error`."""
+    request = ChatRequest(
+        model=target.model,
+        messages=prompt.chat_messages(),
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=settings.seed,
+    )
+    backoff = Backoff(on_retry=on_retry)
+    while True:
+        started = time.perf_counter()
+        try:
+            reply = service.chat(request)
+            try:
+                text = "".join(reply)
+            finally:
+                reply.close()
+        except TransientError as error:
+            backoff.wait(error)
+            continue
+        except ConvtuneError as error:
+            return Answer("", time.perf_counter() - started, error=str(error))
+        return Answer(
+            text.strip(),
+            time.perf_counter() - started,
+            reply.prompt_tokens,
+            reply.completion_tokens,
+            reply.finish_reason,
+        )

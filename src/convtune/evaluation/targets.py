@@ -1,0 +1,46 @@
+"""Which model answers, on which backend: `MODEL[@BACKEND]`.
+
+One eval compares models from several backends, so a model may carry its own:
+
+- `ft:gpt-4o-mini-2024-07-18:acme:support:AbC123@openai`: OpenAI (its key from OPENAI_API_KEY);
+- `SmolLM2-135M-Instruct@local`, `./my-model@local`: this machine (the default);
+- `ft:SmolLM2-135M-Instruct::ftjob-abc@http://127.0.0.1:8000/v1`: any OpenAI-compatible
+  service at that address (`convtune serve`, vLLM...), with OPENAI_API_KEY or --api-key.
+
+A model without `@` takes the command's `--backend`/`--base-url`. Model ids never contain `@`
+followed by one of those (OpenAI's and Hugging Face's do not use `@` at all), so the split is the
+last `@` whose right side names a backend; any other `@` is part of the model's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BACKENDS = ("local", "openai")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model on a backend, and the label the user gave it (what tables and reports show)."""
+
+    label: str
+    model: str
+    backend: str = "local"  # local | openai
+    base_url: str | None = None  # for openai: None is OpenAI's own address
+
+    def key(self) -> str:
+        """What identifies the model's answers in a cache: backend, address and model."""
+        return f"{self.backend}|{self.base_url or ''}|{self.model}"
+
+
+def parse_target(spec: str, *, backend: str = "local", base_url: str | None = None) -> Target:
+    """`MODEL[@BACKEND]`, where BACKEND is `local`, `openai` or an http(s) URL."""
+    model, at, where = spec.rpartition("@")
+    if at and model:
+        if where in BACKENDS:
+            return Target(spec, model, where)
+        if where.startswith(("http://", "https://")):
+            return Target(spec, model, "openai", where.rstrip("/"))
+    if base_url is not None:
+        backend = "openai"
+    return Target(spec, spec, backend, base_url if backend == "openai" else None)

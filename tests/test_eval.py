@@ -1,0 +1,285 @@
+"""`convtune eval` and `convtune record` with real parts: a tiny local model, a real `convtune
+serve` standing in for a remote service, and the fault-injecting fake OpenAI for 429s, 5xx and a
+killed run resumed from its cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from convtune import PrepareOptions, check_file, prepare
+from convtune.cli.main import main
+from convtune.dataset.examples import ExampleOptions
+from convtune.errors import InputError
+from convtune.evaluation.prompts import read_prompts
+from convtune.evaluation.targets import Target, parse_target
+
+from .conftest import EXAMPLE, ROOT, SEED_SHEET
+from .fake_openai import FakeOpenAI
+from .servers import serve
+from .tiny_models import make_tiny_model
+
+CONVTUNE = str(ROOT / ".venv" / "bin" / "convtune")
+MODEL = "gpt-4o-mini-2024-07-18"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def other(tmp_path_factory) -> Path:
+    """A second tiny model with other weights (it knows more words)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-other"), vocab_words=["bicycle"])
+
+
+@pytest.fixture(scope="module")
+def valid(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    report = prepare(EXAMPLE, out, PrepareOptions(force=True))
+    return Path(report.outputs[1])
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# -- what is asked, what should be answered ------------------------------------------------------
+
+
+def test_the_reference_is_the_last_trained_reply(tmp_path):
+    path = _jsonl(
+        tmp_path / "v.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello", "weight": 0},
+                    {"role": "user", "content": "Price?"},
+                    {"role": "assistant", "content": "89 EUR"},
+                ]
+            },
+            {"messages": [{"role": "assistant", "content": "Welcome!"}]},  # asks nothing
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "assistant", "content": "ignored", "weight": 0},
+                ]
+            },
+        ],
+    )
+    data = read_prompts(path)
+    assert data.format == "chat" and data.unasked == [2]
+    first, third = data.prompts
+    assert first.reference == "89 EUR" and first.line == 1
+    assert [r for r, _ in first.messages] == ["system", "user", "assistant", "user"]
+    assert third.reference == "b" and third.messages == (("user", "a"),)
+
+
+def test_legacy_prompts_become_messages_again(tmp_path):
+    sheet = tmp_path / "seed.csv"
+    sheet.write_text(SEED_SHEET, encoding="utf-8")
+    report = prepare(
+        sheet,
+        tmp_path / "out",
+        PrepareOptions(examples=ExampleOptions(format="prompt-completion"), valid_ratio=0),
+    )
+    data = read_prompts(report.outputs[0])
+    last = data.prompts[-1]  # the seed's own example: ... Oh okey -> Yeah
+    assert last.reference == "Yeah"
+    assert last.messages[-1] == ("user", "Oh okey") and last.messages[0] == ("user", "Can you read me the news?")
+    assert [r for r, _ in last.messages] == ["user", "assistant", "user", "assistant", "user"]
+
+
+def test_a_bad_data_file_is_refused_with_its_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad.jsonl:1: an example with no assistant message"):
+        read_prompts(bad)
+    assert main(["eval", "m", "--data", str(bad)]) == 1
+    assert "bad.jsonl:1:" in capsys.readouterr().err
+
+
+def test_model_names_carry_their_backend():
+    assert parse_target("ft:gpt-4o-mini:acme::x@openai") == Target(
+        "ft:gpt-4o-mini:acme::x@openai", "ft:gpt-4o-mini:acme::x", "openai"
+    )
+    served = parse_target("ft:SmolLM2::ftjob-1@http://127.0.0.1:8000/v1/")
+    assert (served.model, served.backend, served.base_url) == (
+        "ft:SmolLM2::ftjob-1", "openai", "http://127.0.0.1:8000/v1",
+    )  # fmt: skip
+    assert parse_target("./odd@name").model == "./odd@name"  # not a backend: part of the name
+    assert parse_target("m", backend="openai", base_url="http://h/v1").base_url == "http://h/v1"
+    assert parse_target("m@local", base_url="http://h/v1").backend == "local"
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+
+def test_local_and_served_models_in_one_run(tiny, other, valid, tmp_path, capsys):
+    """A real convtune serve answers with the same tiny model as the local backend: with greedy
+    decoding both give the same answers, so their difference is exactly 0; the other model
+    differs. The report is one self-contained page with a row per example."""
+    report = tmp_path / "eval.html"
+    with serve(tmp_path / "serve-home") as served:
+        remote = f"{tiny}@{served.url}"
+        code = main(
+            [
+                "eval", str(tiny), remote, str(other),
+                "--data", str(valid), "--limit", "6", "--max-tokens", "6",
+                "--api-key", served.key, "--report", str(report), "--json",
+                "--cache", str(tmp_path / "answers.jsonl"),
+            ]
+        )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = json.loads(captured.out)
+    assert out["examples"] == 6
+    local, served_model, second = out["models"]
+    assert served_model["backend"] == "openai" and local["backend"] == "local"
+    assert "valid_loss" in local and "valid_loss" not in served_model  # teacher forcing: local only
+    assert local["valid_loss"] > 0 and second["valid_loss"] > 0
+    assert 0 <= local["valid_mean_token_accuracy"] < 1
+    same = [d for d in out["differences"] if d["b"] == remote]
+    assert same and all(d["mean"] == d["low"] == d["high"] == 0 for d in same)
+    assert {d["metric"] for d in same} == {"fuzzy_match", "bleu", "rouge_l"}
+
+    class Rows(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tables: dict[str, int] = {}
+            self.current: str | None = None
+            self.body = False
+            self.urls: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "table":
+                self.current = attrs.get("id")
+            elif tag == "tbody":
+                self.body = True
+            elif tag == "tr" and self.body and self.current:
+                self.tables[self.current] = self.tables.get(self.current, 0) + 1
+            for name in ("src", "href"):
+                if str(attrs.get(name, "")).startswith(("http:", "https:", "//")):
+                    self.urls.append(attrs[name])
+
+        def handle_endtag(self, tag):
+            if tag == "tbody":
+                self.body = False
+
+    rows = Rows()
+    rows.feed(report.read_text(encoding="utf-8"))
+    assert rows.tables["summary"] == 3 and rows.tables["examples"] == 6 and rows.urls == []
+
+
+def test_remote_faults_are_retried_and_answers_are_never_asked_twice(tmp_path, capsys):
+    valid = _jsonl(
+        tmp_path / "v.jsonl",
+        [
+            {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"echo q{i}"}]}
+            for i in range(8)
+        ],
+    )
+    cache = tmp_path / "answers.jsonl"
+    with FakeOpenAI() as fake:
+        fake.answer = lambda messages: "echo " + messages[-1]["content"]
+        fake.fail("/chat/completions", 429, times=3)
+        fake.fail("/chat/completions", 503, times=2)
+        args = ["eval", f"{MODEL}@{fake.url}", "--data", str(valid), "--api-key", fake.key]
+        args += ["--cache", str(cache), "--json", "--grader", "string_check:eq"]
+        assert main(args) == 0
+        first = json.loads(capsys.readouterr().out)["models"][0]
+        assert first["errors"] == 0 and first["metrics"]["string_check_eq"]["mean"] == 1.0
+        asked = sum(1 for r in fake.requests if r["path"].endswith("/chat/completions"))
+        assert main(args) == 0  # again: every answer comes from the cache
+        assert sum(1 for r in fake.requests if r["path"].endswith("/chat/completions")) == asked
+    assert len(cache.read_text().splitlines()) == 8
+
+
+def test_a_killed_eval_resumes_from_its_cache(tmp_path):
+    """The real command, killed while answers arrive, then run again: no prompt is asked twice."""
+    valid = _jsonl(
+        tmp_path / "v.jsonl",
+        [
+            {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"echo q{i}"}]}
+            for i in range(12)
+        ],
+    )
+    cache = tmp_path / "answers.jsonl"
+    with FakeOpenAI() as fake:
+        fake.answer = lambda messages: "echo " + messages[-1]["content"]
+        fake.chat_delay = 0.3
+        args = [CONVTUNE, "eval", f"{MODEL}@{fake.url}", "--data", str(valid), "--cache", str(cache)]
+        args += ["--concurrency", "2", "--json"]
+        env = dict(os.environ, OPENAI_API_KEY=fake.key)
+        run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            not cache.exists() or len(cache.read_text().splitlines()) < 3
+        ):
+            time.sleep(0.05)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        kept = len(cache.read_text().splitlines())
+        assert 3 <= kept < 12
+        fake.chat_delay = 0.0
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        asked = [r for r in fake.requests if r["path"].endswith("/chat/completions")]
+        questions = [r["json"]["messages"][-1]["content"] for r in asked]
+        # each prompt asked once, but for the ones in flight when the process died
+        assert len(set(questions)) == 12 and len(questions) <= 12 + 2
+        assert json.loads(done.stdout)["models"][0]["errors"] == 0
+
+
+def test_record_writes_a_golden_file_that_check_accepts_and_eval_uses(valid, tmp_path, capsys):
+    golden = tmp_path / "golden.jsonl"
+    cache = ["--cache", str(tmp_path / "answers.jsonl")]
+    with FakeOpenAI() as fake:
+        fake.answer = lambda messages: "Recorded answer to " + messages[-1]["content"][:20]
+        where = ["--base-url", fake.url, "--api-key", fake.key]
+        args = ["record", MODEL, "--data", str(valid), "-o", str(golden), "--limit", "5"]
+        assert main([*args, *where, *cache]) == 0
+        assert "wrote" in capsys.readouterr().out
+        report = check_file(golden)
+        assert report.errors == 0 and report.examples == 5
+        assert main([*args, *where, *cache]) == 1  # never overwritten without --force
+        assert "already exists" in capsys.readouterr().err
+        before = len(fake.requests)
+        # the golden answers as references: the same model scores 1 on exact match, from the cache
+        code = main(
+            ["eval", MODEL, "--reference", str(golden), "--json", "--grader", "string_check:eq",
+             *where, *cache]
+        )  # fmt: skip
+        assert code == 0 and len(fake.requests) == before
+    result = json.loads(capsys.readouterr().out)
+    assert result["models"][0]["metrics"]["string_check_eq"]["mean"] == 1.0
+    assert result["examples"] == 5
+
+
+def test_record_writes_nothing_while_an_answer_is_missing(valid, tmp_path, capsys):
+    golden = tmp_path / "golden.jsonl"
+    with FakeOpenAI() as fake:
+        fake.answer = lambda messages: "" if "bike" in messages[-1]["content"].lower() else "ok"
+        code = main(
+            ["record", MODEL, "--data", str(valid), "-o", str(golden), "--base-url", fake.url,
+             "--api-key", fake.key, "--no-cache"]
+        )  # fmt: skip
+    err = capsys.readouterr().err
+    if code == 0:  # no prompt of this file mentions a bike
+        assert golden.exists()
+        return
+    assert code == 1 and not golden.exists()
+    assert "got no answer" in err and "nothing was written" in err
