@@ -1,8 +1,10 @@
 """The whole flow on the bundled example, as `make demo` runs it.
 
 Prepare the spreadsheet, check the result, fine-tune SmolLM2-135M-Instruct locally (a short run
-on CPU), then ask three validation questions to the base model and to the fine-tuned one, side
-by side. Everything goes through the library; the CLI would do the same in four commands.
+on CPU), ask three validation questions to the base model and to the fine-tuned one, side by
+side, then evaluate both on the whole validation file (`convtune eval`: scores with their
+intervals, and a report page). Everything goes through the library; the CLI would do the same in
+five commands.
 """
 
 from __future__ import annotations
@@ -15,8 +17,20 @@ from rich.console import Console
 from rich.table import Table
 
 import convtune
+from convtune.cli.eval_cmd import show_result
 from convtune.cli.follow_view import follow_job, summary
 from convtune.contract import ChatRequest, JobRequest
+from convtune.dataset.jsonl import AtomicWriter
+from convtune.evaluation import (
+    DEFAULT_GRADERS,
+    AnswerCache,
+    Settings,
+    Target,
+    evaluate,
+    parse_graders,
+    read_prompts,
+    render_html,
+)
 from convtune.local.local_service import LocalService
 from convtune.training_options import TrainOptions
 
@@ -89,6 +103,24 @@ def main() -> None:
             answers.append("".join(service.chat(request)).strip())
         table.add_row(context[-1]["content"], *answers, expected)
     console.print(table)
+
+    console.rule("5. does the fine-tune work? base vs fine-tuned on the validation file")
+    data = read_prompts(valid)
+    graders = parse_graders(DEFAULT_GRADERS)
+    targets = [Target(m, m) for m in ("SmolLM2-135M-Instruct", finished.fine_tuned_model)]
+    result = evaluate(
+        data,
+        targets,
+        graders,
+        lambda target: service,
+        AnswerCache(OUT / "eval-answers.jsonl"),
+        settings=Settings(max_tokens=48),
+    )
+    show_result(result)
+    page = OUT / "eval.html"
+    with AtomicWriter(page, force=True) as out:
+        out.write(render_html(result))
+    console.print(f"\nevery answer side by side: {page}")
 
     console.rule("where everything is")
     console.print(f"datasets:         {train}\n                  {valid}")

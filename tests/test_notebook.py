@@ -46,7 +46,8 @@ def test_remote_cells_are_shown_not_run():
 def executed(tmp_path_factory):
     from nbclient import NotebookClient
 
-    tiny = make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    # untied: a model that says something, so that section 9 has answers to record
+    tiny = make_tiny_model(tmp_path_factory.mktemp("tiny-model"), tied=False)
     out = tmp_path_factory.mktemp("notebook-out")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     with pytest.MonkeyPatch.context() as env:  # the kernel inherits the environment
@@ -105,3 +106,14 @@ def test_notebook_progress_display_updates_in_place(executed):
     assert "<progress" in lines[0]["data"]["text/html"]
     log = "".join(o.get("text", "") for o in train if o["output_type"] == "stream")
     assert "Fine-tuning job started" in log and "fine-tuned model: ft:" in log
+
+
+def test_section_9_records_and_evaluates(executed):
+    nb, out = executed
+    printed = "".join(o.get("text", "") for o in outputs(cell(nb, "record")))
+    assert "recorded answers in" in printed and ": 0 errors" in printed
+    assert (out / "golden.jsonl").is_file() and (out / "eval.html").is_file()
+    table = "".join(o.get("data", {}).get("text/plain", "") for o in outputs(cell(nb, "eval")))
+    assert "fuzzy_match" in table and "valid loss" in table
+    scores = "".join(o.get("data", {}).get("text/plain", "") for o in outputs(cell(nb, "reference")))
+    assert "'string_check_eq': 1.0" in scores  # the recording model matches its own answers

@@ -67,16 +67,22 @@ _LINES = [
 ]
 
 
-def make_tiny_model(folder: Path, *, vocab_words: list[str] | None = None) -> Path:
+def make_tiny_model(
+    folder: Path, *, vocab_words: list[str] | None = None, tied: bool = True
+) -> Path:
     """Write a tiny random Llama causal LM and its tokenizer into `folder`; return `folder`.
 
     `vocab_words` are words the tokenizer learns whole (as " word", after a space), so that a
-    test can teach the model a reply of a few tokens. A folder already made with the same
-    arguments is reused as is, so a session-scoped fixture pays for it once.
+    test can teach the model a reply of a few tokens. `tied=False` unties the output layer from
+    the embeddings: a random model with tied ones (as SmolLM2 has them) repeats its last input
+    token, the newline after `<|im_start|>assistant`, so its replies are empty once stripped; an
+    untied one says something (nonsense), for tests that need non-empty answers. A folder
+    already made with the same arguments is reused as is, so a session-scoped fixture pays for
+    it once.
     """
     folder = Path(folder)
     words = list(vocab_words or [])
-    stamp = {"version": VERSION, "vocab_words": words}
+    stamp = {"version": VERSION, "vocab_words": words, **({} if tied else {"tied": False})}
     try:
         if json.loads((folder / STAMP).read_text()) == stamp:
             return folder
@@ -84,7 +90,7 @@ def make_tiny_model(folder: Path, *, vocab_words: list[str] | None = None) -> Pa
         pass
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer(words)
-    model = _model(len(tokenizer))
+    model = _model(len(tokenizer), tied=tied)
     tokenizer.save_pretrained(folder)
     model.save_pretrained(folder, safe_serialization=True)
     (folder / STAMP).write_text(json.dumps(stamp))  # last: a folder without it is incomplete
@@ -126,7 +132,7 @@ def _tokenizer(words: list[str]):
     )
 
 
-def _model(vocab_size: int):
+def _model(vocab_size: int, *, tied: bool = True):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -138,7 +144,7 @@ def _model(vocab_size: int):
         num_attention_heads=2,
         num_key_value_heads=1,  # grouped-query attention, as SmolLM2 (9 heads, 3 kv heads)
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,
