@@ -140,8 +140,8 @@ class Meter:
 
 def run_convtune(jsonl: Path, options: dict, steps: int, warmup: int) -> dict:
     from convtune.local.base_models import load_base_model, resolve_base_model
-    from convtune.local.training import TrainConfig, train
     from convtune.local.loss_masks import tokenize_file
+    from convtune.local.training import TrainConfig, train
 
     model, tokenizer, _ = load_base_model(resolve_base_model(MODEL))
     examples, _ = tokenize_file(jsonl, tokenizer, max_length=1024)
@@ -209,8 +209,8 @@ def run_trl(jsonl: Path, options: dict, steps: int, warmup: int) -> dict:
 def quality(jsonl: Path, valid: Path) -> dict:
     """Validation loss before and after the example's 3 epochs, bf16 and fp32."""
     from convtune.local.base_models import load_base_model, resolve_base_model
-    from convtune.local.training import TrainConfig, evaluate, train
     from convtune.local.loss_masks import tokenize_file
+    from convtune.local.training import TrainConfig, evaluate, train
 
     rows = {}
     for precision in ("auto", "fp32"):
