@@ -283,3 +283,18 @@ def test_record_writes_nothing_while_an_answer_is_missing(valid, tmp_path, capsy
         return
     assert code == 1 and not golden.exists()
     assert "got no answer" in err and "nothing was written" in err
+
+
+def test_smollm2_answers_and_is_scored_by_teacher_forcing(valid, capsys):
+    """The real default model: it answers in words, and its loss on the references is that of a
+    language model that knows English (far below log(49152) = 10.8 of a uniform guess)."""
+    code = main(
+        ["eval", "SmolLM2-135M-Instruct", "--data", str(valid), "--limit", "3",
+         "--max-tokens", "8", "--json", "--no-cache"]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    model = result["models"][0]
+    assert model["errors"] == 0 and model["tokens_per_second"] > 0
+    assert 0 < model["valid_loss"] < 6 and model["valid_mean_token_accuracy"] > 0.2
+    assert all(model["metrics"][g] is not None for g in ("fuzzy_match", "bleu", "rouge_l"))
