@@ -114,3 +114,93 @@ def test_help_has_examples():
         result = convtune(*args, "--help")
         assert result.returncode == 0
         assert "Examples:" in result.stdout
+
+
+# -- Nothing to write is an error, not an empty success (in-process: these are quick) -------------
+
+
+def prepare_in_process(*args) -> tuple[int, str]:
+    """`convtune prepare ARGS` through `main()`: (exit code, stdout + stderr)."""
+    import contextlib
+    import io
+
+    from convtune.cli.main import main
+
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        code = main(["prepare", *map(str, args)])
+    return code, sink.getvalue()
+
+
+def written(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("Human;AI\n", "no exchanges: nothing after the header row"),
+        ("Human;AI\n###;###\n\n###;###\n", "no exchanges: only separator rows"),
+        ("Human;AI\nhello?;\nanyone?;\n", "no exchanges: no row has a reply in the 'AI' column"),
+        ("", "no exchanges: the file is empty"),
+        ('Human;AI\nhi;yes\nHello;"I am\nx;y\n', ":3: a quote opens a cell here and never"),
+        ("Human;AI\nhi;yes\nHel\rlo;x\n", ":3: a carriage return (CR) in the middle"),
+        (b"Human;AI\nhi;ye\x00s\n", ":2: a NUL character"),
+    ],
+)
+def test_nothing_to_write_exits_1_and_writes_nothing(tmp_path, write, content, expected):
+    src = write(content)
+    code, output = prepare_in_process(src, "-o", tmp_path / "out")
+    assert code == 1
+    assert output.startswith(f"convtune: error: {src}") and expected in output
+    assert output.count("\n") == 1, output
+    assert written(tmp_path / "out") == []
+
+
+def test_xlsx_with_an_empty_sheet_exits_1(tmp_path):
+    openpyxl = pytest.importorskip("openpyxl")
+    src = tmp_path / "empty.xlsx"
+    openpyxl.Workbook().save(src)
+    code, output = prepare_in_process(src, "-o", tmp_path / "out")
+    assert code == 1 and "no exchanges: the file is empty" in output
+    assert written(tmp_path / "out") == []
+
+
+def test_every_example_dropped_is_an_error(tmp_path, write):
+    code, output = prepare_in_process(write(SEED_SHEET), "-o", tmp_path / "out", "--max-tokens", 3)
+    assert code == 1
+    assert "no examples: all 7 examples are longer than 3 tokens and dropped" in output
+    assert "--overlong truncate" in output
+    assert written(tmp_path / "out") == []
+
+
+def test_one_conversation_writes_no_empty_validation_file(tmp_path, write):
+    src = write("Human;AI\nhi;hello\nhow are you?;fine\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "conversations.valid.jsonl").write_text('{"stale": true}\n')
+    code, output = prepare_in_process(src, "-o", out, "--json", "--force")
+    assert code == 0, output
+    report = json.loads(output)
+    assert written(out) == ["conversations.train.jsonl"]  # the stale file is gone too
+    assert report["outputs"] == [str(out / "conversations.train.jsonl")]
+    assert report["valid"] is None and report["examples"] == 2
+    [warning] = [f for f in report["findings"] if f["code"] == "no_validation_examples"]
+    assert "no validation file written" in warning["message"]
+    assert warning["example"] == "removed the earlier conversations.valid.jsonl"
+
+
+@pytest.mark.parametrize(("seed", "outcome"), [(0, "error"), (1, "no validation file")])
+def test_a_split_that_leaves_one_side_empty(tmp_path, write, seed, outcome):
+    # two conversations, one of them without a reply: which side gets it depends on the seed
+    src = write("Human;AI\nhello?;\n###;###\nhi;there\n")
+    out = tmp_path / "out"
+    code, output = prepare_in_process(src, "-o", out, "--valid-ratio", 0.5, "--seed", seed)
+    if outcome == "error":
+        assert (
+            code == 1 and "no training examples: the one example went to the validation" in output
+        )
+        assert written(out) == []
+    else:
+        assert code == 0 and written(out) == ["conversations.train.jsonl"]
+        assert "no validation file written" in output

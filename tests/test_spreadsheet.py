@@ -93,9 +93,10 @@ def test_header_with_one_column_suggests_delimiter(write):
         read(write("Human AI\nhi yes\n"))
 
 
-def test_empty_file(write):
-    with pytest.raises(InputError, match="empty"):
-        read(write(""))
+@pytest.mark.parametrize("text", ["", "\n\n", "  \r\n"])
+def test_empty_file(write, text):
+    with pytest.raises(InputError, match=r"^.*: no exchanges: the file is empty"):
+        read(write(text))
 
 
 def test_missing_file(tmp_path):
@@ -111,7 +112,9 @@ def test_separator_inside_a_message_is_an_error_with_line(write):
 
 def test_separator_beside_a_message_is_an_error(write):
     _, _, findings = read(write("Human;AI\nhi;yes\n###;oops\n"))
-    assert findings.errors[0].lines == [3]
+    [error] = findings.errors
+    assert error.code == "separator_beside_text" and error.lines == [3]
+    assert "with text beside it" in error.message and error.example == "oops"
 
 
 def test_custom_separator(write):
@@ -149,10 +152,12 @@ def test_warnings_with_line_numbers(write):
     assert len(convs) == 3
 
 
-def test_blank_rows_are_skipped(write):
-    _, convs, findings = read(write("Human;AI\n\nhi;yes\n;\n\nok;sure\n"))
+def test_blank_rows_are_skipped_and_inside_a_conversation_they_warn(write):
+    _, convs, findings = read(write("Human;AI\n\nhi;yes\n;\n\nok;sure\n\n;\n"))
     assert [len(c.messages) for c in convs] == [4]
-    assert not findings.warnings
+    # blank rows before the first exchange or at the end say nothing; between two exchanges of
+    # one conversation they may have been meant as a separator, which they are not
+    assert [(f.code, f.lines) for f in findings.warnings] == [("blank_row", [4])]
 
 
 def test_xlsx_first_sheet_warns_when_several(tmp_path):

@@ -86,7 +86,7 @@ Examples:
 @click.option(
     "--encoding", default="utf-8", show_default=True, help="Text encoding of a CSV, e.g. cp1252."
 )
-@click.option("--sheet", default=None, help="Sheet of an .xlsx workbook (default: the first).")
+@click.option("--sheet", default=None, help="Sheet of an .xlsx workbook (default: the first visible one).")
 @click.option(
     "--separator", default="###", show_default=True, help="Row text between conversations."
 )

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import OptionError
+from ..errors import InputError, OptionError
 from .check import example_tokens
 from .examples import Example, ExampleBuilder, ExampleOptions
 from .findings import Finding, Findings, count, first_error
@@ -135,7 +135,22 @@ def prepare(
         first = first_error(input_findings.errors)
         if first is not None:
             raise first.to_error(input_path)
+        _refuse_empty(input_path, run, train, valid)
         train.commit()
+        if valid is not None and not valid.lines:
+            # An empty file is not a validation set: write none, and say so (a stale one from
+            # an earlier run would pass for this run's, so --force removes it).
+            valid.abort()
+            valid = None
+            stale = valid_path.exists()
+            if stale:
+                valid_path.unlink()
+            input_findings.warning(
+                "no_validation_examples",
+                "no validation file written: the split left no example on the validation side"
+                " (it needs 2 or more conversations with replies)",
+                detail=f"removed the earlier {valid_path.name}" if stale else None,
+            )
         if valid is not None:
             valid.commit()
     except BaseException:
@@ -155,6 +170,37 @@ def prepare(
     if valid is not None:
         report.valid = run.valid_stats.finish()
     return report
+
+
+def _refuse_empty(
+    input_path: str | Path, run: _Run, train: AtomicWriter, valid: AtomicWriter | None
+) -> None:
+    """An input whose every example was dropped, or whose training side is empty, is an error.
+
+    (An input with no exchange at all is already an error of the reader: `no exchanges: ...`.)
+    An empty output presented as success would be trained on, or uploaded, and fail later.
+    """
+    if train.lines:
+        return
+    report = run.report
+    if valid is None or not valid.lines:
+        limit = f"{run.limit:,}" if run.limit is not None else "the limit of"
+        which = (
+            "the one example is" if report.dropped == 1 else f"all {report.dropped:,} examples are"
+        )
+        raise InputError(
+            f"no examples: {which} longer than {limit} tokens and dropped",
+            path=input_path,
+            hint="raise --max-tokens, lower --context, or shorten them with --overlong truncate",
+        )
+    dropped = f" or were dropped as too long ({report.dropped:,})" if report.dropped else ""
+    raise InputError(
+        "no training examples: "
+        + ("the one example" if valid.lines == 1 else f"all {valid.lines:,} examples")
+        + f" went to the validation file{dropped}",
+        path=input_path,
+        hint="lower --valid-ratio, or add conversations with replies",
+    )
 
 
 class _Run:

@@ -3,27 +3,32 @@
 The layout (see DESIGN.md): a header row naming the two actors, one row per exchange (actor 1's
 message, actor 2's reply), and a separator row between conversations. Reading is streaming: only
 the current conversation is held in memory.
+
+The rule this module keeps: a row is never merged, dropped or invented silently. What cannot be
+read as the user sees it in Excel is an error with its line (the run stops, nothing is written);
+what loses nothing but may surprise is a warning with its line. The file formats live in
+`sheet_csv` and `sheet_xlsx`; this module sniffs which one a file is and applies the layout.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time
 from pathlib import Path
 
 from ..errors import InputError, OptionError
 from .conversation import Conversation, Message
 from .findings import Findings
+from .sheet_csv import DELIMITERS, open_csv
+from .sheet_xlsx import XLSX_SUFFIXES, open_xlsx
 
-DELIMITERS = (";", ",", "\t", "|")
+__all__ = ["DELIMITERS", "XLSX_SUFFIXES", "Sheet", "SheetOptions", "open_sheet"]
+
 DELIMITER_NAMES = {";": "';'", ",": "','", "\t": "tab", "|": "'|'"}
-XLSX_SUFFIXES = (".xlsx", ".xlsm")
-
-csv.field_size_limit(1 << 30)  # long cells (whole documents) are legitimate messages
+OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # Excel 97-2003 .xls, and other old Office files
+ZIP = b"PK\x03\x04"
+NAME_LIMIT = 40  # a longer "actor name" is probably the first exchange of a file with no header
 
 
 @dataclass(frozen=True)
@@ -31,8 +36,8 @@ class SheetOptions:
     """How to read a spreadsheet; every field has the default a user expects."""
 
     delimiter: str | None = None  # None: detect from the header row
-    encoding: str = "utf-8"  # a BOM is accepted and dropped for any UTF-8 input
-    sheet: str | None = None  # .xlsx only: None is the first sheet
+    encoding: str = "utf-8"  # a byte-order mark (UTF-8, UTF-16, UTF-32) overrides it
+    sheet: str | None = None  # .xlsx only: None is the first visible sheet
     separator: str = "###"  # a row whose non-empty cells all equal this ends a conversation
 
 
@@ -55,8 +60,9 @@ def open_sheet(path: str | Path, options: SheetOptions, findings: Findings) -> S
     """Open `path`, read its header row and return the conversation stream.
 
     Problems that make the output wrong (a bad header, the separator inside a message, extra
-    columns) are errors; oddities that lose nothing (empty conversations, a reply without a
-    message) are warnings. Both go to `findings` with their line numbers.
+    columns, a broken quote...) are errors; oddities that lose nothing (empty conversations, a
+    reply without a message) are warnings. Both go to `findings` with their line numbers. A file
+    with no exchange at all is an error (`no exchanges: ...`) once the stream is read.
     """
     path = Path(path)
     if not path.exists():
@@ -65,179 +71,92 @@ def open_sheet(path: str | Path, options: SheetOptions, findings: Findings) -> S
         raise InputError("is a folder, not a spreadsheet", path=path)
     if not options.separator.strip():
         raise OptionError("the separator cannot be empty")
-    if path.suffix.lower() in XLSX_SUFFIXES:
-        rows, size, position, delimiter = _xlsx_rows(path, options, findings)
+    separator = options.separator.strip()
+    if _is_workbook(path):
+        source = open_xlsx(path, options.sheet, findings)
+        rows, size, position, delimiter = source.rows, source.size, source.position, None
     else:
-        rows, size, position, delimiter = _csv_rows(path, options)
-    actors = _read_header(path, rows)
-    conversations = _conversations(path, rows, options.separator, findings)
+        csv_source = open_csv(path, options.encoding, options.delimiter, findings)
+        rows, size, position = csv_source.rows, csv_source.size, csv_source.position
+        delimiter = csv_source.delimiter
+    actors, width = _read_header(path, rows, separator, findings)
+    if delimiter is None:
+        width = None  # .xlsx rows end at their last stored cell: no width to compare
+    conversations = _conversations(path, rows, actors, separator, width, findings)
     return Sheet(path, actors, delimiter, conversations, size, position)
 
 
-# -- CSV ------------------------------------------------------------------------------------------
-
-
-def _csv_rows(path: Path, options: SheetOptions) -> tuple[Iterator[Row], int, Callable, str]:
-    try:
-        codec = codecs.lookup(options.encoding)
-    except LookupError:
-        raise OptionError(
-            f"unknown encoding {options.encoding!r}", hint="try utf-8, cp1252 or latin-1"
-        ) from None
-    encoding = "utf-8-sig" if codec.name == "utf-8" else codec.name
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the row generator
-    size = path.stat().st_size
-    delimiter = options.delimiter
-    if delimiter is not None:
-        delimiter = {"tab": "\t", "\\t": "\t"}.get(delimiter, delimiter)
-        if len(delimiter) != 1:
-            raw.close()
-            raise OptionError(f"the delimiter must be one character, not {options.delimiter!r}")
-    else:
-        delimiter = _detect_delimiter(path, raw.read(64 * 1024), encoding)
-        raw.seek(0)
-    text = io.TextIOWrapper(raw, encoding=encoding, newline="")
-
-    def position() -> int:
-        return size if raw.closed else raw.tell()
-
-    return _csv_iter(path, raw, text, delimiter, encoding), size, position, delimiter
-
-
-def _detect_delimiter(path: Path, head: bytes, encoding: str) -> str:
-    """The candidate that splits the header row into the most cells (ties: `;`, `,`, tab, `|`)."""
-    try:
-        header = head.decode(encoding, errors="ignore").lstrip("\ufeff")
-    except LookupError:  # pragma: no cover - encoding already validated
-        header = head.decode("utf-8", errors="ignore")
-    header = header.splitlines()[0] if header else ""
-    counts = {d: header.count(d) for d in DELIMITERS}
-    best = max(DELIMITERS, key=lambda d: counts[d])
-    if counts[best] == 0:
-        raise InputError(
-            "the header row has one column; expected two actor names such as 'Human;AI'",
-            path=path,
-            line=1,
-            hint="if the file uses another delimiter, give it with --delimiter",
-        )
-    return best
-
-
-def _csv_iter(path: Path, raw, text, delimiter: str, encoding: str) -> Iterator[Row]:
-    reader = csv.reader(text, delimiter=delimiter, strict=False)
-    start = 1
-    try:
-        for cells in reader:
-            line = start
-            start = reader.line_num + 1
-            yield line, cells
-    except UnicodeDecodeError as exc:
-        offset, line = _first_bad_byte(path, encoding)
-        raise InputError(
-            f"not valid {encoding.replace('-sig', '').upper()} at byte {offset}"
-            f" ({exc.reason}, byte 0x{exc.object[exc.start]:02x})",
-            path=path,
-            line=line,
-            hint="give the file's encoding, e.g. --encoding cp1252, or save it as UTF-8",
-        ) from None
-    except csv.Error as exc:
-        raise InputError(f"cannot parse CSV: {exc}", path=path, line=start) from None
-    finally:
-        text.close()
-        raw.close()
-
-
-def _first_bad_byte(path: Path, encoding: str) -> tuple[int, int]:
-    """Byte offset (0-based) and line (1-based) of the first byte that does not decode."""
-    if encoding == "utf-8-sig":
-        encoding = "utf-8"  # the BOM itself is valid UTF-8; offsets stay those of the file
-    decoder = codecs.getincrementaldecoder(encoding)()
-    offset = 0
-    lines = 1
+def _is_workbook(path: Path) -> bool:
+    """True for an .xlsx workbook (whatever its name); an error for formats we cannot read."""
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 16):
-            pending = len(decoder.getstate()[0])  # bytes of a character split across chunks
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                bad = offset - pending + exc.start
-                return bad, lines + chunk[: max(bad - offset, 0)].count(b"\n")
-            lines += chunk.count(b"\n")
-            offset += len(chunk)
-    return offset, lines
-
-
-# -- XLSX -----------------------------------------------------------------------------------------
-
-
-def _xlsx_rows(
-    path: Path, options: SheetOptions, findings: Findings
-) -> tuple[Iterator[Row], int, Callable, None]:
-    try:
-        import openpyxl
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise InputError("reading .xlsx needs openpyxl", path=path) from exc
-    try:
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:  # openpyxl raises many kinds for a damaged file
-        raise InputError(f"cannot open as an Excel workbook: {exc}", path=path) from None
-    names = book.sheetnames
-    if options.sheet is not None:
-        if options.sheet not in names:
-            book.close()
-            raise InputError(
-                f"no sheet named {options.sheet!r}",
-                path=path,
-                hint="sheets: " + ", ".join(repr(n) for n in names),
-            )
-        sheet = book[options.sheet]
-    else:
-        sheet = book[names[0]]
-        if len(names) > 1:
-            findings.warning(
-                "several_sheets",
-                f"the workbook has {len(names)} sheets; read the first, {names[0]!r}"
-                " (choose another with --sheet)",
-                detail=", ".join(names),
-            )
-    size = sheet.max_row or 0
-    state = {"row": 0}
-
-    def rows() -> Iterator[Row]:
+        magic = f.read(8)
+    suffix = path.suffix.lower()
+    if magic.startswith(OLE2):
+        raise InputError(
+            "an Excel 97-2003 workbook (.xls) or another old Office file: convtune reads .xlsx"
+            " and CSV",
+            path=path,
+            hint="in Excel: File > Save As > Excel Workbook (.xlsx) or CSV UTF-8",
+        )
+    if magic.startswith(ZIP):
         try:
-            for number, values in enumerate(sheet.iter_rows(values_only=True), start=1):
-                state["row"] = number
-                yield number, [_cell_text(v) for v in values]
-        finally:
-            book.close()
-
-    return rows(), size, lambda: state["row"], None
-
-
-def _cell_text(value: object) -> str:
-    """A cell as the text a person sees in Excel (42, not 42.0; dates in ISO form)."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    return str(value)
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except zipfile.BadZipFile:
+            names = set()
+        if any(n.endswith("workbook.xml") for n in names):
+            return True
+        what = "an OpenDocument file (.ods)" if "content.xml" in names else "a ZIP archive"
+        raise InputError(
+            f"{what}, not a spreadsheet convtune reads",
+            path=path,
+            hint="save it as .xlsx or CSV UTF-8",
+        )
+    if suffix in XLSX_SUFFIXES:
+        raise InputError(
+            "not an Excel workbook: the file is not a ZIP archive as .xlsx files are",
+            path=path,
+            hint="a CSV named .xlsx? rename it to .csv",
+        )
+    if suffix in (".xls", ".ods", ".numbers"):
+        raise InputError(
+            f"convtune reads .xlsx and CSV, not {suffix}",
+            path=path,
+            hint="save it as .xlsx or CSV UTF-8",
+        )
+    return False
 
 
 # -- Layout ---------------------------------------------------------------------------------------
 
 
-def _read_header(path: Path, rows: Iterator[Row]) -> tuple[str, str]:
+def _read_header(
+    path: Path, rows: Iterator[Row], separator: str, findings: Findings
+) -> tuple[tuple[str, str], int]:
+    """The two actor names from the first non-blank row (blank rows before it are skipped), and
+    how many cells that row has (trailing empty ones included)."""
     for line, cells in rows:
         names = [c.strip() for c in cells]
         if not any(names):
             continue
+        names[0] = names[0].lstrip("\ufeff").strip()  # a second BOM (files joined together)
         filled = [n for n in names if n]
+        if filled and all(n == separator for n in filled):
+            raise InputError(
+                f"the first row is a separator row ({separator!r}); it must name the two"
+                " actors, such as 'Human;AI'",
+                path=path,
+                line=line,
+            )
+        if len(filled) == 2 and (not names[0] or len(names) < 2 or not names[1]):
+            columns = [_column(i) for i, n in enumerate(names) if n]
+            raise InputError(
+                f"the actor names must be in the first two columns, not in columns"
+                f" {columns[0]} and {columns[1]}",
+                path=path,
+                line=line,
+                hint="move the table so that it starts in column A",
+            )
         if len(filled) > 2 or any(names[2:]):
             raise InputError(
                 f"the header row has {len(filled)} non-empty columns; expected exactly two"
@@ -246,26 +165,78 @@ def _read_header(path: Path, rows: Iterator[Row]) -> tuple[str, str]:
                 line=line,
                 hint="the wrong delimiter? give it with --delimiter",
             )
-        if len(names) < 2 or not names[0] or not names[1]:
+        if len(filled) == 1 or len(names) < 2 or not names[0] or not names[1]:
             raise InputError(
-                "the header row must name two actors in its first two columns, such as 'Human;AI'",
+                f"the header row names one actor ({filled[0]!r}); it must name two in its"
+                " first two columns, such as 'Human;AI'",
                 path=path,
                 line=line,
+                hint="actor 1 (the user) in the first column, actor 2 (the assistant) in the"
+                " second",
             )
         if names[0] == names[1]:
             raise InputError(
                 f"both actors are named {names[0]!r}; they must differ", path=path, line=line
             )
-        return names[0], names[1]
-    raise InputError("the file is empty; expected a header row such as 'Human;AI'", path=path)
+        for name in names[:2]:
+            if "\n" in name or "\r" in name or separator in name:
+                raise InputError(
+                    f"the header row must name the two actors, but holds {name[:60]!r}: is"
+                    " the first row an exchange?",
+                    path=path,
+                    line=line,
+                    hint="add a header row such as 'Human;AI' above the first exchange",
+                )
+        if any(_sentence(n) for n in names[:2]):
+            raise InputError(
+                "the first row must name the two actors, but looks like an exchange",
+                path=path,
+                line=line,
+                hint="add a header row such as 'Human;AI' above the first exchange",
+            )
+        return (names[0], names[1]), len(cells)
+    raise InputError(
+        "no exchanges: the file is empty (row 1 must name the two actors, such as 'Human;AI')",
+        path=path,
+    )
+
+
+def _column(index: int) -> str:
+    """0 -> 'A', 27 -> 'AB': a column as a spreadsheet names it."""
+    name = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        name = chr(65 + rest) + name
+    return name
+
+
+def _sentence(name: str) -> bool:
+    """True for text that is not an actor's name: a question, an exclamation, a long sentence."""
+    return len(name) > NAME_LIMIT or name[-1] in "?!" or len(name.split()) >= 6
 
 
 def _conversations(
-    path: Path, rows: Iterator[Row], separator: str, findings: Findings
+    path: Path,
+    rows: Iterator[Row],
+    actors: tuple[str, str],
+    separator: str,
+    width: int | None,
+    findings: Findings,
 ) -> Iterator[Conversation]:
-    """Group rows into conversations; see the module docstring for the rules."""
+    """Group rows into conversations; see the module docstring for the rules.
+
+    `width`: a CSV header row's number of cells. Spreadsheet programs write every row with as
+    many cells; a longer row with a reply (`a;b;` under `Human;AI`) may be two rows joined by a
+    lost line break (`a;` + `b;`: a message turned into a reply), so it is an error. (Other joins
+    leave a third non-empty cell, an error too, or change nothing: `a;` + `;` is `a;;`.)
+    """
     index = 0
     current: Conversation | None = None
+    separators = 0  # separator rows, messages seen, a reply seen: to say why nothing came out
+    spoke = replied = False
+    blank: int | None = None  # the first blank row inside the current conversation
+    actor1, actor2 = actors
     for line, cells in rows:
         # Fast path for the common two-column row; strip and drop trailing empty cells.
         n = len(cells)
@@ -273,37 +244,77 @@ def _conversations(
             first = cells[0].strip()
             second = cells[1].strip()
         elif n == 0:
+            if current is not None and blank is None:
+                blank = line
             continue
         else:
             first = cells[0].strip()
             second = cells[1].strip() if n > 1 else ""
-            extra = [c for c in cells[2:] if c.strip()]
-            if extra:
+            extra = [c.strip() for c in cells[2:] if c.strip()]
+            if extra and not (
+                all(c == separator for c in extra)
+                and first in (separator, "")
+                and second in (separator, "")
+            ):
                 findings.error(
                     "extra_columns",
                     "a row has more than two non-empty cells; only the two actors' columns"
-                    " are read",
+                    " are read (move or delete the text beyond the second column)",
                     line,
                     detail=f"extra: {extra[0][:60]!r}",
                 )
                 continue
-        if not first and not second:
-            continue
-        if (first == separator or second == separator) and (
-            (first == separator or not first) and (second == separator or not second)
-        ):
-            if current is None or not current.messages:
-                findings.warning(
-                    "empty_conversation",
-                    "separator row with no conversation before it",
+            if extra:
+                first = first or separator  # a separator row spread over more columns
+            elif width is not None and n > width and second:
+                findings.error(
+                    "row_wider_than_header",
+                    "a row has more cells than the header row: two rows joined by a lost line"
+                    " break? (a message would read as a reply: put the line break back, or"
+                    " remove the extra delimiters so that every row has as many as the header)",
                     line,
+                    detail=f"{n} cells, the header has {width}",
                 )
-                index += 1
-            else:
-                _finish(current, findings)
-                yield current
-                index += 1
-            current = None
+                continue
+            if n == 1 and first and width is not None and first != separator:
+                findings.error(
+                    "missing_delimiter",
+                    "a row with no delimiter: every row needs its two cells (write 'message;'"
+                    " for a message with no reply; if this line continues the cell above, that"
+                    " cell needs quotes)",
+                    line,
+                    detail=repr(first[:60]),
+                )
+                continue
+        if not first and not second:
+            if current is not None and blank is None:
+                blank = line
+            continue
+        if first == separator or second == separator:
+            if (first == separator or not first) and (second == separator or not second):
+                separators += 1
+                if current is None or not current.messages:
+                    findings.warning(
+                        "empty_conversation",
+                        "separator row with no conversation before it",
+                        line,
+                    )
+                    index += 1
+                else:
+                    _finish(current, findings)
+                    yield current
+                    index += 1
+                current = None
+                blank = None
+                continue
+            findings.error(
+                "separator_beside_text",
+                f"a separator row ({separator!r}) with text beside it: a row that ends a"
+                " conversation must hold nothing but the separator (move the text to its own"
+                " row)",
+                line,
+                detail=(second if first == separator else first)[:80],
+            )
             continue
         if separator in first or separator in second:
             findings.error(
@@ -313,10 +324,27 @@ def _conversations(
                 detail=(first if separator in first else second)[:80],
             )
             continue
+        if second == actor2 and first.lstrip("\ufeff").strip() == actor1:
+            findings.error(
+                "repeated_header",
+                "the header row appears again (files joined together?): delete this row, or it"
+                " would be read as an exchange",
+                line,
+            )
+            continue
         if current is None:
             current = Conversation(index, line)
+        elif blank is not None:
+            findings.warning(
+                "blank_row",
+                "a blank row inside a conversation is skipped: it does not end the"
+                f" conversation (a {separator!r} row does)",
+                blank,
+            )
+        blank = None
         messages = current.messages
         if first:
+            spoke = True
             messages.append(Message("user", first, line))
         elif second:
             findings.warning(
@@ -325,10 +353,27 @@ def _conversations(
                 line,
             )
         if second:
+            replied = True
             messages.append(Message("assistant", second, line))
     if current is not None and current.messages:
         _finish(current, findings)
         yield current
+    if not replied and not findings.errors:  # with errors, those say what is wrong
+        findings.error("no_exchanges", _why_empty(spoke, separators, actors))
+
+
+def _why_empty(spoke: bool, separators: int, actors: tuple[str, str]) -> str:
+    """The `no exchanges: ...` message for a file whose rows gave no reply."""
+    if not spoke and not separators:
+        why = "nothing after the header row"
+    elif not spoke:
+        why = "only separator rows after the header row"
+    else:
+        why = (
+            f"no row has a reply in the {actors[1]!r} column (the second column holds actor 2's"
+            " replies; each non-empty reply cell gives one example)"
+        )
+    return f"no exchanges: {why}"
 
 
 def _finish(conversation: Conversation, findings: Findings) -> None:
