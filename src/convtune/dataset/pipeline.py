@@ -126,11 +126,11 @@ def prepare(
     train_path, valid_path = output_paths(input_path, out_dir)
     train = AtomicWriter(train_path, force=options.force)
     valid: AtomicWriter | None = None
-    run: _Run | None = None
+    run: _PrepareRun | None = None
     try:
         if options.valid_ratio > 0:
             valid = AtomicWriter(valid_path, force=options.force)
-        run = _Run(sheet, options, input_findings, train, valid)
+        run = _PrepareRun(sheet, options, input_findings, train, valid)
         run.all(progress)
         first = first_error(input_findings.errors)
         if first is not None:
@@ -173,7 +173,7 @@ def prepare(
 
 
 def _refuse_empty(
-    input_path: str | Path, run: _Run, train: AtomicWriter, valid: AtomicWriter | None
+    input_path: str | Path, run: _PrepareRun, train: AtomicWriter, valid: AtomicWriter | None
 ) -> None:
     """An input whose every example was dropped, or whose training side is empty, is an error.
 
@@ -203,7 +203,7 @@ def _refuse_empty(
     )
 
 
-class _Run:
+class _PrepareRun:
     """One pass of `prepare`: split, build, count, limit, write, account.
 
     Conversations go in batches; with per-message counting (`MessageCounts`) each batch's strings
