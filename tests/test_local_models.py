@@ -218,21 +218,27 @@ def test_a_gguf_is_converted_once_then_reread(tmp_path, fake_conversion):
     gguf.write_bytes(b"GGUF v1")
     ref = resolve_base_model(str(gguf))
     _, _, folder = load_base_model(ref)
-    assert folder == home.base_models_dir() / "Tiny"
+    assert folder == models.gguf_cache_folder(gguf, "Tiny") and folder.name.startswith("Tiny-")
     assert len(fake_conversion) == 1
     load_base_model(ref)
     assert len(fake_conversion) == 1
     gguf.write_bytes(b"GGUF v2, another file")  # the same name, another size: converted again
     assert load_base_model(ref)[2] == folder
     assert len(fake_conversion) == 2
-    assert [p.name for p in home.base_models_dir().iterdir()] == ["Tiny"]  # no leftovers
+    assert [p.name for p in home.base_models_dir().iterdir()] == [folder.name]  # no leftovers
+    # another file of the same name and size elsewhere (two exports' model.gguf) is another model
+    twin = tmp_path / "other" / "Tiny.Q4_0.gguf"
+    twin.parent.mkdir()
+    twin.write_bytes(b"GGUF v2, another file")
+    assert load_base_model(resolve_base_model(str(twin)))[2] != folder
+    assert len(fake_conversion) == 3
 
 
 def test_a_conversion_finished_by_another_process_is_used(tmp_path, tiny, monkeypatch):
     gguf = tmp_path / "Tiny.gguf"
     gguf.write_bytes(b"GGUF")
-    target = home.base_models_dir() / "Tiny"
-    stamp = {"file": gguf.name, "size": gguf.stat().st_size}
+    target = models.gguf_cache_folder(gguf, "Tiny")
+    stamp = models.gguf_stamp(gguf)
 
     def race(gguf: Path, folder: Path) -> None:  # the other process renames first
         import shutil
@@ -243,16 +249,17 @@ def test_a_conversion_finished_by_another_process_is_used(tmp_path, tiny, monkey
 
     monkeypatch.setattr(models, "_dequantize", race)
     assert load_base_model(resolve_base_model(str(gguf)))[2] == target
-    assert [p.name for p in home.base_models_dir().iterdir()] == ["Tiny"]
+    assert [p.name for p in home.base_models_dir().iterdir()] == [target.name]
 
 
-# -- the real SmolLM2: converted once per test session (about 15 s) -----------------------------
+# -- the real SmolLM2: converted once per test session (20 s or more), by conftest -------------
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    """SmolLM2 loaded from a cache built once for this module, in its own CONVTUNE_HOME."""
-    shared_home = tmp_path_factory.mktemp("smollm2-home")
+def smollm2(smollm2_converted):
+    """SmolLM2 loaded from the session's cache (conftest's `smollm2_converted`: convtune's
+    conversion, in a CONVTUNE_HOME of its own), as a later load reads it."""
+    shared_home = smollm2_converted.parent.parent
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CONVTUNE_HOME", str(shared_home))
         model, tokenizer, folder = load_base_model(resolve_base_model(SMOLLM2))

@@ -11,6 +11,7 @@ from ..errors import ConvtuneError
 from .chat_cmd import chat
 from .check_cmd import check
 from .eval_cmd import eval_command, record
+from .export_cmd import export
 from .files_cmd import files
 from .jobs_cmd import jobs
 from .models_cmd import models
@@ -41,7 +42,8 @@ def cli() -> None:
 
 
 for command in (
-    prepare, check, train, follow, jobs, models, files, chat, eval_command, record, plot, serve
+    prepare, check, train, follow, jobs, models, files, chat, eval_command, record, export, plot,
+    serve,
 ):
     cli.add_command(command)
 

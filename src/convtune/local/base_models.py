@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import re
@@ -94,13 +95,13 @@ def load_base_model(
     import torch
 
     dtype = dtype or torch.float32
-    with _quiet():
+    with quiet():
         if ref.kind == "hub":
             model, tokenizer, folder = _load_hub(ref.source, dtype)
         else:
             folder = Path(ref.source)
             if ref.kind in ("smollm2", "gguf"):
-                folder = _gguf_cache(folder, ref.name)
+                folder = gguf_cache(folder, ref.name)
             model, tokenizer = _load_folder(folder, dtype)
     _check_tokenizer(tokenizer, model, ref.name)
     return model, tokenizer, folder
@@ -149,16 +150,20 @@ def _load_hub(hub_id: str, dtype: torch.dtype) -> tuple[Any, Any, Path]:
     return model, tokenizer, folder
 
 
-def _gguf_cache(gguf: Path, name: str) -> Path:
+def gguf_cache(gguf: Path, name: str) -> Path:
     """The GGUF's dequantized copy as a model folder, converted on first use.
 
     The folder is written under a temporary name and renamed into place, so that a reader (or
-    a second process converting at the same time) never sees half a model.
+    a second process converting at the same time) never sees half a model. A copy is the
+    file's while its path, size and modification time are the ones stamped in it: two exports
+    both named `model.gguf`, even of the same size, are two models. SmolLM2's shipped file
+    keeps the plain name of its folder; any other file's folder name carries a digest of its path.
     """
     if not gguf.is_file():
         raise ConvtuneError(f"no such GGUF file: {gguf}")
-    target = base_models_dir() / name
-    stamp = {"file": gguf.name, "size": gguf.stat().st_size}
+    target = gguf_cache_folder(gguf, name)
+    name = target.name
+    stamp = gguf_stamp(gguf)
     if _read_stamp(target) == stamp:
         return target
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
@@ -179,6 +184,21 @@ def _gguf_cache(gguf: Path, name: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def gguf_cache_folder(gguf: Path, name: str) -> Path:
+    """Where the dequantized copy of `gguf` is kept (see `gguf_cache`)."""
+    resolved = gguf.resolve()
+    if resolved != Path(smollm2_gguf()).resolve():
+        name = f"{name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:10]}"
+    return base_models_dir() / name
+
+
+def gguf_stamp(gguf: Path) -> dict:
+    """What a copy records of the file it was converted from."""
+    resolved = gguf.resolve()
+    info = resolved.stat()
+    return {"file": str(resolved), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
 
 
 def _dequantize(gguf: Path, folder: Path) -> None:
@@ -234,7 +254,7 @@ def _check_tokenizer(tokenizer: Any, model: Any, name: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """No progress bars or warnings from transformers: library code never prints."""
     from transformers.utils import logging
 

@@ -1,0 +1,240 @@
+"""`export_model`: a model of this machine as files other tools run.
+
+Three formats:
+
+- ``gguf``: ``model.gguf`` (f16, bf16 or q8_0) with the chat template and end-of-turn token, an
+  Ollama ``Modelfile`` with an equivalent prompt template and stop strings, a ``README.txt``;
+- ``hf``: the merged Hugging Face folder (safetensors, config, tokenizer, chat template);
+- ``adapter``: the PEFT LoRA adapter of a model trained with LoRA.
+
+The folder is written under a temporary name beside its target and renamed into place when
+complete: a failed or interrupted export leaves no half folder under the target's name. An
+existing target is replaced only with `force`, and only when it is empty or an earlier export
+(its README.txt says so): `--force` never deletes a folder convtune did not write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConvtuneError, OptionError, OutputExistsError
+from ..local.local_service import LocalService
+from .gguf_writer import QUANTIZATIONS, Quantization
+from .modelfile import (
+    chatml_template,
+    legacy_template,
+    modelfile_text,
+    ollama_name,
+    ollama_template,
+)
+from .source import ExportSource, resolve_source
+
+FORMATS = ("gguf", "hf", "adapter")
+DEFAULT_QUANTIZATION: Quantization = "q8_0"
+MARKER = "Exported by convtune"  # the first words of every export's README.txt
+SOURCE_STAMP = "convtune-source.json"  # base_models' cache stamp: not part of a model
+
+
+@dataclass
+class ExportResult:
+    model: str
+    out: Path
+    format: str
+    quantization: str | None = None
+    files: list[Path] = field(default_factory=list)
+    ollama_template: bool = False  # the Modelfile has a TEMPLATE proven equal to the chat template
+    notes: list[str] = field(default_factory=list)  # what a user should know about the export
+
+
+def export_model(
+    model: str,
+    out: str | Path,
+    *,
+    format: str = "gguf",
+    quantize: str | None = None,
+    force: bool = False,
+    service: LocalService | None = None,
+) -> ExportResult:
+    """Export `model` (an ``ft:`` id of the local store or a base model name) into `out`."""
+    if format not in FORMATS:
+        raise OptionError(f"unknown export format {format!r}; choose gguf, hf or adapter")
+    if quantize is not None and format != "gguf":
+        raise OptionError("--quantize applies to --format gguf only")
+    quantization = quantize or DEFAULT_QUANTIZATION
+    if quantization not in QUANTIZATIONS:
+        raise OptionError(f"unknown quantization {quantization!r}; choose f16, bf16 or q8_0")
+    out = Path(out).expanduser()
+    _check_target(out, force)
+    own = service is None
+    service = service or LocalService()
+    try:
+        if format == "adapter" and service.store.get_model(model) is None:
+            raise OptionError(
+                f"{model} is not a fine-tuned model: it has no adapter",
+                hint="use --format gguf or hf",
+            )
+        source = resolve_source(model, service)
+    finally:
+        if own:
+            service.close()
+    if format == "adapter" and source.adapter is None:
+        raise OptionError(
+            f"{source.name} was fully fine-tuned: it has no LoRA adapter",
+            hint="use --format gguf or hf",
+        )
+    try:
+        with _staged(out) as staging:
+            result = _write(source, staging, out, format, quantization)  # type: ignore[arg-type]
+    except OSError as exc:  # a full disk, a folder without write permission
+        raise ConvtuneError(f"cannot write the export: {exc.strerror or exc}", path=out) from exc
+    return result
+
+
+def _write(
+    source: ExportSource, staging: Path, out: Path, format: str, quantize: Quantization
+) -> ExportResult:
+    """Write the export's files into `staging` (renamed to `out` afterwards)."""
+    if format == "gguf":
+        result = _export_gguf(source, staging, out, quantize)
+    elif format == "hf":
+        _copy_folder(source.folder, staging)
+        result = ExportResult(source.name, out, "hf")
+    else:
+        assert source.adapter is not None
+        _copy_folder(source.adapter, staging)
+        result = ExportResult(source.name, out, "adapter")
+    (staging / "README.txt").write_text(_readme(result, source), encoding="utf-8")
+    result.files = sorted(out / p.name for p in staging.iterdir())
+    return result
+
+
+def _export_gguf(
+    source: ExportSource, staging: Path, out: Path, quantize: Quantization
+) -> ExportResult:
+    from .gguf_export import write_model_gguf
+
+    written = write_model_gguf(source, staging / "model.gguf", quantize)
+    result = ExportResult(source.name, out, "gguf", quantize)
+    template = None
+    if written.render is not None:
+        if source.format == "prompt-completion":
+            candidate = legacy_template(source.actors)
+        else:
+            candidate = chatml_template(written.render)
+        template = ollama_template(written.render, candidate)
+    result.ollama_template = template is not None
+    if template is None:
+        result.notes.append(
+            "the Modelfile has no TEMPLATE: convtune writes Ollama templates for ChatML and"
+            " Human:/AI: models; Ollama will use the template it recognises in model.gguf"
+        )
+    if source.base_gguf is None and source.fine_tuned:
+        result.notes.append(
+            "the base model's GGUF was not found: metadata and tokenizer were written from the"
+            " Hugging Face folder"
+        )
+    text = modelfile_text(source.name, template, written.stops)
+    (staging / "Modelfile").write_text(text, encoding="utf-8")
+    return result
+
+
+def _check_target(out: Path, force: bool) -> None:
+    """Refuse an existing target without `force`, and any target convtune did not write."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise OutputExistsError(f"{out} exists", hint="add --force to replace it")
+    if not out.is_dir() or out.is_symlink():
+        raise OutputExistsError(f"{out} exists and is not a folder", hint="remove it first")
+    if any(out.iterdir()) and not _is_export(out):
+        raise OutputExistsError(
+            f"{out} exists and is not a convtune export: --force will not delete it",
+            hint="choose another folder or remove it yourself",
+        )
+
+
+def _is_export(folder: Path) -> bool:
+    try:
+        with open(folder / "README.txt", encoding="utf-8") as f:
+            return f.readline().startswith(MARKER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out`, renamed to `out` when the body succeeds."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the export from other users
+        old = None
+        if out.exists():  # checked by _check_target: an earlier export, replaced with force
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+            os.replace(out, old / "export")
+        os.rename(staging, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_folder(folder: Path, target: Path) -> None:
+    """The model's files (not convtune's cache stamp), copied into `target`."""
+    for item in sorted(folder.iterdir()):
+        if item.name == SOURCE_STAMP or item.name.startswith("."):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, target / item.name)
+        else:
+            shutil.copy2(item, target / item.name)
+
+
+def _readme(result: ExportResult, source: ExportSource) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("convtune")
+    except PackageNotFoundError:
+        ours = "(development)"
+    where = str(result.out)
+    kind = f"gguf, {result.quantization}" if result.format == "gguf" else result.format
+    lines = [f"{MARKER} {ours} from {result.model} ({kind}).", ""]
+    if result.format == "gguf":
+        name = ollama_name(result.model)
+        lines += [
+            "Ollama:",
+            f"  ollama create {name} -f {where}/Modelfile",
+            f"  ollama run {name}",
+            "",
+            "llama.cpp (the chat template and end-of-turn token are in model.gguf):",
+            f"  llama-cli -m {where}/model.gguf",
+            f"  llama-server -m {where}/model.gguf",
+        ]
+    elif result.format == "hf":
+        lines += [
+            "A Hugging Face model folder (safetensors, config, tokenizer and chat template):",
+            f"  convtune chat {where} --message Hello",
+            f'  AutoModelForCausalLM.from_pretrained("{where}")',
+        ]
+    else:
+        lines += [
+            "A PEFT LoRA adapter; load it on its base model:",
+            f'  PeftModel.from_pretrained(base_model, "{where}")',
+        ]
+    if source.format == "prompt-completion":
+        first, second = source.actors or ("Human", "AI")
+        lines += [
+            "",
+            f"This model was trained on prompt/completion data: it is prompted with '{first}: ...'"
+            f" and '{second}: ...' lines ending in '{second}:' (the chat template does this), and"
+            f" its reply ends with '\\n{first}:' (pass it as a stop string to llama-server).",
+        ]
+    return "\n".join(lines) + "\n"
