@@ -285,7 +285,7 @@ def test_record_writes_nothing_while_an_answer_is_missing(valid, tmp_path, capsy
     assert "got no answer" in err and "nothing was written" in err
 
 
-def test_smollm2_answers_and_is_scored_by_teacher_forcing(valid, capsys):
+def test_smollm2_answers_and_is_scored_by_teacher_forcing(valid, smollm2_home, capsys):
     """The real default model: it answers in words, and its loss on the references is that of a
     language model that knows English (far below log(49152) = 10.8 of a uniform guess)."""
     code = main(
