@@ -3,7 +3,8 @@
 One server for the module (tests/servers.py starts `convtune serve --port 0`), a tiny random
 model (tests/tiny_models.py) so that each job trains in seconds. First the library path
 (`OpenAIService`), then the same flow through the real entry point:
-`convtune train FILE --base-url URL --api-key KEY --model <tiny model folder>`.
+`convtune train FILE --base-url URL --api-key KEY --model <tiny model folder>`, and the quick
+commands after it through the same `main()` in this process.
 """
 
 from __future__ import annotations
@@ -134,7 +135,28 @@ def convtune(*args, timeout=300) -> subprocess.CompletedProcess:
     return result
 
 
-def test_train_through_the_cli_against_convtune_serve(served, tiny, data, tmp_path):
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """cli(*args): `main(args)` in this process, for the quick commands (a process of its own
+    pays a second or more to import the openai SDK); a CompletedProcess-like result."""
+    from convtune.cli.main import main
+
+    for name in [k for k in os.environ if k.upper().endswith("_PROXY")]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+    def run(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        assert KEY not in out + err and "4b8e2d6f0a1c" not in out + err and "Traceback" not in out + err
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+def test_train_through_the_cli_against_convtune_serve(served, tiny, data, tmp_path, cli):
     remote = ("--base-url", served.url, "--api-key", KEY)
     result = convtune(
         "train",
@@ -163,19 +185,23 @@ def test_train_through_the_cli_against_convtune_serve(served, tiny, data, tmp_pa
 
     followed = convtune("follow", job_id, *remote)  # a finished job: its events, once more
     assert followed.returncode == 0 and model in followed.stdout
-    chat = convtune("chat", model, "--message", "Hello", "--max-tokens", "5", *remote)
+    chat = cli("chat", model, "--message", "Hello", "--max-tokens", "5", *remote)
     assert chat.returncode == 0, chat.stderr
     csv = tmp_path / "results.csv"
-    results = convtune("jobs", "results", job_id, "-o", csv, *remote)
+    results = cli("jobs", "results", job_id, "-o", csv, *remote)
     assert results.returncode == 0 and csv.read_text().startswith("step,train_loss")
-    listed = json.loads(convtune("models", "list", "--json", *remote).stdout)
+    listed = json.loads(cli("models", "list", "--json", *remote).stdout)
     assert model in [m["id"] for m in listed["data"]]
+    assert all(m["id"].startswith("ft:") for m in listed["data"])  # base models when asked:
+    every = json.loads(cli("models", "list", "--include-base", "--json", *remote).stdout)
+    bases = {m["id"] for m in every["data"] if m["owned_by"] == "system"}
+    assert bases == {"SmolLM2-135M-Instruct", tiny.name}
 
-    deleted = convtune("models", "delete", "--all", "--yes", *remote)
+    deleted = cli("models", "delete", "--all", "--yes", *remote)
     assert deleted.returncode == 0 and model in deleted.stdout
-    gone = convtune("chat", model, "--message", "Hello", *remote)
+    gone = cli("chat", model, "--message", "Hello", *remote)
     assert gone.returncode == 1 and len(gone.stderr.strip().splitlines()) == 1
-    files = convtune("files", "delete", "--all", "--yes", *remote)
+    files = cli("files", "delete", "--all", "--yes", *remote)
     assert files.returncode == 0 and "Deleted" in files.stdout
-    wrong = convtune("jobs", "list", "--base-url", served.url, "--api-key", "sk-wrong-0f9e8d7c6b")
+    wrong = cli("jobs", "list", "--base-url", served.url, "--api-key", "sk-wrong-0f9e8d7c6b")
     assert wrong.returncode == 1 and "0f9e8d7c6b" not in wrong.stdout + wrong.stderr

@@ -90,9 +90,13 @@ def test_openai_sdk_end_to_end_every_operation(served, conformance, tiny, data):
     results = client.files.content(done.result_files[0]).text
     assert results.startswith("step,train_loss")
 
-    # models and chat
-    assert model in [m.id for m in client.models.list()]
+    # models and chat: the fine-tuned model, and the base models beside it (marked as OpenAI
+    # marks its own), each of which answers a chat
+    listed = {m.id: m.owned_by for m in client.models.list()}
+    assert listed[model] == "convtune" and next(iter(listed)) == model  # fine-tuned first
+    assert listed[tiny.name] == "system" and listed["SmolLM2-135M-Instruct"] == "system"
     assert client.models.retrieve(model).owned_by == "convtune"
+    assert client.models.retrieve(tiny.name).owned_by == "system"
     messages = [{"role": "user", "content": "Hello"}]
     whole = client.chat.completions.create(
         model=model, messages=messages, max_tokens=12, temperature=0
@@ -101,6 +105,10 @@ def test_openai_sdk_end_to_end_every_operation(served, conformance, tiny, data):
     assert isinstance(text, str) and whole.choices[0].finish_reason in ("stop", "length")
     usage = whole.usage
     assert usage.prompt_tokens > 5 and 0 < usage.completion_tokens <= 12
+    before = client.chat.completions.create(  # the base model, to compare before and after
+        model=tiny.name, messages=messages, max_tokens=12, temperature=0
+    )
+    assert before.model == tiny.name and isinstance(before.choices[0].message.content, str)
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
     stream = client.chat.completions.create(
@@ -152,6 +160,8 @@ def test_openai_sdk_end_to_end_every_operation(served, conformance, tiny, data):
 
     deleted = client.models.delete(model)
     assert deleted.deleted and deleted.id == model
+    with pytest.raises(openai.ConflictError):  # base models are never deleted
+        client.models.delete(tiny.name)
     with pytest.raises(openai.NotFoundError) as missing:
         client.models.retrieve(model)
     assert missing.value.code == "model_not_found"

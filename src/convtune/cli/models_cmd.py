@@ -35,11 +35,17 @@ def models() -> None:
 \b
 Examples:
   convtune models list
+  convtune models list --include-base
   convtune models list --backend openai --include-base
   convtune models list --backend openai --shutdowns shutdowns.json --json
 """,
 )
-@click.option("--include-base", is_flag=True, help="Also base models (remote services list them).")
+@click.option(
+    "--include-base",
+    is_flag=True,
+    help="Also the base models jobs and chats start from (locally: SmolLM2-135M-Instruct and"
+    " those trained from or converted here).",
+)
 @click.option(
     "--shutdowns",
     type=click.Path(dir_okay=False, path_type=Path),

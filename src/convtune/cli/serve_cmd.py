@@ -19,6 +19,7 @@ from ..errors import ConvtuneError
 Examples:
   convtune serve --port 8000 --api-key-file keys.txt
   CONVTUNE_API_KEYS=sk-local-1 convtune serve --concurrency 2
+  convtune serve --api-key-file keys.txt --rate-limit 60/min
   python -c "from openai import OpenAI; c = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='sk-local-1'); print(c.models.list())"
 """
 )
@@ -55,8 +56,19 @@ Examples:
     show_default=True,
     help="Largest file upload accepted (413 past it).",
 )
+@click.option(
+    "--rate-limit",
+    metavar="N/UNIT",
+    default=None,
+    help="Requests per key: N/s, N/min or N/h (429 with Retry-After past it). Default: no limit.",
+)
 def serve(
-    host: str, port: int, api_key_file: Path | None, concurrency: int, max_upload_mb: float
+    host: str,
+    port: int,
+    api_key_file: Path | None,
+    concurrency: int,
+    max_upload_mb: float,
+    rate_limit: str | None,
 ) -> None:
     """Serve OpenAI's fine-tuning and chat API on this machine.
 
@@ -68,6 +80,7 @@ def serve(
 
         from ..server import create_app
         from ..server.auth import load_keys
+        from ..server.rate_limit import parse_rate
     except ImportError as exc:
         raise ConvtuneError(
             f"convtune serve needs the serve extra ({exc.name} is missing)",
@@ -75,6 +88,7 @@ def serve(
         ) from None
     from ..local.local_service import LocalService
 
+    rate = parse_rate(rate_limit) if rate_limit is not None else None
     keys = load_keys(api_key_file)
     if api_key_file is not None and api_key_file.stat().st_mode & 0o077:
         click.echo(
@@ -92,7 +106,9 @@ def serve(
     service = LocalService(max_running=concurrency)
     for job_id, what in service.recover():
         click.echo(f"convtune serve: job {job_id} {what} after the restart", err=True)
-    app = create_app(service, keys, max_upload_bytes=int(max_upload_mb * (1 << 20)))
+    app = create_app(
+        service, keys, max_upload_bytes=int(max_upload_mb * (1 << 20)), rate_limit=rate
+    )
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound_port}/v1"

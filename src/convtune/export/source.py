@@ -54,13 +54,14 @@ def resolve_source(model: str, service: LocalService) -> ExportSource:
         )
     if model.startswith("ft:"):
         service.model_record(model)  # NotFound, with the hint to list the models
-    return _base_source(model)
+    return _base_source(model, service)
 
 
-def _base_source(model: str) -> ExportSource:
-    from ..local.base_models import gguf_cache, quiet, resolve_base_model
+def _base_source(model: str, service: LocalService) -> ExportSource:
+    """A base model as a job or a chat takes it: a name, a path, or an id `models list` shows."""
+    from ..local.base_models import gguf_cache, quiet
 
-    ref = resolve_base_model(model)
+    ref = service.base_model(model)
     if ref.kind in ("smollm2", "gguf"):
         gguf = Path(ref.source)
         with quiet():

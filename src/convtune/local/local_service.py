@@ -8,11 +8,14 @@ started it. Every change of a job's status is one of the store's transitions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,12 +45,17 @@ from ..objects import (
 from . import process
 
 if TYPE_CHECKING:  # loading a chat model needs torch; resolving a job does not
+    from .base_models import BaseModelRef
     from .chat import LocalChat
 from .store import LAUNCH_GRACE, Store, database_path
 
+DEFAULT_MAX_BATCH = 16  # chat replies generated together (BENCHMARKS.md, `convtune serve`)
 SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 PURPOSES = ("fine-tune", "fine-tune-results")
 CHAT_MODELS_KEPT = 4  # models kept loaded for chat; the least recently used is dropped first
+# `owned_by` of a listed base model: what OpenAI says of its own base models (fine-tuned models
+# are "convtune", as OpenAI's are the organisation's); the ft: prefix tells them apart too
+BASE_OWNER = "system"
 
 
 class LocalService(FineTuningService):
@@ -55,6 +63,10 @@ class LocalService(FineTuningService):
 
     `max_running` caps how many jobs train at once (`convtune serve --concurrency`): more jobs
     wait in line as `queued`, oldest first. None, as the CLI has it, runs every job at once.
+
+    `max_batch` caps how many chat replies one model generates together (`convtune serve
+    --max-batch`): replies asked at the same time share each forward pass; 1 generates them one
+    after another.
     """
 
     name = "local"
@@ -64,16 +76,26 @@ class LocalService(FineTuningService):
         file_paths=True,
         trainer_options=True,
         resume_ended=True,
-        lists_base_models=False,
+        lists_base_models=True,
         deletes_model_files=True,
         scores_references=True,
+        batches_chat=True,
     )
 
-    def __init__(self, home: Path | None = None, *, max_running: int | None = None) -> None:
+    def __init__(
+        self,
+        home: Path | None = None,
+        *,
+        max_running: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
         if max_running is not None and max_running < 1:
             raise OptionError("the number of jobs running at once must be 1 or more")
+        if max_batch < 1:
+            raise OptionError("the number of replies generated together must be 1 or more")
         self.home = home or data_dir()
         self.max_running = max_running
+        self.max_batch = max_batch
         self.store = Store(database_path(self.home))
         self._children: dict[str, subprocess.Popen] = {}
         self._chat_models: dict[str, LocalChat] = {}
@@ -82,6 +104,10 @@ class LocalService(FineTuningService):
         self._uploading = threading.Lock()
 
     def close(self) -> None:
+        with self._guard:
+            chats = list(self._chat_models.values())
+        for chat in chats:  # replies still under way end here, not in the middle of torch
+            chat.close()
         self.store.close()
 
     # -- files ---------------------------------------------------------------------------------
@@ -175,13 +201,13 @@ class LocalService(FineTuningService):
 
     def create_job(self, request: JobRequest) -> Job:
         """Record the job and start its worker; validation happens there, before any model load."""
-        from .base_models import BaseModelRef, resolve_base_model
+        from .base_models import BaseModelRef
 
         tuned = self.store.get_model(request.model)
         if tuned is not None:  # train further on a fine-tuned model, as OpenAI allows
             base = BaseModelRef(tuned["base"], "folder", tuned["path"])
         else:
-            base = resolve_base_model(request.model)
+            base = self.base_model(request.model)
         for file_id in filter(None, (request.training_file, request.validation_file)):
             self.file_path(file_id)  # NotFound early, with the id
         if request.suffix is not None and not SUFFIX.match(request.suffix):
@@ -371,11 +397,103 @@ class LocalService(FineTuningService):
     # -- models --------------------------------------------------------------------------------
 
     def list_models(self) -> list[ModelObject]:
-        return self.store.list_models()
+        """The fine-tuned models, newest first, then the base models a job or a chat can start
+        from (`base_models`: owned by "system", as OpenAI lists its own), the default first."""
+        return self.store.list_models() + [model for _, model in self.base_models().values()]
 
     def get_model(self, model_id: str) -> ModelObject:
+        """A fine-tuned model, or a base model `list_models` lists."""
+        if not model_id.startswith("ft:") and self.store.get_model(model_id) is None:
+            known = self.base_models().get(model_id)
+            if known is None:
+                raise NotFound(
+                    f"no model {model_id!r}",
+                    hint="convtune models list --include-base shows them",
+                )
+            return known[1]
         record = self.model_record(model_id)
         return ModelObject(model_id, record["created"], record.get("owned_by") or "convtune")
+
+    def base_model(self, name: str) -> BaseModelRef:
+        """What a base model's name means here: whatever `resolve_base_model` takes (SmolLM2,
+        a model folder, a .gguf file, a hub id), or the id of a base model `list_models` lists.
+        `OptionError` for neither."""
+        from .base_models import resolve_base_model
+
+        try:
+            return resolve_base_model(name)
+        except OptionError:
+            known = None if name.startswith("ft:") else self.base_models().get(name)
+            if known is None or known[0] is None:
+                raise
+            return known[0]
+
+    def base_models(self) -> dict[str, tuple[BaseModelRef | None, ModelObject]]:
+        """The base models this installation can start from, by id, each as a job and a chat
+        take it: SmolLM2-135M-Instruct always, then those its jobs trained from (oldest first),
+        then the converted copies in `base_models_dir()` of models no job names.
+
+        One entry per source, however its path was spelled; a source that is gone is left out.
+        An id is the name fine-tuned ids carry (`ft:<name>:...`, a job's `model`); a second
+        source of the same name gets the name and a digest of its path, as the folders of
+        converted GGUF files are named. The default's ref is None without its package.
+        """
+        from ..dataset.modelinfo import SMOLLM2
+        from ..home import base_models_dir
+        from .base_models import BaseModelRef, resolve_base_model
+
+        found: dict[str, tuple[BaseModelRef | None, ModelObject]] = {}
+        seen: set[str] = set()
+        for name, spec, created in self._base_candidates(base_models_dir()):
+            try:
+                ref = resolve_base_model(spec)
+            except OptionError:  # gone (or, for the default, its package missing)
+                if spec == SMOLLM2:
+                    found[SMOLLM2] = (None, ModelObject(SMOLLM2, 0, BASE_OWNER))
+                continue
+            key = _source_key(ref)
+            if key in seen:
+                continue
+            seen.add(key)
+            model_id = name or ref.name
+            if model_id in found:
+                model_id = f"{model_id}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+            if created is None:
+                created = _mtime(ref.source)
+            found[model_id] = (
+                BaseModelRef(model_id, ref.kind, ref.source),
+                ModelObject(model_id, created, BASE_OWNER),
+            )
+        return found
+
+    def _base_candidates(self, converted: Path) -> Iterator[tuple[str | None, str, int | None]]:
+        """(id wanted or None for the model's own name, what `resolve_base_model` takes,
+        created or None for the source's time), in the order ids are given out."""
+        from ..dataset.modelinfo import SMOLLM2
+        from .base_models import STAMP
+
+        yield SMOLLM2, SMOLLM2, None
+        jobs, _ = self.store.list_jobs(limit=1 << 62)
+        for job in reversed(jobs):  # oldest first: an id, once given, stays with its source
+            if job.model.startswith("ft:"):  # trained further: its base is a fine-tuned model
+                continue
+            options = self.store.job_runtime(job.id).get("options") or {}
+            if options.get("model_source"):
+                name = options.get("base_name") or job.model
+                yield name, options["model_source"], job.created_at  # first trained from
+        for folder in sorted(converted.iterdir()):
+            if folder.name.startswith(".") or folder.name == SMOLLM2:
+                continue  # a conversion under way; the default's own copy
+            if not (folder / "config.json").is_file():
+                continue
+            try:
+                gguf = Path(json.loads((folder / STAMP).read_text())["file"])
+            except (OSError, ValueError, KeyError, TypeError):
+                gguf = None
+            if gguf is not None and gguf.is_file():  # the GGUF it came from, as a job names it
+                yield None, str(gguf), None
+            else:
+                yield folder.name, str(folder), None
 
     def model_record(self, model_id: str) -> dict:
         """The store's row of a fine-tuned model: where its weights are, its format, actors."""
@@ -389,8 +507,18 @@ class LocalService(FineTuningService):
     def delete_model(self, model_id: str) -> None:
         """Remove a fine-tuned model from the database and its files from disk.
 
-        Refused (`Conflict`) while a job that has not ended trains on top of it.
+        Refused (`Conflict`) for a base model, and while a job that has not ended trains on
+        top of it.
         """
+        if self.store.get_model(model_id) is None and not model_id.startswith("ft:"):
+            try:
+                self.base_model(model_id)
+            except OptionError:
+                pass
+            else:
+                raise Conflict(
+                    f"{model_id} is a base model: convtune deletes only fine-tuned (ft:) models"
+                )
         model = self.model_record(model_id)
         users = [
             j
@@ -406,13 +534,11 @@ class LocalService(FineTuningService):
             shutil.rmtree(folder, ignore_errors=True)
 
     def knows_model(self, model: str) -> bool:
-        """A fine-tuned model of the store, or a base model name or folder that resolves."""
-        from .base_models import resolve_base_model
-
+        """A fine-tuned model of the store, or a base model name, id or folder that resolves."""
         if self.store.get_model(model) is not None:
             return True
         try:
-            resolve_base_model(model)
+            self.base_model(model)
         except OptionError:
             return False
         return True
@@ -437,8 +563,8 @@ class LocalService(FineTuningService):
         with loading:
             with self._guard:
                 chat = self._chat_models.pop(key, None)
-            if chat is None:
-                chat = LocalChat.load(self, model)
+            if chat is None:  # by its source: a base model's id means nothing to the loader
+                chat = LocalChat.load(self, key)
             with self._guard:
                 self._chat_models[key] = chat  # most recently used last
                 while len(self._chat_models) > CHAT_MODELS_KEPT:  # replies under way go on
@@ -449,6 +575,17 @@ class LocalService(FineTuningService):
         """One cache entry per model, however its path is spelled (`/a/b`, `/a//b`, `/a/./b`)."""
         if self.store.get_model(model) is not None:
             return model
-        from .base_models import resolve_base_model
+        return self.base_model(model).source
 
-        return resolve_base_model(model).source
+
+def _source_key(ref: BaseModelRef) -> str:
+    """One spelling of a base model's source: its real path, or its hub id."""
+    return ref.source if ref.kind == "hub" else str(Path(ref.source).resolve())
+
+
+def _mtime(source: str) -> int:
+    """When a local source was last written (0 for a hub id)."""
+    try:
+        return int(Path(source).stat().st_mtime)
+    except OSError:
+        return 0

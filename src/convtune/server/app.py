@@ -16,6 +16,7 @@ from . import chat_api, errors, files_api, jobs_api, models_api
 from .auth import BearerAuth, KeyRing
 from .context import Context
 from .gate import Gate
+from .rate_limit import Limiter, Rate, RateLimit
 from .stored import StoredCompletions
 
 PREFIX = "/v1"
@@ -28,9 +29,11 @@ def create_app(
     max_upload_bytes: int = 512 << 20,
     chat_slots: int = 4,
     home: Path | None = None,
+    rate_limit: Rate | None = None,
 ) -> FastAPI:
     """The ASGI app. `keys` are the accepted bearer keys (at least one); `home` is where the
-    server keeps uploads in progress and stored completions (default: the service's home)."""
+    server keeps uploads in progress and stored completions (default: the service's home);
+    `rate_limit` caps each key's requests (429 past it), none by default."""
     home = Path(home or service.home)
     ctx = Context(
         service=service,
@@ -51,5 +54,7 @@ def create_app(
     errors.install(app)
     for module in (files_api, jobs_api, models_api, chat_api):
         app.include_router(module.router(ctx), prefix=PREFIX)
+    if rate_limit is not None:  # added first, so inside the key check: only known keys count
+        app.add_middleware(RateLimit, limiter=Limiter(rate_limit))
     app.add_middleware(BearerAuth, keys=KeyRing(keys))
     return app

@@ -4,7 +4,8 @@ The check is ASGI middleware, not a route dependency, so that it runs before any
 an unknown URL, a malformed body or an upload gets 401 without a key, and no request body is
 read for a caller without one. Keys are compared in constant time (`hmac.compare_digest` over
 SHA-256 digests, so not even a key's length shows in the timing), and never written anywhere:
-not in logs, not in error bodies.
+not in logs, not in error bodies. What comes after the check (the rate limits) knows a request's
+key only by its digest, in the scope's `convtune.key_digest`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConvtuneError
 from .errors import APIError
+from .rate_limit import KEY_DIGEST
 
 ENV = "CONVTUNE_API_KEYS"
 
@@ -67,11 +69,15 @@ class KeyRing:
         self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
 
     def accepts(self, key: str) -> bool:
+        return self.match(key) is not None
+
+    def match(self, key: str) -> bytes | None:
+        """The key's digest if it is one of the keys (what rate limits count by), else None."""
         given = hashlib.sha256(key.encode()).digest()
         ok = False
         for digest in self._digests:  # no early exit: every key is compared
             ok |= hmac.compare_digest(given, digest)
-        return ok
+        return given if ok else None
 
 
 class BearerAuth:
@@ -87,16 +93,18 @@ class BearerAuth:
             return
         values = [v for k, v in scope["headers"] if k == b"authorization"]
         error = None
+        digest = None
         if len(values) != 1:
             error = APIError(401, MISSING if not values else WRONG, code="invalid_api_key")
         else:
             scheme, _, key = values[0].decode("latin-1").strip().partition(" ")
             if scheme.lower() != "bearer" or not key.strip():
                 error = APIError(401, MISSING, code="invalid_api_key")
-            elif not self.keys.accepts(key.strip()):
+            elif (digest := self.keys.match(key.strip())) is None:
                 error = APIError(401, WRONG, code="invalid_api_key")
         if error is not None:
             response = error.response(headers={"WWW-Authenticate": 'Bearer realm="convtune"'})
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        # the key's digest, never the key, for what comes after (`rate_limit.RateLimit`)
+        await self.app({**scope, KEY_DIGEST: digest}, receive, send)

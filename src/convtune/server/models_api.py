@@ -1,4 +1,7 @@
-"""`/v1/models`: list, retrieve, delete the fine-tuned models of the local store."""
+"""`/v1/models`: the fine-tuned models of the local store (list, retrieve, delete) and the base
+models a job or a chat can start from (list, retrieve; `owned_by: "system"`, as OpenAI lists its
+own), both as the service lists them. Deleting a base model is a 409.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from ..errors import NotFound
+from ..errors import Conflict, NotFound
 from . import ids
 from .context import Context
-from .errors import APIError
+from .errors import APIError, from_library
 
 
 def router(ctx: Context) -> APIRouter:
@@ -35,6 +38,8 @@ def router(ctx: Context) -> APIRouter:
             await ctx.gate(ctx.service.delete_model, model)
         except NotFound:
             raise model_not_found(model) from None
+        except Conflict as exc:  # a base model, or one a job is training on
+            raise from_library(exc, param="model") from None
         return {"id": model, "object": "model", "deleted": True}
 
     return api
@@ -47,5 +52,3 @@ def model_not_found(model: str) -> APIError:
         param="model",
         code="model_not_found",
     )
-
-
