@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean ui browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,21 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) examples/demo.py $(OUT)
 
-test: $(STAMP)
+# The web page's tests drive Debian's chromium with Playwright (its own browser download needs a
+# network): installed here when it is missing and apt-get can (as root); else they say how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || echo "make: chromium is missing (sudo apt-get install chromium): the browser tests will fail"
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# The web page: convtune serve on loopback with a fresh key, opened in the browser. (make test
+# runs its browser tests with Debian's chromium: apt-get install chromium; .ci/run does it.)
+ui: $(STAMP)
+	$(VENV)/bin/convtune ui
 
 # Opens examples/finetune_from_conversations.ipynb in JupyterLab; installs the notebook extra
 # (JupyterLab), which make test does not need.

@@ -19,6 +19,7 @@ from .plot_cmd import plot
 from .prepare_cmd import prepare
 from .serve_cmd import serve
 from .train_cmd import follow, train
+from .ui_cmd import ui
 
 EXAMPLES = """
 \b
@@ -43,7 +44,7 @@ def cli() -> None:
 
 for command in (
     prepare, check, train, follow, jobs, models, files, chat, eval_command, record, export, plot,
-    serve,
+    serve, ui,
 ):
     cli.add_command(command)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from . import chat_api, errors, files_api, jobs_api, models_api
+from . import chat_api, errors, files_api, jobs_api, models_api, ui_api, ui_static
 from .auth import BearerAuth, KeyRing
 from .context import Context
 from .gate import Gate
@@ -54,7 +54,9 @@ def create_app(
     errors.install(app)
     for module in (files_api, jobs_api, models_api, chat_api):
         app.include_router(module.router(ctx), prefix=PREFIX)
+    app.include_router(ui_api.router(ctx, home), prefix=PREFIX)  # what the web page needs
+    app.include_router(ui_static.router())  # the web page at /, its files without a key
     if rate_limit is not None:  # added first, so inside the key check: only known keys count
         app.add_middleware(RateLimit, limiter=Limiter(rate_limit))
-    app.add_middleware(BearerAuth, keys=KeyRing(keys))
+    app.add_middleware(BearerAuth, keys=KeyRing(keys), public=ui_static.is_public)
     return app

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -83,12 +84,17 @@ class KeyRing:
 class BearerAuth:
     """ASGI middleware: 401 in OpenAI's envelope unless `Authorization: Bearer <a known key>`."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: KeyRing, public: Callable[[str, str], bool] | None = None
+    ) -> None:
         self.app = app
         self.keys = keys
+        self.public = public  # public(method, path): the web page's files, which hold no data
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self.public is not None and self.public(scope["method"], scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
         values = [v for k, v in scope["headers"] if k == b"authorization"]

@@ -1,0 +1,299 @@
+// 1. Data: a spreadsheet and prepare's options in; the report, the first examples and the
+// token histogram out (POST /v1/convtune/prepare); Save uploads the files (`save: true`).
+
+import * as api from "./api.js";
+import { histogram } from "./charts.js";
+import { $, clearErrors, field, h, number, options as fill, showError, stats } from "./dom.js";
+
+const LABELS = {
+  format: ["Format", "chat: OpenAI chat; prompt-completion: legacy GPT-3; sharegpt: Axolotl, LLaMA-Factory."],
+  context: ["Context", "Messages before each reply to include, or all. 0: the reply alone."],
+  layout: ["Layout", "turn: one example per reply; conversation: one per conversation."],
+  system: ["System message", "Put at the start of every chat or sharegpt example (optional)."],
+  stop: ["End completions with the next speaker's name", "prompt-completion: teaches the model to stop."],
+  valid_ratio: ["Validation share", "Share of conversations kept for validation (0 to below 1)."],
+  seed: ["Seed of the split", null],
+  separator: ["Separator", "The text of the rows between conversations."],
+  delimiter: ["CSV delimiter", null],
+  encoding: ["Text encoding", "Of a CSV: utf-8, cp1252..."],
+  model: ["Count tokens and cost for", null],
+  max_tokens: ["Longest example (tokens)", "Default: the model's limit."],
+  overlong: ["Longer examples", "drop them, or truncate their oldest context."],
+};
+
+export function dataPage(description) {
+  const spec = description.prepare;
+  const controls = {};
+  let file = null;
+  let timer = null;
+  let running = null;
+
+  const select = (choices, value) => {
+    const element = h("select");
+    fill(element, choices);
+    element.value = value;
+    return element;
+  };
+  controls.format = select(spec.format.choices, spec.format.default);
+  controls.context = h("input", { inputmode: "numeric", value: spec.context.default, autocomplete: "off" });
+  controls.layout = select(spec.layout.choices, spec.layout.default);
+  controls.valid_ratio = h("input", {
+    type: "number", min: spec.valid_ratio.low, max: 0.95, step: 0.05, value: spec.valid_ratio.default,
+  });
+  controls.system = h("textarea", { rows: 2, maxlength: spec.system.max_bytes });
+  controls.stop = h("input", { type: "checkbox" });
+  controls.stop.checked = spec.stop.default;
+  controls.seed = h("input", { type: "number", min: 0, step: 1, value: spec.seed.default });
+  controls.separator = h("input", { value: "###", autocomplete: "off" });
+  controls.delimiter = select([["", "detect"], [";", ";"], [",", ","], ["\t", "tab"], ["|", "|"]], "");
+  controls.encoding = h("input", { value: "utf-8", autocomplete: "off" });
+  controls.model = h("select");
+  controls.max_tokens = h("input", { type: "number", min: 1, step: 1, placeholder: "the model's limit" });
+  controls.overlong = select(spec.overlong.choices, spec.overlong.default);
+
+  const add = (where, names) => {
+    for (const name of names) {
+      const [label, help] = LABELS[name];
+      $(where).append(field(`opt-${name.replace("_", "-")}`, label, controls[name], help));
+    }
+  };
+  add("#prepare-fields", ["format", "context", "layout", "valid_ratio", "system", "stop"]);
+  add("#prepare-more", ["seed", "separator", "delimiter", "encoding", "model", "max_tokens", "overlong"]);
+
+  const models = () => {
+    const fallback = spec.model.default[controls.format.value];
+    fill(controls.model, [["", `${fallback} (default)`], ...spec.model.choices.filter((m) => m !== fallback)]);
+  };
+  models();
+  const formatChanged = () => {
+    const legacy = controls.format.value === "prompt-completion";
+    controls.stop.closest(".field").hidden = !legacy;
+    controls.system.closest(".field").hidden = legacy;
+    models();
+  };
+  formatChanged();
+
+  const form = $("#prepare-form");
+  const input = $("#sheet-file");
+  const sheetSelect = $("#opt-sheet");
+
+  function controlFor(param) {
+    if (!param) return null;
+    const name = param.split(".").pop();
+    if (name === "file") return input;
+    if (name === "sheet") return sheetSelect;
+    return controls[name] || null;
+  }
+
+  function controlOf(error) {
+    // a form field past the upload's limit is named in the message only
+    const named = error.message.match(/form field '(\w+)'/);
+    return controlFor(error.param || (named && named[1])) || input;
+  }
+
+  function gather() {
+    const values = {};
+    const context = controls.context.value.trim().toLowerCase();
+    if (context === "all") values.context = "all";
+    else if (/^\d+$/.test(context)) values.context = Number(context);
+    else throw [controls.context, "The context is a number of messages (0 or more), or all."];
+    const ratio = Number(controls.valid_ratio.value);
+    if (controls.valid_ratio.value === "" || !(ratio >= 0 && ratio < 1)) {
+      throw [controls.valid_ratio, "The validation share is a number from 0 to below 1, such as 0.2."];
+    }
+    values.valid_ratio = ratio;
+    values.format = controls.format.value;
+    values.layout = controls.layout.value;
+    values.seed = Number(controls.seed.value || 0);
+    values.separator = controls.separator.value || "###";
+    values.encoding = controls.encoding.value.trim() || "utf-8";
+    if (controls.delimiter.value) values.delimiter = controls.delimiter.value;
+    if (controls.model.value) values.model = controls.model.value;
+    if (controls.max_tokens.value) values.max_tokens = Number(controls.max_tokens.value);
+    values.overlong = controls.overlong.value;
+    if (values.format === "prompt-completion") values.stop = controls.stop.checked;
+    if (!$("#sheet-field").hidden && sheetSelect.value) values.sheet = sheetSelect.value;
+    return values;
+  }
+
+  async function run(save) {
+    clearErrors(form);
+    if (!file) {
+      showError(input, "Choose a spreadsheet first.");
+      input.focus();
+      return;
+    }
+    let values;
+    try {
+      values = gather();
+    } catch ([control, message]) {
+      showError(control, message);
+      control.focus();
+      return;
+    }
+    values.save = save;
+    const body = new FormData();
+    body.append("file", file, file.name);
+    body.append("options", JSON.stringify(values));
+    const system = controls.system.value.trim();
+    if (new TextEncoder().encode(system).length > spec.system.max_bytes) {
+      showError(controls.system, `The system message is too long: at most ${spec.system.max_bytes} bytes.`);
+      controls.system.focus();
+      return;
+    }
+    if (system && values.format !== "prompt-completion") body.append("system", system);
+    running?.abort();
+    const controller = new AbortController();
+    running = controller;
+    $("#prepare-status").textContent = save ? "Saving…" : "Preparing…";
+    try {
+      const result = await api.call("POST", "/convtune/prepare", { form: body, signal: controller.signal });
+      if (running !== controller) return;
+      show(result);
+      $("#prepare-status").textContent = "";
+      $("#save-button").disabled = false;
+      if (save) saved(result.files);
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      $("#prepare-status").textContent = "";
+      $("#prepare-result").hidden = true;
+      $("#save-button").disabled = true;
+      showError(controlOf(error), error.message);
+    } finally {
+      if (running === controller) running = null;
+    }
+  }
+
+  function saved(files) {
+    const box = $("#saved");
+    const train = files.train;
+    const valid = files.valid;
+    const link = h("a", { class: "button primary", href: `#train` }, "Train on them →");
+    link.addEventListener("click", () => {
+      sessionStorage.setItem("convtune.train-files", JSON.stringify({ train: train.id, valid: valid?.id || "" }));
+    });
+    box.replaceChildren(
+      h("p", {}, "Saved: ", h("strong", {}, train.filename), ` (${train.id})`,
+        valid ? [" and ", h("strong", {}, valid.filename), ` (${valid.id})`] : null, ". "),
+      link,
+    );
+    box.hidden = false;
+  }
+
+  function show(result) {
+    const report = result.report;
+    const train = report.train;
+    const sheets = result.sheets || [];
+    $("#sheet-field").hidden = sheets.length < 2;
+    if (sheets.length) fill(sheetSelect, sheets);
+    $("#prepare-result").hidden = false;
+    stats($("#prepare-stats"), [
+      ["Actors", report.actors.join(" → ")],
+      ["Conversations", number(report.conversations)],
+      ["Replies", number(report.replies)],
+      ["Examples", number(report.examples)],
+      ["Training", `${number(train?.examples)} examples, ${number(report.train_conversations)} conversations`],
+      ["Validation", report.valid ? `${number(report.valid.examples)} examples, ${number(report.valid_conversations)} conversations` : "none"],
+      ["Dropped (too long)", number(report.dropped)],
+      ["Truncated", number(report.truncated)],
+    ]);
+    const checks = Object.entries(result.check).map(([side, checked]) => {
+      const errors = checked.errors;
+      return h("p", { class: errors ? "bad" : "good" },
+        `convtune check, ${checked.path}: ${errors ? `${errors} error${errors === 1 ? "" : "s"}` : "no error"}, ${checked.warnings} warning${checked.warnings === 1 ? "" : "s"}.`);
+    });
+    $("#prepare-checks").replaceChildren(...checks);
+    findings($("#prepare-findings"), [
+      ...report.findings,
+      ...(train?.findings || []),
+      ...(report.valid?.findings || []).map((f) => ({ ...f, message: `validation file: ${f.message}` })),
+    ]);
+    const tokens = train?.tokens;
+    histogram($("#histogram"), train?.histogram, {
+      limit: train?.context_limit,
+      label: "Tokens per training example",
+    });
+    $("#histogram-caption").textContent = tokens
+      ? `Training examples by length, counted with ${train.tokenizer} for ${train.model}: min ${number(tokens.min)}, mean ${number(tokens.mean, 1)}, 90% under ${number(tokens.p90)}, max ${number(tokens.max)} tokens (limit ${number(train.context_limit)}).`
+      : "No token counts.";
+    stats($("#prepare-cost"), [
+      ["Model", train?.model],
+      ["Epochs (auto)", number(train?.epochs)],
+      ["Tokens billed", number(train?.billed_tokens)],
+      ["Price per million", train?.price_per_1m != null ? `$${train.price_per_1m}` : "—"],
+      ["Estimated cost", train?.cost != null ? `$${train.cost.toFixed(2)}` : "—"],
+    ]);
+    preview(result.preview);
+  }
+
+  function findings(box, list) {
+    if (!list.length) {
+      box.replaceChildren(h("p", { class: "good" }, "No warnings."));
+      return;
+    }
+    const rows = list.map((f) =>
+      h("tr", { class: f.level },
+        h("td", {}, f.level),
+        h("td", {}, f.message, f.example ? h("div", { class: "help" }, f.example) : null),
+        h("td", { class: "num" }, number(f.count)),
+        h("td", {}, f.lines.length ? `line${f.lines.length > 1 ? "s" : ""} ${f.lines.join(", ")}${f.count > f.lines.length ? ", …" : ""}` : "—")));
+    box.replaceChildren(h("div", { class: "scroll" }, h("table", { id: "findings" },
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Level"), h("th", { scope: "col" }, "What"),
+        h("th", { scope: "col" }, "Times"), h("th", { scope: "col" }, "Spreadsheet lines"))),
+      h("tbody", {}, rows))));
+  }
+
+  function preview(items) {
+    const list = $("#preview");
+    list.replaceChildren();
+    for (const item of items) {
+      const messages = item.record.messages
+        || (item.record.conversations || []).map((t) => ({ role: { human: "user", gpt: "assistant" }[t.from] || t.from, content: t.value }))
+        || [];
+      const bubbles = messages.length
+        ? messages.map((m) => h("div", { class: `bubble ${m.role}${m.weight === 0 ? " context" : ""}` },
+          h("span", { class: "role" }, m.weight === 0 ? `${m.role} (context, not trained)` : m.role), m.content))
+        : [h("div", { class: "bubble user" }, h("span", { class: "role" }, "prompt"), item.record.prompt),
+          h("div", { class: "bubble assistant" }, h("span", { class: "role" }, "completion"), item.record.completion)];
+      list.append(h("li", {},
+        h("p", { class: "help" }, item.line ? `The reply on spreadsheet line ${item.line}` : "Shortened to fit"),
+        h("div", { class: "bubbles" }, bubbles),
+        h("pre", { class: "jsonl", "aria-label": "As written in the file" }, item.text)));
+    }
+  }
+
+  const later = () => {
+    clearTimeout(timer);
+    if (file) timer = setTimeout(() => run(false), 400);
+  };
+  const chosen = (picked) => {
+    if (!picked) return;
+    file = picked;
+    $("#sheet-field").hidden = true;
+    sheetSelect.replaceChildren();
+    $("#saved").hidden = true;
+    $("#sheet-file-help").textContent = `${picked.name}, ${number(picked.size)} bytes.`;
+    run(false);
+  };
+  input.addEventListener("change", () => chosen(input.files[0]));
+  const drop = $("#drop");
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    chosen(event.dataTransfer.files[0]);
+  });
+  controls.format.addEventListener("change", formatChanged);
+  for (const control of Object.values(controls)) control.addEventListener("change", later);
+  sheetSelect.addEventListener("change", later);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    run(false);
+  });
+  $("#save-button").addEventListener("click", () => run(true));
+  return { enter() {} };
+}
