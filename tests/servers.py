@@ -101,6 +101,24 @@ def wait_for(predicate, timeout: float = 180.0, every: float = 0.3):
     raise AssertionError("timed out waiting")
 
 
+def wait_for_job(service, job_id: str, predicate, timeout: float = 180.0):
+    """`wait_for(predicate)` while job `job_id` runs: if the job ends first (a worker that
+    failed, a job that finished too soon for the test), fail at once with its status and error,
+    not minutes later with a timeout."""
+
+    def check():
+        value = predicate()
+        if value:
+            return value
+        job = service.get_job(job_id)
+        if job.done:
+            value = predicate()  # what was awaited may have come just before the end
+            assert value, f"job {job_id} is {job.status} already: {job.error}"
+        return value
+
+    return wait_for(check, timeout)
+
+
 def stop(process: subprocess.Popen, grace: float = 15.0) -> int:
     """SIGTERM (uvicorn shuts down gracefully), SIGKILL if it has not exited within `grace`."""
     if process.poll() is None:

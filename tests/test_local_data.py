@@ -22,14 +22,13 @@ needs_smollm2 = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    """SmolLM2's real tokenizer and chat template, read from its GGUF file (offline)."""
+def smollm2(smollm2_converted):
+    """SmolLM2's real tokenizer and chat template, read from its GGUF file (offline) by the
+    session's conversion (conftest), which saved them beside the weights: reading that copy
+    takes a fraction of the seconds that parsing the GGUF again would."""
     from transformers import AutoTokenizer
 
-    from convtune.dataset.modelinfo import smollm2_gguf
-
-    gguf = smollm2_gguf()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(smollm2_converted)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from convtune.local.local_service import LocalService
 from convtune.training_options import TrainOptions
 
 from .conftest import EXAMPLE, ROOT
-from .servers import wait_for
+from .processes import popen_ctrl_c
+from .servers import wait_for, wait_for_job
 from .tiny_models import make_tiny_model
 
 CONVTUNE = str(ROOT / ".venv" / "bin" / "convtune")
@@ -65,7 +67,27 @@ def job_id_from(output: str) -> str:
     return next(word for word in output.split() if word.startswith("ftjob-"))
 
 
-def test_train_detach_follow_chat_delete(tiny, data, isolated_home):
+def training(service: LocalService, job_id: str) -> bool:
+    """True once the job has done a training step (it has a metrics event)."""
+    return any(e.type == "metrics" for e in service.list_events(job_id, limit=50))
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(*args): a quick command through `main()` in this process: `chat` in a process of its
+    own would import torch again (seconds); jobs and follow run the real `convtune`."""
+    from convtune.cli.main import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+def test_train_detach_follow_chat_delete(tiny, data, isolated_home, cli):
     started = time.monotonic()
     result = convtune(
         "train",
@@ -76,6 +98,8 @@ def test_train_detach_follow_chat_delete(tiny, data, isolated_home):
         tiny,
         "--n-epochs",
         "2",
+        "--batch-size",
+        "8",  # 13 steps an epoch: the job ends in seconds
         "--suffix",
         "nimbus",
         "--detach",
@@ -89,7 +113,7 @@ def test_train_detach_follow_chat_delete(tiny, data, isolated_home):
     model_id = f"ft:{tiny.name}:nimbus:{job_id}"
     assert model_id in followed.stdout and f"convtune chat {model_id}" in followed.stdout
 
-    shown = json.loads(convtune("jobs", "show", job_id, "--json").stdout)
+    shown = json.loads(cli("jobs", "show", job_id, "--json").stdout)
     assert shown["status"] == "succeeded" and shown["fine_tuned_model"] == model_id
     assert shown["hyperparameters"]["n_epochs"] == 2
     assert shown["trained_tokens"] > 0 and len(shown["result_files"]) == 1
@@ -99,7 +123,7 @@ def test_train_detach_follow_chat_delete(tiny, data, isolated_home):
     assert results[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
     assert len(results) > 2
 
-    listed = convtune("models", "list", "--json")
+    listed = cli("models", "list", "--json")
     assert model_id in [m["id"] for m in json.loads(listed.stdout)["data"]]
     reply = "".join(
         service.chat(
@@ -109,14 +133,14 @@ def test_train_detach_follow_chat_delete(tiny, data, isolated_home):
         )
     )
     assert isinstance(reply, str)
-    chat = convtune("chat", model_id, "--message", "Hello", "--max-tokens", "5")
+    chat = cli("chat", model_id, "--message", "Hello", "--max-tokens", "5")
     assert chat.returncode == 0, chat.stderr
 
     folder = Path(service.model_record(model_id)["path"]).parent
     assert (folder / "merged" / "config.json").exists() and (folder / "adapter").exists()
-    assert convtune("models", "delete", model_id, "--yes").returncode == 0
+    assert cli("models", "delete", model_id, "--yes").returncode == 0
     assert not folder.exists()
-    assert convtune("models", "delete", model_id, "--yes").returncode == 1
+    assert cli("models", "delete", model_id, "--yes").returncode == 1
 
 
 def test_bad_file_fails_in_validation_before_any_model_loads(tiny, data, isolated_home):
@@ -139,7 +163,7 @@ def test_cancel_stops_the_worker(tiny, data, isolated_home):
             options=TrainOptions(n_epochs=50),
         )
     )
-    wait_for(lambda: any(e.type == "metrics" for e in service.list_events(job.id, limit=50)))
+    wait_for_job(service, job.id, lambda: training(service, job.id))
     pid = service.store.job_runtime(job.id)["pid"]
     result = convtune("jobs", "cancel", job.id, "--yes")
     assert result.returncode == 0, result.stderr
@@ -160,10 +184,10 @@ def test_killed_worker_fails_then_resumes_from_checkpoint(tiny, data, isolated_h
         JobRequest(
             model=str(tiny),
             training_file=service.upload_file(data["train"]).id,
-            options=TrainOptions(n_epochs=4, batch_size=4),
+            options=TrainOptions(n_epochs=3, batch_size=8),  # checkpoints at 13, 26, 39
         )
     )
-    wait_for(lambda: service.list_checkpoints(job.id))
+    wait_for_job(service, job.id, lambda: service.list_checkpoints(job.id))  # two epochs left
     pid = service.store.job_runtime(job.id)["pid"]
     os.killpg(pid, signal.SIGKILL)
     failed = wait_for(lambda: (j := service.get_job(job.id)).status == "failed" and j)
@@ -181,18 +205,31 @@ def test_ctrl_c_detaches_and_the_job_goes_on(tiny, data, isolated_home):
         JobRequest(
             model=str(tiny),
             training_file=service.upload_file(data["train"]).id,
-            options=TrainOptions(n_epochs=6),
+            options=TrainOptions(n_epochs=3, batch_size=4),  # 78 steps: seconds after Ctrl-C
         )
     )
-    follower = subprocess.Popen([CONVTUNE, "follow", job.id], stdout=subprocess.PIPE, text=True)
-    wait_for(lambda: any(e.type == "metrics" for e in service.list_events(job.id, limit=50)))
+    follower = popen_ctrl_c([CONVTUNE, "follow", job.id], stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+
+    def read() -> None:  # line by line, as the follower prints them
+        for line in follower.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    # Ctrl-C once the follower shows the training (not while it starts: that is no detach)
+    wait_for(lambda: any("Step " in line for line in lines) or follower.poll() is not None)
     follower.send_signal(signal.SIGINT)
-    out, _ = follower.communicate(timeout=30)
-    assert "Detached" in out and f"convtune follow {job.id}" in out
+    follower.wait(timeout=60)
+    reader.join(timeout=10)
+    out = "".join(lines)
+    assert "Detached" in out and f"convtune follow {job.id}" in out, out
     assert follower.returncode == 0
     assert service.get_job(job.id).status in ("running", "succeeded")
-    wait_for(lambda: service.get_job(job.id).done, timeout=300)
-    assert service.get_job(job.id).status == "succeeded"
+    done = wait_for(lambda: (j := service.get_job(job.id)).done and j, timeout=300)
+    assert done.status == "succeeded", done.error
+    steps = [e.data["step"] for e in service.list_events(job.id, limit=500) if e.type == "metrics"]
+    assert max(steps) == 78  # trained to the end with no one following
 
 
 def test_legacy_data_trains_and_chat_speaks_its_protocol(tiny, data, isolated_home):
@@ -201,7 +238,7 @@ def test_legacy_data_trains_and_chat_speaks_its_protocol(tiny, data, isolated_ho
         JobRequest(
             model=str(tiny),
             training_file=service.upload_file(data["legacy"]).id,
-            options=TrainOptions(n_epochs=1),
+            options=TrainOptions(n_epochs=1, batch_size=8),
         )
     )
     done = wait_for(lambda: (j := service.get_job(job.id)).done and j, timeout=300)

@@ -15,7 +15,8 @@ from convtune.local.local_service import LocalService
 from convtune.local.process import process_alive
 from convtune.training_options import TrainOptions
 
-from .test_local_jobs import convtune, data, tiny, wait_for  # noqa: F401  (module fixtures)
+from .servers import wait_for_job
+from .test_local_jobs import convtune, data, tiny, training, wait_for  # noqa: F401  (module fixtures)
 
 
 def _events(service: LocalService, job_id: str) -> list[tuple[int, str]]:
@@ -24,6 +25,11 @@ def _events(service: LocalService, job_id: str) -> list[tuple[int, str]]:
 
 def _seq(events: list[tuple[int, str]], text: str) -> int:
     return next(seq for seq, message in events if text in message)
+
+
+def _waiting(service: LocalService, job_id: str) -> bool:
+    """True once the job's worker waits in line for a slot."""
+    return any("Waiting for a free slot" in m for _, m in _events(service, job_id))
 
 
 def test_upload_reports_progress_and_reads_back(data):  # noqa: F811
@@ -42,11 +48,18 @@ def test_upload_reports_progress_and_reads_back(data):  # noqa: F811
 def test_jobs_wait_in_line_for_a_free_slot(tiny, data):  # noqa: F811
     service = LocalService(max_running=1)
     training_file = service.upload_file(data["train"]).id
-    first = service.create_job(JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(n_epochs=2)))
-    second = service.create_job(
-        JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(n_epochs=1))
+    # the first runs for seconds (its worker loads torch, then 26 steps); the second waits
+    first = service.create_job(
+        JobRequest(
+            model=str(tiny),
+            training_file=training_file,
+            options=TrainOptions(n_epochs=2, batch_size=8),
+        )
     )
-    wait_for(lambda: any("Waiting for a free slot" in m for _, m in _events(service, second.id)))
+    second = service.create_job(
+        JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(max_steps=2))
+    )
+    wait_for_job(service, second.id, lambda: _waiting(service, second.id))
     assert service.get_job(second.id).status == "queued"
     done = [
         wait_for(lambda j=j: (f := service.get_job(j.id)).done and f, 300) for j in (first, second)
@@ -64,10 +77,10 @@ def test_pause_keeps_its_place_and_resume_finishes(tiny, data):  # noqa: F811
         JobRequest(
             model=str(tiny),
             training_file=service.upload_file(data["train"]).id,
-            options=TrainOptions(n_epochs=3, batch_size=2),
+            options=TrainOptions(n_epochs=1, batch_size=2),  # 52 steps: paused a few steps in
         )
     )
-    wait_for(lambda: any(e.type == "metrics" for e in service.list_events(job.id, limit=50)))
+    wait_for_job(service, job.id, lambda: training(service, job.id))
     paused = service.pause_job(job.id)
     assert paused.status == "paused" and not paused.done
     [checkpoint, *_] = service.list_checkpoints(job.id)
@@ -102,19 +115,26 @@ def test_pause_keeps_its_place_and_resume_finishes(tiny, data):  # noqa: F811
 def test_recover_restarts_queued_and_resumes_running_jobs(tiny, data):  # noqa: F811
     service = LocalService(max_running=1)
     training_file = service.upload_file(data["train"]).id
-    running = service.create_job(
-        JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(n_epochs=3, batch_size=1))
+    running = service.create_job(  # 13 steps an epoch: killed with three epochs to go
+        JobRequest(
+            model=str(tiny),
+            training_file=training_file,
+            options=TrainOptions(n_epochs=4, batch_size=8),
+        )
     )
     queued = service.create_job(
-        JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(n_epochs=1))
+        JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(max_steps=2))
     )
-    wait_for(lambda: any("Waiting for a free slot" in m for _, m in _events(service, queued.id)))
-    wait_for(lambda: service.list_checkpoints(running.id))
+    wait_for_job(service, queued.id, lambda: _waiting(service, queued.id))
+    wait_for_job(service, running.id, lambda: service.list_checkpoints(running.id))
     assert service.store.get_job(queued.id).status == "queued"
-    for job in (running, queued):  # the machine restarts: every worker is gone
-        pid = service.store.job_runtime(job.id)["pid"]
+    # the machine restarts: every worker is gone at once. The waiting one dies first: alive a
+    # moment longer than the running one, it would take the slot a dead worker no longer holds.
+    pids = {job.id: service.store.job_runtime(job.id)["pid"] for job in (queued, running)}
+    for pid in pids.values():
         os.killpg(pid, signal.SIGKILL)
-        wait_for(lambda pid=pid, j=job: not process_alive(pid, j.id))
+    for job_id, pid in pids.items():
+        wait_for(lambda pid=pid, j=job_id: not process_alive(pid, j))
 
     restarted = LocalService(max_running=1)  # as `convtune serve` starts again
     actions = dict(restarted.recover())
@@ -134,7 +154,7 @@ def test_recover_can_fail_running_jobs_instead(tiny, data):  # noqa: F811
             options=TrainOptions(n_epochs=20),
         )
     )
-    wait_for(lambda: service.store.get_job(job.id).status == "running")
+    wait_for_job(service, job.id, lambda: service.store.get_job(job.id).status == "running")
     pid = service.store.job_runtime(job.id)["pid"]
     os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: not process_alive(pid, job.id))
@@ -146,7 +166,9 @@ def test_recover_can_fail_running_jobs_instead(tiny, data):  # noqa: F811
 def test_a_model_in_use_is_not_deleted(tiny, data):  # noqa: F811
     service = LocalService()
     training_file = service.upload_file(data["train"]).id
-    first = service.create_job(JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(n_epochs=1)))
+    first = service.create_job(
+        JobRequest(model=str(tiny), training_file=training_file, options=TrainOptions(max_steps=2))
+    )
     model_id = wait_for(lambda: (j := service.get_job(first.id)).done and j, 300).fine_tuned_model
     assert model_id
     further = service.create_job(
@@ -188,9 +210,13 @@ def test_resumes_at_once_start_one_worker(tiny, data):  # noqa: F811
 
     service = LocalService()
     job = service.create_job(
-        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, options=TrainOptions(n_epochs=3))
+        JobRequest(
+            model=str(tiny),
+            training_file=service.upload_file(data["train"]).id,
+            options=TrainOptions(n_epochs=1, batch_size=2),  # 52 steps: paused a few steps in
+        )
     )
-    wait_for(lambda: any(e.type == "metrics" for e in service.list_events(job.id, limit=50)))
+    wait_for_job(service, job.id, lambda: training(service, job.id))
     service.pause_job(job.id)
     outcomes: list[str] = []
 
@@ -226,15 +252,13 @@ def test_events_after_an_unknown_id_is_an_error(tiny, data):  # noqa: F811
     from convtune.errors import OptionError
 
     service = LocalService()
-    job = service.create_job(
-        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, options=TrainOptions(n_epochs=1))
-    )
+    # jobs with events, whose workers stop at the file check: no model to load, no training
+    bad_file = service.upload_file(data["bad"]).id
+    job = service.create_job(JobRequest(model=str(tiny), training_file=bad_file))
     newest = service.list_events(job.id, limit=1)
     with pytest.raises(OptionError, match="no event"):
         service.list_events(job.id, after="ftevent-doesnotexist")
-    other = service.create_job(
-        JobRequest(model=str(tiny), training_file=service.upload_file(data["train"]).id, options=TrainOptions(n_epochs=1))
-    )
+    other = service.create_job(JobRequest(model=str(tiny), training_file=bad_file))
     with pytest.raises(OptionError):  # an event of another job is no cursor here
         service.list_events(other.id, after=newest[0].id)
     for j in (job, other):

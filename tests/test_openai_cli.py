@@ -26,6 +26,7 @@ from convtune.openai_backend import OpenAIService
 
 from .conftest import ROOT
 from .fake_openai import FakeOpenAI
+from .processes import popen_ctrl_c
 from .test_openai_backend import MODEL, chat_lines
 
 CONVTUNE = str(ROOT / ".venv" / "bin" / "convtune")
@@ -230,7 +231,7 @@ def test_follow_survives_faults_and_ctrl_c_names_the_backend(fake, files):
     endless = remote.create_job(JobRequest(MODEL, job.training_file))
     env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
     env.update(OPENAI_API_KEY=fake.key, NO_PROXY="127.0.0.1")
-    follower = subprocess.Popen(
+    follower = popen_ctrl_c(
         [CONVTUNE, "follow", endless.id, "--base-url", url],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

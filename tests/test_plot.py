@@ -39,6 +39,23 @@ def convtune(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """cli(*args, cwd=None): the same command through `main()` in this process, for the checks
+    after a first real run (a process of its own pays half a second of imports)."""
+    from convtune.cli.main import main
+
+    def run(*args, cwd=None) -> subprocess.CompletedProcess:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     report = prepare(EXAMPLE, tmp_path_factory.mktemp("data"), PrepareOptions(force=True))
@@ -124,32 +141,32 @@ def test_loss_figure_of_a_real_job(job_home):
     assert "validation loss" in legend and "end of an epoch" in legend
 
 
-def test_cli_plot_writes_png_and_refuses_to_overwrite(job_home, tmp_path):
+def test_cli_plot_writes_png_and_refuses_to_overwrite(job_home, tmp_path, cli):
     job_id = job_home["job"].id
-    result = convtune("plot", job_id, cwd=tmp_path)
+    result = convtune("plot", job_id, cwd=tmp_path)  # the real command, in a process of its own
     assert result.returncode == 0, result.stderr
     png = tmp_path / f"{job_id}-loss.png"
     assert f"{job_id}-loss.png" in result.stdout and "steps" in result.stdout
     open_png(png)
     before = png.read_bytes()
 
-    again = convtune("plot", job_id, cwd=tmp_path)
+    again = cli("plot", job_id, cwd=tmp_path)
     assert again.returncode == 1
     assert again.stderr.count("\n") == 1 and "already exists" in again.stderr
     assert "--force" in again.stderr and png.read_bytes() == before
 
     other = tmp_path / "sub" / "loss.png"
-    missing = convtune("plot", job_id, "-o", other, cwd=tmp_path)  # a typo is no new folder
+    missing = cli("plot", job_id, "-o", other, cwd=tmp_path)  # a typo is no new folder
     assert missing.returncode == 1 and "no such folder" in missing.stderr
     other.parent.mkdir()
-    assert convtune("plot", job_id, "-o", other, cwd=tmp_path).returncode == 0
-    assert convtune("plot", job_id, "-o", other, "--force", cwd=tmp_path).returncode == 0
+    assert cli("plot", job_id, "-o", other, cwd=tmp_path).returncode == 0
+    assert cli("plot", job_id, "-o", other, "--force", cwd=tmp_path).returncode == 0
     open_png(other)
     assert not list(other.parent.glob(".*.tmp"))  # atomic: no temporary file left behind
 
 
-def test_cli_plot_unknown_job_and_job_without_metrics(tmp_path):
-    unknown = convtune("plot", "ftjob-nope", cwd=tmp_path)
+def test_cli_plot_unknown_job_and_job_without_metrics(tmp_path, cli):
+    unknown = cli("plot", "ftjob-nope", cwd=tmp_path)
     assert unknown.returncode == 1
     assert unknown.stderr.count("\n") == 1 and "ftjob-nope" in unknown.stderr
     assert "Traceback" not in unknown.stderr
@@ -157,7 +174,7 @@ def test_cli_plot_unknown_job_and_job_without_metrics(tmp_path):
     service = LocalService()  # a job that never reached a training step (no worker started)
     file_id = service.upload_file(EXAMPLE).id
     service.store.add_job(Job(id="ftjob-empty", created_at=0, model="m", training_file=file_id), {})
-    empty = convtune("plot", "ftjob-empty", cwd=tmp_path)
+    empty = cli("plot", "ftjob-empty", cwd=tmp_path)
     assert empty.returncode == 1, empty.stdout
     assert empty.stderr.count("\n") == 1 and "no training metrics" in empty.stderr
     assert not list(tmp_path.glob("*.png"))
@@ -335,24 +352,24 @@ def test_tokens_figure_far_limit_and_long_tail():
         tokens_figure({})
 
 
-def test_cli_check_plot(data, tmp_path):
+def test_cli_check_plot(data, tmp_path, cli):
     png = tmp_path / "tokens.png"
     result = convtune("check", data["train"], "--plot", png, "--max-tokens", "100")
     assert result.returncode == 0, result.stderr
     assert f"Wrote {png}" in result.stdout
     open_png(png)
-    again = convtune("check", data["train"], "--plot", png)
+    again = cli("check", data["train"], "--plot", png)
     assert again.returncode == 1 and "already exists" in again.stderr
     assert again.stdout == ""  # refused before checking anything
-    assert convtune("check", data["train"], "--plot", png, "--force").returncode == 0
+    assert cli("check", data["train"], "--plot", png, "--force").returncode == 0
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{oops\n", encoding="utf-8")
-    nothing = convtune("check", bad, "--plot", tmp_path / "none.png")
+    nothing = cli("check", bad, "--plot", tmp_path / "none.png")
     assert nothing.returncode == 1 and "no token counts to plot" in nothing.stderr
     assert not (tmp_path / "none.png").exists()
 
-    as_json = convtune("check", data["train"], "--json", "--plot", tmp_path / "j.png")
+    as_json = cli("check", data["train"], "--json", "--plot", tmp_path / "j.png")
     assert as_json.returncode == 0 and json.loads(as_json.stdout)["examples"] > 0
 
 
@@ -360,8 +377,8 @@ def test_cli_check_plot(data, tmp_path):
 
 
 @pytest.mark.parametrize("command", [[], ["prepare"], ["check"], ["plot"]])
-def test_help_says_what_it_does_with_an_example(command):
-    result = convtune(*command, "--help")
+def test_help_says_what_it_does_with_an_example(command, cli):
+    result = cli(*command, "--help")
     assert result.returncode == 0
     text = result.stdout
     summary = text.split("\n\n")[1].strip()

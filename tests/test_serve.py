@@ -75,6 +75,11 @@ def test_openai_sdk_end_to_end_every_operation(served, conformance, tiny, data):
     assert done.status == "succeeded", done.error
     model = done.fine_tuned_model
     assert model == f"ft:{tiny.name}:served:{job.id}" and done.trained_tokens
+    # a second job trains on top of the fine-tuned model (its worker starts while the checks
+    # below run; it is paused, resumed and cancelled further down)
+    second = client.fine_tuning.jobs.create(
+        model=model, training_file=train.id, hyperparameters={"n_epochs": 50}
+    )
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"run": "e2e"})] == [job.id]
     assert client.fine_tuning.jobs.list(metadata={"run": "other"}).data == []
 
@@ -135,11 +140,8 @@ def test_openai_sdk_end_to_end_every_operation(served, conformance, tiny, data):
     assert [c.id for c in kept] == [stored.id]
     assert kept.data[0].choices[0].message.content == stored.choices[0].message.content
 
-    # a second job trains on top of the fine-tuned model: pause, resume, cancel, and the model
-    # cannot be deleted while it is in use
-    second = client.fine_tuning.jobs.create(
-        model=model, training_file=train.id, hyperparameters={"n_epochs": 50}
-    )
+    # the second job, training on top of the fine-tuned model: pause, resume, cancel, and the
+    # model cannot be deleted while it is in use
     wait_for(
         lambda: any(
             e.type == "metrics" for e in client.fine_tuning.jobs.list_events(second.id, limit=100)
