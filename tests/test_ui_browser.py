@@ -236,6 +236,8 @@ def test_a_broken_spreadsheet_is_named_with_its_line_at_the_file_field(tab, serv
     one = tab()
     page = one.page
     page.goto(f"{one.root}#key={served.key}")
+    # the router marks the page current once the options are loaded and its controls listen
+    expect(page.locator('nav a[data-page="data"][aria-current="page"]')).to_be_visible()
     field = page.get_by_label("Spreadsheet (CSV or .xlsx)")
     field.set_input_files({"name": "support.csv", "mimeType": "text/csv", "buffer": BAD_QUOTE})
     error = page.locator("#sheet-file-error")
