@@ -1,6 +1,9 @@
 """`convtune serve` under a bounded load on loopback: 50 uploads at once, then 200 chat
 requests at once, against one server. Correctness only (no error, nothing lost, nothing mixed
 up); the latencies are measured by bench/serve_load.py and recorded in BENCHMARKS.md.
+
+The chats are generated in batches (the server's default `--max-batch`) and seeded: each reply
+must be the one the serial path gives for its own question and seed.
 """
 
 from __future__ import annotations
@@ -68,8 +71,34 @@ def test_50_uploads_then_200_chats_at_once(tmp_path, tiny):
     lengths = {b["usage"]["prompt_tokens"] for i, b in enumerate(bodies) if i < 10}
     longer = {b["usage"]["prompt_tokens"] for i, b in enumerate(bodies) if i >= 100}
     assert max(lengths) < min(longer)
+    # ... and its reply is the one its question and seed give alone, one `generate` call
+    expected = serial_replies(tiny)
+    got = [(b["choices"][0]["message"]["content"], b["usage"]["completion_tokens"]) for b in bodies]
+    assert got == expected
+    assert len(set(expected)) > CHATS // 2
     assert conformance.seen["createFile"] == UPLOADS
     assert conformance.seen["createChatCompletion"] == CHATS
+
+
+def question(i: int) -> str:  # the last 100 ask much longer questions
+    return f"Hello number {i}" + (" and more" * 20 if i >= 100 else "")
+
+
+def serial_replies(tiny: Path) -> list[tuple[str, int]]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from convtune.contract import ChatRequest
+    from convtune.local.chat import LocalChat
+
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    chat = LocalChat(model, AutoTokenizer.from_pretrained(tiny), max_batch=1)
+    replies = []
+    for i in range(CHATS):
+        message = {"role": "user", "content": question(i)}
+        reply = chat.reply(ChatRequest(str(tiny), [message], 4, temperature=1.0, seed=i))
+        replies.append(("".join(reply), reply.completion_tokens))
+    return replies
 
 
 async def _load(served, conformance: Conformance, tiny: Path):
@@ -92,10 +121,6 @@ async def _load(served, conformance: Conformance, tiny: Path):
             )
         )
         files = (await client.get("files")).json()["data"]
-
-        def question(i: int) -> str:  # the last 100 ask much longer questions
-            return f"Hello number {i}" + (" and more" * 20 if i >= 100 else "")
-
         chats = await asyncio.gather(
             *(
                 client.post(
@@ -104,6 +129,7 @@ async def _load(served, conformance: Conformance, tiny: Path):
                         "model": str(tiny),
                         "messages": [{"role": "user", "content": question(i)}],
                         "max_tokens": 4,
+                        "seed": i,
                     },
                 )
                 for i in range(CHATS)

@@ -42,6 +42,7 @@ class Capabilities:
     deletes_model_files: bool  # deleting a model removes its weights from this machine
     pause: bool = True  # running jobs pause (with a checkpoint) and resume
     scores_references: bool = False  # `score_references`: loss and accuracy by teacher forcing
+    batches_chat: bool = False  # chats asked at once are generated together: ask several at once
 
 
 @dataclass

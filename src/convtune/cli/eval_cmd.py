@@ -41,7 +41,7 @@ def generation_options(f):
         type=click.IntRange(1, 64),
         default=4,
         show_default=True,
-        help="Prompts asked at once of a remote model (a local one answers one at a time).",
+        help="Prompts asked at once (a local model answers them in one batch).",
     )(f)
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
     f = click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N examples.")(f)

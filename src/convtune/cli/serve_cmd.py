@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConvtuneError
+from ..local.local_service import DEFAULT_MAX_BATCH
 
 
 @click.command(
@@ -50,6 +51,13 @@ Examples:
     help="Fine-tuning jobs running at once; more wait in line, queued.",
 )
 @click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BATCH,
+    show_default=True,
+    help="Chat replies one model generates together (continuous batching); 1: one at a time.",
+)
+@click.option(
     "--max-upload-mb",
     type=click.FloatRange(min=0, min_open=True),
     default=512.0,
@@ -67,6 +75,7 @@ def serve(
     port: int,
     api_key_file: Path | None,
     concurrency: int,
+    max_batch: int,
     max_upload_mb: float,
     rate_limit: str | None,
 ) -> None:
@@ -103,11 +112,16 @@ def serve(
             " this machine can try keys, in clear text; put a TLS proxy in front",
             err=True,
         )
-    service = LocalService(max_running=concurrency)
+    service = LocalService(max_running=concurrency, max_batch=max_batch)
     for job_id, what in service.recover():
         click.echo(f"convtune serve: job {job_id} {what} after the restart", err=True)
     app = create_app(
-        service, keys, max_upload_bytes=int(max_upload_mb * (1 << 20)), rate_limit=rate
+        service,
+        keys,
+        max_upload_bytes=int(max_upload_mb * (1 << 20)),
+        # twice the batch: a reply that ends makes room for one already waiting in the engine
+        chat_slots=max(4, 2 * max_batch),
+        rate_limit=rate,
     )
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

@@ -5,7 +5,8 @@ keyed by the model, its backend, the prompt and the generation settings. A rerun
 resumed after Ctrl-C or a crash, reads the cache and asks only what is missing; a line cut short
 by a kill is ignored. Remote models are asked by `concurrency` threads at once; 429s, 5xx and
 dropped connections (`TransientError`) are retried with the same capped backoff as `follow`.
-A local model answers one prompt at a time (it generates one reply at a time anyway).
+A local model is asked `concurrency` prompts at once too when its backend generates the
+replies asked at the same time together (`Capabilities.batches_chat`), else one at a time.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def ask(
             cache.put(answer_key(target, prompt, settings), answer)
         return answer
 
-    workers = concurrency if service.capabilities.remote else 1
+    batches = service.capabilities.remote or service.capabilities.batches_chat
+    workers = concurrency if batches else 1
     if workers == 1:
         for prompt in missing:
             answers[prompt.index] = answer = one(prompt)

@@ -4,28 +4,32 @@ Chat-format models answer through their chat template and stop at its end-of-tur
 trained on legacy prompt/completion data speak the same `Human:`/`AI:` protocol they learned:
 the history written as the prompt was, and generation stops at the stop separator.
 
-A loaded model serves many callers (`convtune serve` takes hundreds of requests at once): each
-reply generates in its own thread, but one model generates one reply at a time (a lock per
-model), which keeps a seeded reply reproducible and two cores from thrashing between replies.
+A loaded model serves many callers (`convtune serve` takes hundreds of requests at once). With
+`max_batch` above 1 (the default), the replies asked of one model at the same time are generated
+together by its `BatchEngine` (`generation.py`: continuous batching, up to `max_batch` rows per
+forward pass). With `max_batch=1`, or a model whose cache the engine cannot batch, each reply is
+one `generate` call in a thread of its own, one at a time per model (a lock per model).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..contract import ChatReply, ChatRequest
 from ..errors import ConvtuneError
+from .generation import BatchEngine, Job
 
 
 class Reply(ChatReply):
-    """A local model's reply (`ChatReply`), generated in a thread of its own.
+    """A local model's reply (`ChatReply`), generated in a thread of its own or in a batch.
 
-    `prompt_tokens` is known from the start; `close()` waits for the generating thread.
+    `prompt_tokens` is known from the start; `close()` waits until generation has let go of the
+    reply (its thread ended, or its row left the batch).
     """
 
     def __init__(self, prompt_tokens: int, max_tokens: int) -> None:
@@ -37,7 +41,7 @@ class Reply(ChatReply):
         self.ended_with_eos = False
         self.hit_stop = False
         self.done = threading.Event()  # set when the reader stops: generation stops too
-        self._thread: threading.Thread | None = None
+        self._wait: Callable[[], None] = lambda: None  # until generation has let go of the reply
         self._pieces: Iterator[str] = iter(())
 
     def __next__(self) -> str:
@@ -50,11 +54,17 @@ class Reply(ChatReply):
             # ValueError: being iterated in another thread, which `done` now stops soon
             with contextlib.suppress(ValueError):
                 close()
-        if self._thread is not None:
-            self._thread.join()
+        self._wait()
+
+    def _ended(self, tokens: int, eos: bool, error: BaseException | None) -> None:
+        """What the batch engine says when it lets go of the reply."""
+        self.completion_tokens = tokens
+        self.ended_with_eos = eos
+        self.error = error
 
     def _run(self, pieces: Iterator[str]) -> Iterator[str]:
-        """Yield the pieces; however the reader stops, end generation and wait for its thread.
+        """Yield the pieces; however the reader stops, end generation and wait until it has let
+        go of the reply.
 
         A process must not exit while torch still runs in another thread ("terminate called").
         """
@@ -62,8 +72,7 @@ class Reply(ChatReply):
             yield from pieces
         finally:
             self.done.set()
-            if self._thread is not None:
-                self._thread.join()
+            self._wait()
         if self.error is not None:
             raise ConvtuneError(f"generation failed: {_brief(self.error)}") from self.error
         if self.hit_stop or self.ended_with_eos:
@@ -80,10 +89,28 @@ class LocalChat:
     tokenizer: Any
     format: str = "chat"
     actors: tuple[str, str] | None = None
+    max_batch: int = 1  # replies generated together; 1: one at a time (`load` takes the service's)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _engine: BatchEngine | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.model is not None and self.max_batch > 1 and BatchEngine.supports(self.model):
+            self._engine = BatchEngine(self.model, self.tokenizer, self.max_batch, self._lock)
+
+    @property
+    def batched(self) -> bool:
+        """Whether replies are generated together (else one `generate` call at a time)."""
+        return self._engine is not None
+
+    def close(self) -> None:
+        """End the replies under way (as if their readers had gone)."""
+        if self._engine is not None:
+            self._engine.close()
 
     @classmethod
     def load(cls, service, model_id: str) -> LocalChat:
+        """The model and tokenizer of a fine-tuned model of `service`'s store, or of a base model,
+        ready to chat with `service.max_batch` replies at a time."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -107,7 +134,7 @@ class LocalChat:
             model, tokenizer, _ = load_base_model(resolve_base_model(model_id))
             fmt, actors = "chat", None
         model.eval()
-        return cls(model, tokenizer, fmt, actors)
+        return cls(model, tokenizer, fmt, actors, service.max_batch)
 
     def score(self, records: list[dict], *, max_length: int = 1024) -> tuple[float, float]:
         """Mean loss and next-token accuracy on the trained parts of `records` (teacher forcing
@@ -136,24 +163,113 @@ class LocalChat:
         return text, []
 
     def reply(self, request: ChatRequest) -> Reply:
-        """Start generating the reply in a thread; the `Reply` yields it piece by piece.
+        """Start generating the reply (in the batch, or in a thread); the `Reply` yields it piece
+        by piece.
 
         `request.stop` (if the request has it: the server's requests do) adds stop strings to
         the model's own; like OpenAI, the reply ends before the first one and does not show it.
         """
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import TextIteratorStreamer
 
         text, stops = self.prompt(request.messages)
         stops = [*stops, *(s for s in request.stop if s)]
-        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        reply = Reply(int(inputs["input_ids"].shape[1]), request.max_tokens)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        reply = Reply(len(ids), request.max_tokens)
+        # the batch engine puts only the reply's tokens; `generate` puts the prompt first
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=self._engine is None, skip_special_tokens=True
+        )
+        if self._engine is not None:
+            self._submit(request, ids, stops, reply, streamer)
+        else:
+            self._start_thread(request, ids, stops, reply, streamer)
+
+        def stopped() -> None:
+            reply.hit_stop = True
+
+        strip_first = self.format == "prompt-completion"
+        reply._pieces = reply._run(
+            _until_stop(streamer, stops, strip_first=strip_first, on_stop=stopped)
+        )
+        return reply
+
+    def _submit(
+        self, request: ChatRequest, ids: list[int], stops: list[str], reply: Reply, streamer: Any
+    ) -> None:
+        import torch
+
+        sample = request.temperature > 0
+        processors, eos = self._choosing(request, ids, sample)
+        generator = None
+        if sample:
+            generator = torch.Generator()
+            if request.seed is not None:
+                generator.manual_seed(request.seed)
+            else:
+                generator.seed()
+        job = Job(
+            prompt=ids,
+            max_tokens=request.max_tokens,
+            stops=stops,
+            do_sample=sample,
+            processors=processors,
+            generator=generator,
+            streamer=streamer,
+            cancelled=reply.done,
+            on_end=reply._ended,
+            eos=eos,
+        )
+        reply._wait = job.wait
+        try:
+            self._engine.submit(job)  # type: ignore[union-attr]
+        except RuntimeError as exc:  # the model was unloaded meanwhile
+            raise ConvtuneError(f"cannot generate: {exc}") from None
+
+    def _choosing(
+        self, request: ChatRequest, ids: list[int], sample: bool
+    ) -> tuple[Any, frozenset[int]]:
+        """The logits processors and end tokens `generate` would use for this request alone,
+        built by transformers' own (private) helpers from the model's generation config: a reply
+        chooses its tokens the same way in a batch and alone."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        options: dict[str, Any] = dict(
+            do_sample=sample, max_new_tokens=request.max_tokens, pad_token_id=self._pad_id()
+        )
+        if sample:
+            options.update(temperature=request.temperature, top_p=request.top_p)
+        config, _ = self.model._prepare_generation_config(None, **options)
+        self.model._prepare_special_tokens(config, True, device="cpu")
+        processors = self.model._get_logits_processor(
+            generation_config=config,
+            input_ids_seq_length=len(ids),
+            encoder_input_ids=torch.tensor([ids]),
+            logits_processor=LogitsProcessorList(),
+            device="cpu",
+            model_kwargs={},
+        )
+        eos = config.eos_token_id
+        ids_ = eos if isinstance(eos, list) else [] if eos is None else [eos]
+        return processors, frozenset(int(i) for i in ids_)
+
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+
+    def _start_thread(
+        self, request: ChatRequest, ids: list[int], stops: list[str], reply: Reply, streamer: Any
+    ) -> None:
+        """The serial path: one `generate` call in a thread, one at a time on this model."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        input_ids = torch.tensor([ids])
         kwargs: dict[str, Any] = dict(
-            **inputs,
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
             max_new_tokens=request.max_tokens,
             streamer=streamer,
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            pad_token_id=self._pad_id(),
         )
         if request.temperature > 0:
             kwargs.update(do_sample=True, temperature=request.temperature, top_p=request.top_p)
@@ -168,19 +284,11 @@ class LocalChat:
                 return torch.full((input_ids.shape[0],), done.is_set(), dtype=torch.bool)
 
         kwargs["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
-        reply._thread = threading.Thread(
+        thread = threading.Thread(
             target=self._generate, args=(kwargs, request.seed, reply, streamer), daemon=True
         )
-        reply._thread.start()
-
-        def stopped() -> None:
-            reply.hit_stop = True
-
-        strip_first = self.format == "prompt-completion"
-        reply._pieces = reply._run(
-            _until_stop(streamer, stops, strip_first=strip_first, on_stop=stopped)
-        )
-        return reply
+        reply._wait = thread.join
+        thread.start()
 
     def _generate(self, kwargs: dict, seed: int | None, reply: Reply, streamer: Any) -> None:
         import torch

@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # loading a chat model needs torch; resolving a job does not
     from .chat import LocalChat
 from .store import LAUNCH_GRACE, Store, database_path
 
-DEFAULT_MAX_BATCH = 16  # chat replies generated together (BENCHMARKS.md, `convtune serve`)
+DEFAULT_MAX_BATCH = 32  # chat replies generated together (measured: BENCHMARKS.md, serve section)
 SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 PURPOSES = ("fine-tune", "fine-tune-results")
 CHAT_MODELS_KEPT = 4  # models kept loaded for chat; the least recently used is dropped first

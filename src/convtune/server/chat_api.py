@@ -6,8 +6,11 @@ deltas, then the finish reason, then, with `stream_options.include_usage`, a las
 choices and the usage), ended by `data: [DONE]`. A failure once the stream has begun can no
 longer change the status code: it is sent as an `error` event, which the openai SDK raises.
 
-At most `Context.chat_slots` requests generate at once; the others wait in the event loop,
-holding no thread, so that hundreds of chat requests cannot starve the other routes.
+At most `Context.chat_slots` requests generate at once (`convtune serve` makes it twice
+`--max-batch`, so that the model's batch engine always has the next request at hand); the others
+wait in the event loop, holding no thread. The threads that wait for pieces of replies come from
+a pool of their own (`Context.chat_threads`), so that hundreds of chat requests cannot starve the
+other routes.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ def router(ctx: Context) -> APIRouter:
         async with ctx.slots:
             reply = await ctx.gate(ctx.service.chat, request)
             try:
-                text = await anyio.to_thread.run_sync(lambda: "".join(reply))
+                text = await anyio.to_thread.run_sync(
+                    lambda: "".join(reply), limiter=ctx.chat_threads
+                )
             finally:
                 await _close(reply)
         completion = meta.completion(text, reply)
@@ -177,7 +182,9 @@ async def _stream(ctx: Context, request: ChatRequest, meta: _Meta) -> AsyncItera
             reply = await ctx.gate(ctx.service.chat, request)
             yield meta.chunk({"role": "assistant", "content": "", "refusal": None})
             pieces: list[str] = []
-            while (piece := await anyio.to_thread.run_sync(_next, reply)) is not None:
+            while (
+                piece := await anyio.to_thread.run_sync(_next, reply, limiter=ctx.chat_threads)
+            ) is not None:
                 pieces.append(piece)
                 yield meta.chunk({"content": piece})
             finish = reply.finish_reason or "stop"

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from .gate import Gate
 from .stored import StoredCompletions
 
@@ -20,6 +22,7 @@ class Context:
     completions: StoredCompletions
     chat_slots: int = 4  # chat requests generating at once; the others wait without a thread
     _slots: asyncio.Semaphore | None = field(default=None, repr=False)
+    _chat_threads: anyio.CapacityLimiter | None = field(default=None, repr=False)
 
     @property
     def slots(self) -> asyncio.Semaphore:
@@ -27,3 +30,11 @@ class Context:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.chat_slots)
         return self._slots
+
+    @property
+    def chat_threads(self) -> anyio.CapacityLimiter:
+        """The threads that wait for replies' pieces: a pool of their own (one per slot), so that
+        replies generating together never hold the threads the other routes run in."""
+        if self._chat_threads is None:
+            self._chat_threads = anyio.CapacityLimiter(self.chat_slots)
+        return self._chat_threads
