@@ -101,3 +101,21 @@ def test_trainer_options_are_refused_by_name_on_a_backend_without_our_trainer():
     with pytest.raises(OptionError, match=r"^--lora-r: "):
         refuse_trainer_options(["lora_r"], flags=True)
     assert TrainOptions(lora_r=8, n_epochs=2).changed_trainer_options() == ["lora_r"]
+
+
+def test_qlora_is_refused_when_the_job_is_created_not_when_it_trains(tmp_path):
+    """On a machine without a CUDA GPU (and bitsandbytes), --quantize-base 4bit is one line at
+    once: no job is recorded, no worker started."""
+    from convtune import JobRequest, LocalService
+
+    data = tmp_path / "t.jsonl"
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]}\n'
+    )
+    service = LocalService()
+    file = service.upload_file(data)
+    with pytest.raises(OptionError, match="quantize_base 4bit: QLoRA needs a CUDA GPU"):
+        service.create_job(
+            JobRequest("SmolLM2-135M-Instruct", file.id, options=TrainOptions(quantize_base="4bit"))
+        )
+    assert service.list_jobs() == []

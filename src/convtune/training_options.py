@@ -127,6 +127,12 @@ class TrainOptions:
         str,
         choices=(AUTO, "fp32", "bf16"),
     )
+    quantize_base: str = _option(
+        "none",
+        "4bit: QLoRA, the frozen base weights in 4 bits (NF4); needs a CUDA GPU and bitsandbytes.",
+        str,
+        choices=("none", "4bit"),
+    )
     nproc_per_node: int = _option(
         1, "Processes to train with (torchrun, DDP): one per GPU.", int, low=1, high=1024, api=False
     )

@@ -212,6 +212,12 @@ class LocalService(FineTuningService):
             self.file_path(file_id)  # NotFound early, with the id
         if request.suffix is not None and not SUFFIX.match(request.suffix):
             raise OptionError("the suffix may have up to 40 letters, digits, '-', '_' or '.'")
+        if request.options.quantize_base != "none":  # refused now, not once the worker trains
+            from .training.adapters import quantization_problem
+            from .training.runtime import pick_device
+
+            if (problem := quantization_problem(pick_device(0))) is not None:
+                raise OptionError(f"quantize_base {request.options.quantize_base}: {problem}")
         job = Job(
             id=new_id("ftjob-"),
             created_at=now(),

@@ -8,14 +8,21 @@ when training ends, for an exact merge.
 
 No gradient checkpointing by default: it recomputes the forward pass to save memory that a
 small model does not need.
+
+QLoRA (``quantize_base="4bit"``, CUDA and bitsandbytes only): the adapters are made on the
+float model, then the frozen linear layer inside each adapter is swapped for a 4-bit NF4 copy;
+the float layers wait on the CPU and come back when training ends, so the adapters merge into
+the exact float weights. `compile_layers` compiles each decoder layer (``compile=True``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
 
+from ...errors import OptionError
 from .attention import restore_attention, use_packed_attention
 from .config import TrainConfig
 
@@ -35,7 +42,13 @@ def prepare_model(
     every forward pass, and the stream between layers would be float32. peft's conversion of
     each LoRA input to float32 (which autocast converts straight back) is switched off.
     """
-    model.to(device)
+    quantize = config.quantize_base == "4bit"
+    if quantize:  # the model moves to the GPU once quantized, not before
+        problem = quantization_problem(device)
+        if problem is not None:
+            raise OptionError(f"quantize_base 4bit: {problem}", hint="quantize_base none")
+    else:
+        model.to(device)
     if config.lora and not hasattr(model, "peft_config"):
         from peft import LoraConfig, get_peft_model
 
@@ -47,6 +60,9 @@ def prepare_model(
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
+    if quantize:
+        _quantize_base_layers(model, precision)
+        model.to(device)
     if config.lora:
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
@@ -68,7 +84,7 @@ def prepare_model(
     core.config.use_cache = False
     if config.gradient_checkpointing:
         core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif getattr(core, "is_gradient_checkpointing", False):
+    elif any(getattr(m, "gradient_checkpointing", False) is True for m in core.modules()):
         core.gradient_checkpointing_disable()
     use_packed_attention(core)
     return model
@@ -79,8 +95,68 @@ def restore_model(model: Any) -> None:
     the bfloat16 copies of the frozen weights, peft's LoRA inputs left in their dtype."""
     core = core_model(model)
     restore_attention(core)
+    uncompile_layers(core)
     for p, data in core.__dict__.pop("_convtune_originals", []):
         p.data = data
+    for module, layer in core.__dict__.pop("_convtune_quantized", []):
+        module.base_layer = layer.to(module.lora_A.default.weight.device)
     for module in model.modules():
         if hasattr(module, "lora_A"):
             module.cast_input_dtype_enabled = True
+
+
+# -- QLoRA ----------------------------------------------------------------------------------------
+
+
+def quantization_problem(device: torch.device) -> str | None:
+    """Why the base weights cannot be quantized to 4 bits here (None: they can)."""
+    if device.type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+        return "QLoRA needs a CUDA GPU and bitsandbytes"
+    return None
+
+
+def _linear_4bit(layer: torch.nn.Linear, precision: torch.dtype | None) -> torch.nn.Module:
+    """A 4-bit NF4 copy of a linear layer (quantized when it moves to the GPU)."""
+    import bitsandbytes as bnb
+
+    quantized = bnb.nn.Linear4bit(
+        layer.in_features,
+        layer.out_features,
+        bias=layer.bias is not None,
+        compute_dtype=precision or torch.float32,
+        quant_type="nf4",
+    )
+    quantized.weight = bnb.nn.Params4bit(layer.weight.data, requires_grad=False, quant_type="nf4")
+    if layer.bias is not None:
+        quantized.bias = torch.nn.Parameter(layer.bias.data, requires_grad=False)
+    return quantized
+
+
+def _quantize_base_layers(model: Any, precision: torch.dtype | None) -> None:
+    """Swap the frozen linear layer inside each LoRA adapter for a 4-bit copy; the float layers
+    are kept (on the CPU) for `restore_model`."""
+    swapped = []
+    for module in model.modules():
+        layer = getattr(module, "base_layer", None)
+        if hasattr(module, "lora_A") and type(layer) is torch.nn.Linear:
+            swapped.append((module, layer))
+            module.base_layer = _linear_4bit(layer, precision)
+    core_model(model)._convtune_quantized = swapped
+
+
+# -- torch.compile --------------------------------------------------------------------------------
+
+
+def compile_layers(core: Any) -> None:
+    """Compile each decoder layer's call. Layers share their code, so one compilation serves
+    them all; the first row length that differs makes the sequence axis dynamic (automatic
+    dynamic shapes), and the rows' longest-example lengths are rounded to powers of two
+    (`PackedRow`), so a run compiles a handful of times, not once per batch."""
+    for layer in core.get_decoder().layers:
+        layer.compile()
+
+
+def uncompile_layers(core: Any) -> None:
+    decoder = core.get_decoder()
+    for layer in getattr(decoder, "layers", []):
+        layer._compiled_call_impl = None

@@ -1,30 +1,46 @@
 """The attention of packed examples: several examples in one row, none looking at another.
 
-Padding costs a CPU as much as real tokens, so the examples of a step are packed end to end into
-one row with no padding at all, and attention never crosses from one example into another
-(`packed_attention`: each example attends to itself only, with position ids restarting at 0). No
-token is computed for nothing, and the matrix products run on one tall matrix.
+Padding costs as much as real tokens, so the examples of a step are packed end to end into one
+row with no padding at all, and attention never crosses from one example into another: each
+example attends to itself only, causally, with position ids restarting at 0. The row's examples
+reach the attention through the `SEGMENTS` keyword argument: a `PackedRow`, made once per forward
+pass and shared by every layer, with what each kernel needs (bounds, cumulative lengths, a block
+mask).
 
-Attention runs in small products per example (one fused scale-mask-product, then softmax and
-product): PyTorch's fused CPU attention is twice as slow backwards in bfloat16 on sequences this
-short.
+Four kernels compute the same thing (`kernels.py`; the tests check each against the others):
 
-`use_packed_attention` registers the function in transformers' registry under `PACKED` and
-switches a model to it; `restore_attention` puts the model's own attention back. Batches reach
-it through the `SEGMENTS` keyword argument (the examples' bounds in the row).
+- ``segments``: small products per example. The fastest on a CPU (PyTorch's fused CPU attention
+  is twice as slow backwards in bfloat16 on sequences this short), and it runs everywhere; on a
+  GPU its thousands of small kernels per step leave the device idle.
+- ``varlen``: PyTorch's own variable-length flash attention (``torch.nn.attention.varlen``,
+  CUDA, bf16/fp16, no soft-capping).
+- ``flash``: flash-attn's ``flash_attn_varlen_func`` when that package is installed (CUDA).
+- ``flex``: PyTorch's FlexAttention with a document mask (compiled on CUDA; on a CPU PyTorch
+  runs it forwards only, so it evaluates there but does not train).
+
+``auto`` (`choose_kernel`) takes ``segments`` on a CPU and the first of varlen, flash, flex that
+runs the model on a GPU. `use_packed_attention` registers `packed_attention` in transformers'
+registry under `PACKED` and switches a model to it; `restore_attention` puts the model's own
+attention back.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from ...errors import OptionError
+from . import kernels
 
 PACKED = "convtune_packed"  # our attention implementation's name in transformers' registry
-SEGMENTS = "convtune_segments"  # the keyword argument that carries the packed examples' bounds
-# Model families whose attention takes only what `packed_attention` implements (scaling,
-# sliding window, soft-capping); others train on padded batches with their own attention.
+SEGMENTS = "convtune_segments"  # the keyword argument that carries the packed row
+KERNELS = ("segments", "varlen", "flash", "flex")
+ATTENTION_CHOICES = ("auto", *KERNELS)
+# Model families whose attention takes only what the kernels implement (scaling, sliding
+# window, soft-capping); others train on padded batches with their own attention.
 PACKED_MODEL_TYPES = frozenset(
     {
         "llama",
@@ -45,6 +61,48 @@ PACKED_MODEL_TYPES = frozenset(
 )
 
 
+class PackedRow:
+    """The examples packed in one row, as the chosen kernel wants them.
+
+    Made once per forward pass (before it, outside any compiled code) and shared by every layer:
+    the cumulative lengths (varlen, flash) and the block masks (flex, one per sliding window the
+    model uses) are built here, once. `max_length` bounds the longest example, rounded up to a
+    power of two: the flash kernels only need a bound, and compiled layers then see a few
+    values of it rather than one per batch.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        kernel: str,
+        device: torch.device,
+        windows: Iterable[int | None] = (None,),
+    ) -> None:
+        self.lengths = tuple(int(n) for n in lengths)
+        self.kernel = kernel
+        self.device = device
+        self.max_length = 1 << (max(self.lengths) - 1).bit_length()
+        self.cu_seqlens: torch.Tensor | None = None
+        self.block_masks: dict[int | None, Any] = {}
+        if kernel in ("varlen", "flash"):
+            bounds = torch.tensor([0, *self.lengths], dtype=torch.int32).cumsum(0)
+            self.cu_seqlens = bounds.to(torch.int32).to(device)
+        elif kernel == "flex":
+            for window in windows:
+                self.block_masks[window] = kernels.document_block_mask(self.lengths, window, device)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def block_mask(self, window: int | None) -> Any:
+        mask = self.block_masks.get(window)
+        if mask is None:  # a window the row was not made for
+            mask = self.block_masks[window] = kernels.document_block_mask(
+                self.lengths, window, self.device
+            )
+        return mask
+
+
 def packed_attention(
     module: Any,
     query: torch.Tensor,
@@ -59,68 +117,80 @@ def packed_attention(
 ) -> tuple[torch.Tensor, None]:
     """Causal attention within each packed example: (1, heads, T, dim) -> (1, T, heads, dim).
 
-    Grouped-query attention without repeating keys and values: the query heads that share a
-    key/value head are stacked along the sequence axis. Without segments (a call outside
-    training, such as generation), this is transformers' own sdpa attention.
+    Without a packed row (a call outside training, such as generation), this is transformers'
+    own sdpa attention.
     """
-    segments = kwargs.pop(SEGMENTS, None)
-    if segments is None:
+    row = kwargs.pop(SEGMENTS, None)
+    if row is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    _, heads, _, dim = query.shape
-    kv_heads = key.shape[1]
-    groups = heads // kv_heads
-    scale = scaling if scaling is not None else dim**-0.5
-    lengths = [length for _, length in segments]
-    outputs = []
-    # split, not sliced one by one: the backward of a split is one concatenation, that of each
-    # slice a zero tensor of the whole sequence
-    for q, k, v in zip(
-        query[0].split(lengths, dim=1),
-        key[0].split(lengths, dim=1),
-        value[0].split(lengths, dim=1),
-        strict=True,
-    ):
-        length = q.shape[1]
-        q = q.reshape(kv_heads, groups * length, dim)
-        k = k.transpose(1, 2)
-        mask = _causal_mask(length, groups, sliding_window, q.device, q.dtype)
-        if softcap is None:  # scale, mask and product in one operation
-            scores = torch.baddbmm(mask, q, k, alpha=scale)
-        else:
-            scores = torch.tanh(torch.matmul(q, k) * (scale / softcap)) * softcap + mask
-        probs = torch.softmax(scores, dim=-1)
-        if dropout and module.training:
-            probs = F.dropout(probs, p=dropout)
-        outputs.append(torch.matmul(probs, v).view(heads, length, dim))
-    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
-    return out.transpose(0, 1).unsqueeze(0), None
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    dropout = dropout if module.training else 0.0
+    kernel = getattr(kernels, row.kernel)
+    return kernel(query, key, value, row, scale, sliding_window, softcap, dropout), None
 
 
-_MASKS: dict[tuple, torch.Tensor] = {}
+# -- which kernel -------------------------------------------------------------------------------
 
 
-def _causal_mask(
-    length: int, groups: int, window: int | None, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """Added to the scores: -inf where a query may not look (the future, beyond a window)."""
-    key = (length, groups, window, str(device), dtype)
-    mask = _MASKS.get(key)
-    if mask is None:
-        i = torch.arange(length, device=device)
-        hidden = i[None, :] > i[:, None]
-        if window is not None:
-            hidden |= i[:, None] - i[None, :] >= window
-        mask = torch.zeros(hidden.shape, device=device, dtype=dtype)
-        mask.masked_fill_(hidden, float("-inf"))
-        mask = mask.repeat(groups, 1)
-        if len(_MASKS) > 4096:
-            _MASKS.clear()
-        _MASKS[key] = mask
-    return mask
+def model_windows(config: Any) -> tuple[int | None, ...]:
+    """The sliding windows a model's layers attend with (None: the whole example)."""
+    window = getattr(config, "sliding_window", None)
+    if window is None or getattr(config, "use_sliding_window", True) is False:
+        return (None,)
+    return (None, int(window))
+
+
+def kernel_problem(
+    kernel: str, device: torch.device, dtype: torch.dtype, config: Any, *, training: bool = True
+) -> str | None:
+    """Why `kernel` cannot run this model here (None: it can). `dtype` is what attention
+    computes in (the autocast dtype, else the weights')."""
+    if kernel == "segments":
+        return None
+    if kernel not in KERNELS:
+        return f"unknown kernel {kernel!r}"
+    if device.type != "cuda" and not (kernel == "flex" and device.type == "cpu" and not training):
+        if kernel == "flex":
+            return "FlexAttention trains on CUDA only (PyTorch has no CPU backward for it)"
+        return "needs a CUDA GPU"
+    if (getattr(config, "attention_dropout", 0.0) or 0.0) > 0 and kernel != "flash":
+        return "has no attention dropout, and this model uses it"
+    if kernel == "varlen" and getattr(config, "attn_logit_softcapping", None):
+        return "has no soft-capping, and this model uses it"
+    if kernel in ("varlen", "flash"):
+        if dtype not in (torch.bfloat16, torch.float16):
+            return "computes in bf16 or fp16 only (precision is fp32)"
+        if torch.cuda.get_device_capability(device) < (8, 0):
+            return "needs an Ampere or newer GPU"
+    if kernel == "varlen" and importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        return f"needs torch.nn.attention.varlen (torch {torch.__version__} has none)"
+    if kernel == "flash" and importlib.util.find_spec("flash_attn") is None:
+        return "needs the flash-attn package (pip install flash-attn)"
+    return None
+
+
+def choose_kernel(
+    requested: str, device: torch.device, dtype: torch.dtype, config: Any, *, training: bool = True
+) -> str:
+    """The kernel for packed rows: `requested` if it can run here (else an `OptionError` that
+    says why), or for "auto" segments on a CPU and the first that runs on a GPU."""
+    if requested != "auto":
+        problem = kernel_problem(requested, device, dtype, config, training=training)
+        if problem is not None:
+            raise OptionError(f"attention {requested}: {problem}", hint="attention auto chooses")
+        return requested
+    if device.type == "cuda":
+        for kernel in ("varlen", "flash", "flex"):
+            if kernel_problem(kernel, device, dtype, config, training=training) is None:
+                return kernel
+    return "segments"
+
+
+# -- the model's attention ------------------------------------------------------------------------
 
 
 def _register_attention() -> None:

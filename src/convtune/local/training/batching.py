@@ -2,11 +2,13 @@
 
 A step's examples are a permutation of the set per epoch fixed by (seed, epoch), so a resumed
 run takes the same batches as one that never stopped. With packed attention they go into one
-row end to end (`Examples.packed`: segments and position ids restarting at 0, no padding);
-other models get a right-padded batch with its attention mask (`Examples.padded`). Under
-torchrun each rank takes a deterministic share of every batch, balanced by tokens (`rank_share`);
-a share longer than the token budget of one forward pass is split into micro-batches whose
-gradients accumulate (`micro_batches`).
+row end to end (`Examples.packed`: a `PackedRow` for the attention kernel, position ids
+restarting at 0, no padding); other models get a right-padded batch with its attention mask
+(`Examples.padded`). Under torchrun each rank takes a deterministic share of every batch,
+balanced by tokens (`rank_share`); a share longer than the token budget of one forward pass
+(a few thousand tokens on a CPU, tens of thousands on a GPU:
+`runtime.default_micro_batch_tokens`) is split into micro-batches whose gradients accumulate
+(`micro_batches`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..loss_masks import IGNORE, TokenizedExample
-from .attention import SEGMENTS
+from .attention import SEGMENTS, PackedRow
 
 
 class Examples:
@@ -46,23 +48,27 @@ class Examples:
         order = torch.randperm(len(self.ids), generator=generator)
         return order[k * batch_size : (k + 1) * batch_size].tolist()
 
-    def packed(self, indices: list[int], device: torch.device) -> tuple[dict, torch.Tensor]:
-        """One row with the examples end to end, positions restarting at each one."""
+    def packed(
+        self,
+        indices: list[int],
+        device: torch.device,
+        kernel: str = "segments",
+        windows: tuple[int | None, ...] = (None,),
+    ) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """One row with the examples end to end, positions restarting at each one; the
+        positions that have a loss, and their targets. The row's `PackedRow` is made for the
+        attention `kernel` (and the model's sliding `windows`)."""
         ids = torch.cat([self.ids[i] for i in indices])
         targets = torch.cat([self.targets[i] for i in indices])
         position_ids = torch.cat([torch.arange(self.lengths[i]) for i in indices])
         keep = (targets != IGNORE).nonzero().squeeze(1)
-        segments, start = [], 0
-        for i in indices:
-            segments.append((start, self.lengths[i]))
-            start += self.lengths[i]
+        lengths = [self.lengths[i] for i in indices]
         inputs = {
             "input_ids": ids[None].to(device),
             "position_ids": position_ids[None].to(device),
-            "logits_to_keep": keep.to(device),
-            SEGMENTS: tuple(segments),
+            SEGMENTS: PackedRow(lengths, kernel, device, windows),
         }
-        return inputs, targets[keep].to(device)
+        return inputs, keep.to(device), targets[keep].to(device)
 
     def padded(self, indices: list[int], device: torch.device):
         """A right-padded batch with its attention mask: for models without packed attention."""

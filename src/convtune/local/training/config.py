@@ -4,8 +4,10 @@
 The options a user gives (`TrainOptions`, defined once for the CLI, the server and the worker)
 reach the trainer through `TrainConfig.from_options`, which resolves OpenAI's "auto" values for
 the data at hand. The fields they share take their help text and range from that definition
-(`_option`); the fields only the trainer has (dropout, threads, micro-batches...) are defined
-here. `__post_init__` reports every bad value at once.
+(`_option`); the fields only the trainer has (dropout, threads, micro-batches, the attention
+and cross-entropy kernels...) are defined here. `__post_init__` reports every bad value at
+once; what depends on the device (a GPU-only kernel asked for on a CPU) is checked when
+training starts (`loop.train`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 from ...dataset.modelinfo import default_epochs
 from ...errors import OptionError
 from ...training_options import AUTO, TrainOptions, default, specs
+from .attention import ATTENTION_CHOICES
+from .losses import CROSS_ENTROPY
 
 BASE_LEARNING_RATE = {True: 2e-4, False: 2e-5}  # LoRA, full fine-tune (x the multiplier)
 # options that shape the job rather than the loop: the worker reads them (tokenizing, processes)
@@ -71,15 +75,43 @@ class TrainConfig:
     max_grad_norm: float | None = field(
         default=1.0, metadata={"help": "clip the gradient's norm to this (None: no clipping)"}
     )
-    micro_batch_tokens: int = field(
-        default=4096,
+    micro_batch_tokens: int | None = field(
+        default=None,
         metadata={
-            "help": "most tokens in one forward pass; a larger batch is accumulated (bounds memory)"
+            "help": "most tokens in one forward pass; a larger batch is accumulated (bounds"
+            " memory); default: 4096 on a CPU, on a GPU what fits in half its free memory"
         },
     )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations: less memory, about 30% slower"}
     )
+    attention: str = field(
+        default="auto",
+        metadata={
+            "help": "kernel of packed attention: segments (per-example products, the fastest on"
+            " a CPU), varlen (PyTorch's flash attention), flash (flash-attn), flex"
+            " (FlexAttention); auto: segments on a CPU, the first of varlen, flash, flex that"
+            " runs on a GPU",
+            "choices": ATTENTION_CHOICES,
+        },
+    )
+    cross_entropy: str = field(
+        default="auto",
+        metadata={
+            "help": "plain (logits at the loss positions), chunked (a few hundred rows of"
+            " logits at a time), liger (liger-kernel, CUDA); auto: plain on a CPU, liger or"
+            " chunked on a GPU",
+            "choices": CROSS_ENTROPY,
+        },
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile each decoder layer (dynamic shapes); not with the segments"
+            " attention; not measured yet to pay on any device, so off by default"
+        },
+    )
+    quantize_base: str = _option("quantize_base")
 
     def __post_init__(self) -> None:
         problems = []
@@ -92,11 +124,15 @@ class TrainConfig:
                 problems.append(f"{f.name} must be a number here: resolve 'auto' first")
             elif (problem := specs()[option].problem(f.name, value)) is not None:
                 problems.append(problem)
-        if not isinstance(self.micro_batch_tokens, int) or self.micro_batch_tokens < 1:
-            problems.append(
-                f"micro_batch_tokens must be a positive integer, not {self.micro_batch_tokens!r}"
-            )
-        for name in ("eval_every", "threads"):
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                problems.append(
+                    f"{f.name} must be one of {', '.join(choices)}, not {getattr(self, f.name)!r}"
+                )
+        if self.quantize_base != "none" and not self.lora:
+            problems.append("quantize_base 4bit (QLoRA) trains LoRA adapters: not with full=True")
+        for name in ("eval_every", "threads", "micro_batch_tokens"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 problems.append(f"{name} must be a positive integer or None, not {value!r}")
@@ -127,6 +163,7 @@ class TrainConfig:
             lora_alpha=options.lora_alpha,
             max_steps=options.max_steps,
             precision=options.precision,
+            quantize_base=options.quantize_base,
             seed=seed,
             **trainer,
         )

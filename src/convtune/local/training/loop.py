@@ -2,11 +2,14 @@
 
 Each step: the step's examples (`batching`), forward and backward in micro-batches under
 autocast, gradients summed across ranks, clipping, the optimizer's step; metrics after every
-step, validation now and then. What it does for speed on a CPU:
+step, validation now and then. What it does for speed:
 
 - The output layer: SmolLM2's vocabulary has 49,152 words. Logits are computed only at the
-  positions that have a loss (a fifth of the tokens in chat data), through the model's own
-  ``logits_to_keep``.
+  positions that have a loss (a fifth of the tokens in chat data); on a GPU, a chunked or fused
+  cross-entropy never holds them all in float32 (`losses`).
+- Attention: per-example products on a CPU, a variable-length kernel on a GPU (`attention`).
+- Micro-batches sized by tokens for the device (`runtime.default_micro_batch_tokens`): a GPU
+  takes tens of thousands of tokens a forward pass.
 - Fused AdamW; one host synchronisation per step, for the metrics.
 
 Data parallel (under torchrun): each rank takes its share of every batch, gradients are summed
@@ -28,18 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from ...errors import ConvtuneError
+from ...errors import ConvtuneError, OptionError
 from ..loss_masks import TokenizedExample
-from .adapters import core_model, prepare_model, restore_model
-from .attention import is_packed, use_packed_attention
+from .adapters import compile_layers, core_model, prepare_model, restore_model
+from .attention import choose_kernel, is_packed, model_windows, use_packed_attention
 from .batching import Examples, micro_batches, rank_share
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import StepMetrics, TrainConfig, TrainResult
+from .losses import choose_loss, fused_cross_entropy, output_weight, plain_cross_entropy
 from .runtime import (
     Distributed,
     autocast_dtype,
+    default_micro_batch_tokens,
     fused_kwargs,
     peak_memory_mb,
     pick_device,
@@ -80,7 +84,16 @@ def train(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the adapters' initial weights, equal on every rank
             model = prepare_model(model, config, device, precision)
-            return TrainingLoop(model, train, valid, config, dist, device, precision).run(
+            ctx = _Context.make(model, config, dist, device, precision, training=True)
+            if config.compile:
+                if ctx.packed and ctx.kernel == "segments":
+                    raise OptionError(
+                        "compile: not with the segments attention (it would recompile for"
+                        " every batch)",
+                        hint="attention varlen, flash or flex, on a GPU",
+                    )
+                compile_layers(core_model(model))
+            return TrainingLoop(model, train, valid, config, ctx).run(
                 on_metrics, on_epoch_end, should_stop, resume, on_stop
             )
     finally:
@@ -97,6 +110,36 @@ class _Context:
     dist: Distributed
     packed: bool  # examples packed in one row (else padded batches)
     micro_batch_tokens: int
+    kernel: str = "segments"  # the attention kernel of packed rows
+    windows: tuple[int | None, ...] = (None,)  # the sliding windows of the model's layers
+    loss: str = "plain"  # the cross-entropy: plain, chunked or liger
+    decoder: Any = None  # the fused cross-entropies' decoder and output weight
+    weight: Any = None
+
+    @classmethod
+    def make(cls, model, config: TrainConfig, dist, device, precision, *, training: bool):
+        """The context of a prepared model: kernels and token budget chosen for the device."""
+        core = core_model(model)
+        packed = is_packed(core)
+        dtype = precision or next(core.parameters()).dtype
+        kernel = choose_kernel(config.attention, device, dtype, core.config, training=training)
+        loss = choose_loss(config.cross_entropy, device, core)
+        budget = config.micro_batch_tokens or default_micro_batch_tokens(
+            core.config, device, precision, checkpointing=config.gradient_checkpointing
+        )
+        fused = loss != "plain"
+        return cls(
+            device,
+            precision,
+            dist,
+            packed,
+            budget,
+            kernel=kernel if packed else "segments",
+            windows=model_windows(core.config),
+            loss=loss,
+            decoder=core.get_decoder() if fused else None,
+            weight=output_weight(core) if fused else None,
+        )
 
     def autocast(self):
         if self.precision is None:
@@ -107,10 +150,9 @@ class _Context:
 class TrainingLoop:
     """One run's steps, from its first (or resumed) step to its last or to a stop."""
 
-    def __init__(self, model, train, valid, config, dist, device, precision) -> None:
-        self.model, self.config, self.dist = model, config, dist
-        packed = is_packed(core_model(model))
-        self.ctx = _Context(device, precision, dist, packed, config.micro_batch_tokens)
+    def __init__(self, model, train, valid, config, ctx: _Context) -> None:
+        self.model, self.config, self.dist, self.ctx = model, config, ctx.dist, ctx
+        device = ctx.device
         self.train_set = Examples(train)
         self.valid_set = Examples(valid) if valid else None
         self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
@@ -261,23 +303,20 @@ class TrainingLoop:
 def _forward(model: Any, examples: Examples, micro: list[int], ctx: _Context):
     """Summed loss, correct next-token guesses and loss tokens of some examples."""
     if ctx.packed:
-        inputs, targets = examples.packed(micro, ctx.device)
-        logits = model(**inputs, use_cache=False).logits[0]
+        inputs, keep, targets = examples.packed(micro, ctx.device, ctx.kernel, ctx.windows)
     else:
         inputs, keep, targets = examples.padded(micro, ctx.device)
-        logits = model(**inputs, use_cache=False).logits[keep]
-    loss, correct = _loss_and_correct(logits, targets)
+    if ctx.loss == "plain":
+        if ctx.packed:  # the output layer at the loss positions only
+            logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits[0]
+        else:
+            logits = model(**inputs, use_cache=False).logits[keep]
+        loss, correct = plain_cross_entropy(logits, targets)
+    else:  # the decoder's hidden states at the loss positions, into the fused loss
+        hidden = ctx.decoder(**inputs, use_cache=False).last_hidden_state
+        hidden = hidden[0, keep] if ctx.packed else hidden[keep]
+        loss, correct = fused_cross_entropy(ctx.loss, hidden, ctx.weight, targets)
     return loss, correct.double().cpu(), torch.tensor(float(targets.numel()), dtype=torch.float64)
-
-
-def _loss_and_correct(logits: torch.Tensor, targets: torch.Tensor):
-    """Summed cross-entropy (in float32) and the number of targets the logits rank first.
-
-    (A chunked cross-entropy that never holds float32 logits was measured: no faster.)
-    """
-    floats = logits.float()
-    loss = F.cross_entropy(floats, targets, reduction="sum")
-    return loss, (floats.detach().argmax(-1) == targets).sum()
 
 
 def _evaluate(
@@ -308,11 +347,10 @@ def evaluate(
     dist = Distributed.start()
     device = pick_device(dist.local_rank)
     model.to(device)
-    packed = use_packed_attention(core_model(model))
-    ctx = _Context(
-        device, autocast_dtype(config.precision, device), dist, packed, config.micro_batch_tokens
-    )
+    use_packed_attention(core_model(model))
+    precision = autocast_dtype(config.precision, device)
     try:
+        ctx = _Context.make(model, config, dist, device, precision, training=False)
         data = Examples(examples)
         return _evaluate(model, data, data.all(), ctx)
     finally:
