@@ -468,7 +468,7 @@ def test_smollm2_export_is_llama_cpp_s_own_file_with_float_weights(smollm2_expor
 def test_llama_cpp_runs_the_export(smollm2_export, tmp_path):
     """The optional extra: llama.cpp loads the file, answers through the stored chat template,
     stops at <|im_end|> by itself, and (f16) answers as transformers does greedily."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = pytest.importorskip("llama_cpp", reason="the llama extra (make test installs it)")
     out, cache = smollm2_export
     question = [{"role": "user", "content": "What is the capital of France?"}]
     llm = llama_cpp.Llama(model_path=str(out / "model.gguf"), n_ctx=512, n_threads=2, verbose=False)

@@ -32,7 +32,7 @@ ARGS = [
 ]
 LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-STEPS = 30
+STEPS = 200
 BAD_QUOTE = b'Human;AI\nHello;Hi there\n"Broken;oops\nGood;Fine\n'
 
 
