@@ -1,11 +1,11 @@
 """How fast `convtune eval` goes: examples per second on SmolLM2, locally and through serve.
 
 The validation file of the bundled example (prepared here) is evaluated twice with the default
-graders and no cache: once with the model on the local backend (one answer at a time, plus the
-teacher-forced validation loss), once through a fresh `convtune serve` on loopback
-(`MODEL@http://127.0.0.1:PORT/v1`, `--concurrency` answers in flight; the server generates one
-reply at a time per model today). Each run is timed from start to result, model loading
-included (a first chat warms the server's model up, untimed).
+graders and no cache: once with the model on the local backend (`--concurrency` prompts in one
+batch, plus the teacher-forced validation loss), once through a fresh `convtune serve` on
+loopback (`MODEL@http://127.0.0.1:PORT/v1`, `--concurrency` answers in flight, which the server
+batches). Both start warm: an untimed one-example eval converts the base model and loads it in
+this process, and a first chat loads it in the server. Each run is timed from start to result.
 
   .venv/bin/python bench/eval.py [--model SmolLM2-135M-Instruct] [--limit 20] [--max-tokens 32]
                                  [--concurrency 4] [--json FILE]
@@ -60,7 +60,8 @@ def main() -> None:
     valid = Path(prepare(ROOT / "examples" / "conversations.csv", work, PrepareOptions()).outputs[1])
     common = ["--data", str(valid), "--limit", str(args.limit), "--max-tokens", str(args.max_tokens)]
 
-    local_s, local = run(["eval", args.model, *common])
+    run(["eval", args.model, "--data", str(valid), "--limit", "1", "--max-tokens", "1"])  # warm
+    local_s, local = run(["eval", args.model, *common, "--concurrency", str(args.concurrency)])
     with serve(Path(os.environ["CONVTUNE_HOME"]) / "serve") as served:
         from openai import OpenAI
 
