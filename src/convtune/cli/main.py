@@ -8,18 +8,45 @@ import sys
 import click
 
 from ..errors import ConvtuneError
-from .chat_cmd import chat
-from .check_cmd import check
-from .eval_cmd import eval_command, record
-from .export_cmd import export
-from .files_cmd import files
-from .jobs_cmd import jobs
-from .models_cmd import models
-from .plot_cmd import plot
-from .prepare_cmd import prepare
-from .serve_cmd import serve
-from .train_cmd import follow, train
-from .ui_cmd import ui
+
+# name -> module:attribute, in the order --help lists them. A command's module is imported only
+# when that command runs (or --help lists them all): `convtune prepare` never loads eval's numpy
+# and graders, serve's FastAPI or export's gguf, which keeps it quick and under 100 MB.
+COMMANDS = {
+    "prepare": "prepare_cmd:prepare",
+    "check": "check_cmd:check",
+    "train": "train_cmd:train",
+    "follow": "train_cmd:follow",
+    "jobs": "jobs_cmd:jobs",
+    "models": "models_cmd:models",
+    "files": "files_cmd:files",
+    "chat": "chat_cmd:chat",
+    "eval": "eval_cmd:eval_command",
+    "record": "eval_cmd:record",
+    "export": "export_cmd:export",
+    "plot": "plot_cmd:plot",
+    "serve": "serve_cmd:serve",
+    "ui": "ui_cmd:ui",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported when first resolved (click's documented
+    pattern for large CLIs)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*COMMANDS, *sorted(set(super().list_commands(ctx)) - set(COMMANDS))]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        import importlib
+
+        module, attribute = COMMANDS[cmd_name].split(":")
+        command = getattr(importlib.import_module(f".{module}", __package__), attribute)
+        assert command.name == cmd_name, (command.name, cmd_name)
+        return command
+
 
 EXAMPLES = """
 \b
@@ -33,20 +60,15 @@ Examples:
 """
 
 
-@click.group(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(package_name="convtune")
 def cli() -> None:
     """Turn conversation spreadsheets into checked datasets and fine-tuned models.
 
     Every command says more with --help: convtune COMMAND --help.
     """
-
-
-for command in (
-    prepare, check, train, follow, jobs, models, files, chat, eval_command, record, export, plot,
-    serve, ui,
-):
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:

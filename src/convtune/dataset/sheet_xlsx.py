@@ -30,7 +30,6 @@ from ..errors import ConvtuneError, InputError
 from .cell_text import cell_text, newlines
 from .findings import Findings
 
-XLSX_SUFFIXES = (".xlsx", ".xlsm", ".xltx", ".xltm")
 CHUNK = 1 << 20
 MAIN_NS = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
 ACTOR_COLUMNS = 2  # A and B: the columns whose cells become messages

@@ -12,7 +12,6 @@ what loses nothing but may surprise is a warning with its line. The file formats
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,10 @@ from ..errors import InputError, OptionError
 from .conversation import Conversation, Message
 from .findings import Findings
 from .sheet_csv import DELIMITERS, open_csv
-from .sheet_xlsx import XLSX_SUFFIXES, open_xlsx
 
 __all__ = ["DELIMITERS", "XLSX_SUFFIXES", "Sheet", "SheetOptions", "open_sheet"]
+
+XLSX_SUFFIXES = (".xlsx", ".xlsm", ".xltx", ".xltm")
 
 DELIMITER_NAMES = {";": "';'", ",": "','", "\t": "tab", "|": "'|'"}
 OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # Excel 97-2003 .xls, and other old Office files
@@ -73,6 +73,8 @@ def open_sheet(path: str | Path, options: SheetOptions, findings: Findings) -> S
         raise OptionError("the separator cannot be empty")
     separator = options.separator.strip()
     if _is_workbook(path):
+        from .sheet_xlsx import open_xlsx  # zipfile and xml only for workbooks: 2 MB a process
+
         source = open_xlsx(path, options.sheet, findings)
         rows, size, position, delimiter = source.rows, source.size, source.position, None
     else:
@@ -99,6 +101,8 @@ def _is_workbook(path: Path) -> bool:
             hint="in Excel: File > Save As > Excel Workbook (.xlsx) or CSV UTF-8",
         )
     if magic.startswith(ZIP):
+        import zipfile
+
         try:
             with zipfile.ZipFile(path) as archive:
                 names = set(archive.namelist())
