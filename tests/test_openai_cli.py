@@ -230,7 +230,8 @@ def test_follow_survives_faults_and_ctrl_c_names_the_backend(fake, files):
     fake.total_steps = 10**6  # a job that runs for ever
     endless = remote.create_job(JobRequest(MODEL, job.training_file))
     env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
-    env.update(OPENAI_API_KEY=fake.key, NO_PROXY="127.0.0.1")
+    # PYTHONFAULTHANDLER: should it ever not exit, SIGABRT prints where each thread stands
+    env.update(OPENAI_API_KEY=fake.key, NO_PROXY="127.0.0.1", PYTHONFAULTHANDLER="1")
     follower = popen_ctrl_c(
         [CONVTUNE, "follow", endless.id, "--base-url", url],
         stdout=subprocess.PIPE,
@@ -243,7 +244,12 @@ def test_follow_survives_faults_and_ctrl_c_names_the_backend(fake, files):
         assert time.monotonic() < deadline and follower.poll() is None
         time.sleep(0.1)
     follower.send_signal(signal.SIGINT)
-    out, err = follower.communicate(timeout=30)
+    try:
+        out, err = follower.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # seen once under a heavy load, after "Detached": say where
+        follower.send_signal(signal.SIGABRT)
+        out, err = follower.communicate()
+        pytest.fail(f"follow did not exit after Ctrl-C:\n{out}\n{err}")
     assert follower.returncode == 0, out + err
     assert f"convtune follow {endless.id} --backend openai --base-url {url}" in out
     assert fake.key not in out + err
