@@ -8,8 +8,8 @@ The library is the product; the `convtune` command line only parses, calls these
     service = convtune.LocalService()  # or convtune.OpenAIService(base_url=...)
     job = service.create_job(convtune.JobRequest("SmolLM2-135M-Instruct", ...))
 
-The two services load on first use (`LocalService` needs no torch until it trains; importing
-the openai SDK costs a second or more), so `import convtune` stays quick.
+Every name loads on first use (`LocalService` needs no torch until it trains; importing the
+openai SDK costs a second or more), so `import convtune` stays quick and small.
 """
 
 # Every public name, and the module it comes from: each is imported when first asked for, so that
