@@ -191,11 +191,16 @@ def modelfile(folder: Path) -> tuple[str | None, list[str]]:
     return (unquote(template.group(1)) if template else None), [unquote(s) for s in stops]
 
 
-def one_line_error(capsys) -> str:
+def one_line_error(capsys, started: bool = True) -> str:
+    """The error line; `started`: after the "Exporting..." status line (which an export whose
+    options or target are refused never prints)."""
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and err[0].startswith("Exporting"), err  # the status line, the error
-    assert err[1].startswith("convtune: error: ")
-    return err[1]
+    if started:
+        assert len(err) == 2 and err[0].startswith("Exporting"), err  # the status line, the error
+    else:
+        assert len(err) == 1, err
+    assert err[-1].startswith("convtune: error: ")
+    return err[-1]
 
 
 # -- the tiny fine-tuned model --------------------------------------------------------------------
@@ -525,22 +530,27 @@ def test_cli_errors_are_one_line_with_exit_1(tiny, tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     register(tiny)  # a full fine-tune: no adapter
-    cases = [
-        (["ft:tiny:none:ftjob-nope", "-o", str(tmp_path / "x")], "no fine-tuned model"),
-        (["no-such-model", "-o", str(tmp_path / "x")], "unknown base model"),
-        ([str(gpt2), "-o", str(tmp_path / "x")], "cannot export a 'gpt2' model to GGUF"),
-        ([MODEL_ID, "-o", str(tmp_path / "taken")], "exists (add --force to replace it)"),
-        ([MODEL_ID, "-o", str(tmp_path / "taken"), "--force"], "is not a convtune export"),
-        ([MODEL_ID, "-o", str(tmp_path / "x"), "--format", "adapter"], "no LoRA adapter"),
-        ([str(tiny), "-o", str(tmp_path / "x"), "--format", "adapter"], "not a fine-tuned model"),
+    cases = [  # (arguments, message, whether "Exporting..." came first)
+        (["ft:tiny:none:ftjob-nope", "-o", str(tmp_path / "x")], "no fine-tuned model", True),
+        (["no-such-model", "-o", str(tmp_path / "x")], "unknown base model", True),
+        ([str(gpt2), "-o", str(tmp_path / "x")], "cannot export a 'gpt2' model to GGUF", True),
+        ([MODEL_ID, "-o", str(tmp_path / "taken")], "exists (add --force to replace it)", False),
+        ([MODEL_ID, "-o", str(tmp_path / "taken"), "--force"], "is not a convtune export", False),
+        ([MODEL_ID, "-o", str(tmp_path / "x"), "--format", "adapter"], "no LoRA adapter", True),
+        (
+            [str(tiny), "-o", str(tmp_path / "x"), "--format", "adapter"],
+            "not a fine-tuned model",
+            True,
+        ),
         (
             [MODEL_ID, "-o", str(tmp_path / "x"), "--format", "hf", "--quantize", "f16"],
             "--quantize",
+            False,
         ),
     ]
-    for args, message in cases:
+    for args, message, started in cases:
         assert main(["export", *args]) == 1, args
-        assert message in one_line_error(capsys)
+        assert message in one_line_error(capsys, started)
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2", "taken"]  # nothing half-written
 
@@ -568,6 +578,87 @@ def test_writes_are_atomic_and_force_replaces_an_export(tuned, tmp_path, monkeyp
     capsys.readouterr()
     assert main(["export", MODEL_ID, "-o", str(out), "--force"]) == 0  # q8_0 replaces f16
     assert (out / "model.gguf").stat().st_size < first
+
+
+def test_force_replaces_only_what_the_export_wrote(tiny, tmp_path, capsys):
+    """A file or a nested export a user put into an earlier export stops --force, named, before
+    anything is written; README.txt lists the export's files, and a folder holding just those is
+    replaced (hf folders too)."""
+    register(tiny)
+    out = tmp_path / "out"
+    assert main(["export", MODEL_ID, "-o", str(out), "--quantize", "f16"]) == 0
+    readme = (out / "README.txt").read_text(encoding="utf-8").splitlines()
+    listed = readme[readme.index(next(x for x in readme if x.startswith("The files of"))) + 1 :]
+    assert listed == ["  Modelfile", "  README.txt", "  model.gguf"]
+    first = (out / "model.gguf").stat().st_mtime_ns
+    capsys.readouterr()
+
+    (out / "notes.txt").write_text("mine")
+    assert main(["export", MODEL_ID, "-o", str(out), "--force"]) == 1
+    error = one_line_error(capsys, started=False)
+    assert f"{out} holds notes.txt, which the earlier export did not write" in error
+    assert "--force will not delete it" in error
+    (out / "notes.txt").unlink()
+
+    assert main(["export", MODEL_ID, "-o", str(out / "sub"), "--quantize", "f16"]) == 0
+    capsys.readouterr()
+    assert main(["export", MODEL_ID, "-o", str(out), "--force"]) == 1
+    assert f"{out} holds sub/, which the earlier export" in one_line_error(capsys, started=False)
+    assert (out / "sub" / "model.gguf").is_file() and (out / "model.gguf").is_file()
+    assert (out / "model.gguf").stat().st_mtime_ns == first
+    shutil.rmtree(out / "sub")
+
+    assert main(["export", MODEL_ID, "-o", str(out), "--force"]) == 0  # only its files: replaced
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "README.txt", "model.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    hf = tmp_path / "hf"
+    assert main(["export", MODEL_ID, "-o", str(hf), "--format", "hf"]) == 0
+    (hf / "extra").mkdir()
+    (hf / "extra" / "eval.csv").write_text("mine")
+    capsys.readouterr()
+    assert main(["export", MODEL_ID, "-o", str(hf), "--format", "hf", "--force"]) == 1
+    assert f"{hf} holds extra/, which" in one_line_error(capsys, started=False)
+    shutil.rmtree(hf / "extra")
+    assert main(["export", MODEL_ID, "-o", str(hf), "--force"]) == 0  # hf replaced by a gguf
+    assert (hf / "model.gguf").is_file() and not (hf / "config.json").exists()
+
+
+def test_force_reads_an_export_that_did_not_list_its_files(tiny, tmp_path, capsys):
+    """A README.txt without the list (an export of an earlier convtune): the GGUF export's three
+    files are replaced, anything else is named and kept."""
+    register(tiny)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.txt").write_text("Exported by convtune 0.1.0 from tiny (gguf, q8_0).\n")
+    (out / "model.gguf").write_bytes(b"GGUF old")
+    (out / "config.json").write_text("{}")
+    assert main(["export", MODEL_ID, "-o", str(out), "--force"]) == 1
+    assert f"{out} holds config.json, which" in one_line_error(capsys, started=False)
+    (out / "config.json").unlink()
+    assert main(["export", MODEL_ID, "-o", str(out), "--force", "--quantize", "f16"]) == 0
+    assert (out / "model.gguf").stat().st_size > 100
+
+
+def test_a_file_added_while_exporting_is_kept(tiny, tmp_path, monkeypatch, capsys):
+    """The earlier export is checked again just before it is replaced."""
+    from convtune.export import gguf_export
+
+    register(tiny)
+    out = tmp_path / "out"
+    assert main(["export", MODEL_ID, "-o", str(out), "--quantize", "f16"]) == 0
+    capsys.readouterr()
+    real = gguf_export.write_gguf
+
+    def meanwhile(*args, **kwargs):
+        (out / "notes.txt").write_text("written during the export")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gguf_export, "write_gguf", meanwhile)
+    assert main(["export", MODEL_ID, "-o", str(out), "--force"]) == 1
+    assert f"{out} holds notes.txt" in one_line_error(capsys)  # after "Exporting..."
+    assert (out / "notes.txt").read_text() == "written during the export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
 
 
 def test_chat_runs_on_an_exported_gguf(tuned, tmp_path, capsys):

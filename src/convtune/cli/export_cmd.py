@@ -49,15 +49,23 @@ Examples:
     help="How GGUF weights are stored: f16, bf16 or q8_0 (default q8_0, about half the size of"
     " f16; small models answer closest to convtune in f16).",
 )
-@click.option("--force", is_flag=True, help="Replace DIR if it is an earlier export.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace DIR if it is an earlier export holding nothing but the files it wrote.",
+)
 def export(model: str, out: Path, fmt: str, quantize: str | None, force: bool) -> None:
     """Export MODEL (a local fine-tuned model ft:..., or a base model) into a folder.
 
     The GGUF keeps the chat template and end-of-turn token the model was trained with, and the
     Ollama Modelfile gets a prompt template proven to render the same prompts.
     """
-    render.err.print(f"Exporting {escape(model)} to {escape(str(out))} ({fmt})...", soft_wrap=True)
-    result = export_model(model, out, format=fmt, quantize=quantize, force=force)
+
+    def announce() -> None:  # once the target is checked: no "Exporting..." before a refusal
+        message = f"Exporting {escape(model)} to {escape(str(out))} ({fmt})..."
+        render.err.print(message, soft_wrap=True)
+
+    result = export_model(model, out, format=fmt, quantize=quantize, force=force, on_start=announce)
     kind = f"{fmt}, {result.quantization}" if result.quantization else fmt
     render.out.print(f"Exported {escape(result.model)} to {escape(str(result.out))} ({kind}):")
     for path in result.files:

@@ -10,7 +10,9 @@ Three formats:
 The folder is written under a temporary name beside its target and renamed into place when
 complete: a failed or interrupted export leaves no half folder under the target's name. An
 existing target is replaced only with `force`, and only when it is empty or an earlier export
-(its README.txt says so): `--force` never deletes a folder convtune did not write.
+holding nothing but what that export wrote: its README.txt starts with `MARKER` and lists the
+export's files, and any other entry (a user's notes, a nested export) makes `--force` refuse,
+naming it. `--force` never deletes a file convtune did not write.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,14 @@ FORMATS = ("gguf", "hf", "adapter")
 DEFAULT_QUANTIZATION: Quantization = "q8_0"
 MARKER = "Exported by convtune"  # the first words of every export's README.txt
 SOURCE_STAMP = "convtune-source.json"  # base_models' cache stamp: not part of a model
+# The README.txt line above the list of the export's files, one a line, indented by two spaces.
+FILES_HEADING = (
+    "The files of this export (convtune export --force replaces the folder only while it holds"
+    " nothing else):"
+)
+# What an export written before README.txt listed its files holds (gguf was the only such format
+# to replace): the files of any other format in such a folder make --force refuse.
+UNLISTED_EXPORT = frozenset({"README.txt", "Modelfile", "model.gguf"})
 
 
 @dataclass
@@ -60,8 +70,13 @@ def export_model(
     quantize: str | None = None,
     force: bool = False,
     service: LocalService | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> ExportResult:
-    """Export `model` (an ``ft:`` id of the local store or a base model name) into `out`."""
+    """Export `model` (an ``ft:`` id of the local store or a base model name) into `out`.
+
+    `on_start` is called once the options and the target are checked, before the model is read
+    and written (the CLI says "Exporting..." then, not before a refusal).
+    """
     if format not in FORMATS:
         raise OptionError(f"unknown export format {format!r}; choose gguf, hf or adapter")
     if quantize is not None and format != "gguf":
@@ -71,6 +86,8 @@ def export_model(
         raise OptionError(f"unknown quantization {quantization!r}; choose f16, bf16 or q8_0")
     out = Path(out).expanduser()
     _check_target(out, force)
+    if on_start is not None:
+        on_start()
     own = service is None
     service = service or LocalService()
     try:
@@ -109,9 +126,15 @@ def _write(
         assert source.adapter is not None
         _copy_folder(source.adapter, staging)
         result = ExportResult(source.name, out, "adapter")
-    (staging / "README.txt").write_text(_readme(result, source), encoding="utf-8")
+    files = sorted({*_files_in(staging), "README.txt"})
+    (staging / "README.txt").write_text(_readme(result, source, files), encoding="utf-8")
     result.files = sorted(out / p.name for p in staging.iterdir())
     return result
+
+
+def _files_in(folder: Path) -> list[str]:
+    """The files under `folder`, as sorted POSIX paths relative to it."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
 def _export_gguf(
@@ -145,26 +168,78 @@ def _export_gguf(
 
 
 def _check_target(out: Path, force: bool) -> None:
-    """Refuse an existing target without `force`, and any target convtune did not write."""
+    """Refuse an existing target without `force`, and any target holding what convtune did not
+    write: a folder that is not an export, or an export with other files added to it."""
     if not out.exists() and not out.is_symlink():
         return
     if not force:
         raise OutputExistsError(f"{out} exists", hint="add --force to replace it")
     if not out.is_dir() or out.is_symlink():
         raise OutputExistsError(f"{out} exists and is not a folder", hint="remove it first")
-    if any(out.iterdir()) and not _is_export(out):
+    if not any(out.iterdir()):
+        return
+    listed = _export_files(out)
+    if listed is None:
         raise OutputExistsError(
             f"{out} exists and is not a convtune export: --force will not delete it",
             hint="choose another folder or remove it yourself",
         )
+    try:
+        extra = _first_unlisted(out, listed)
+    except OSError as exc:
+        raise OutputExistsError(
+            f"{out} exists and cannot be read through: {exc.strerror or exc}",
+            hint="choose another folder or remove it yourself",
+        ) from exc
+    if extra is not None:
+        raise OutputExistsError(
+            f"{out} holds {extra}, which the earlier export did not write:"
+            " --force will not delete it",
+            hint="move it out of the folder, or choose another folder",
+        )
 
 
-def _is_export(folder: Path) -> bool:
+def _export_files(folder: Path) -> set[str] | None:
+    """The files an earlier export in `folder` wrote, from its README.txt; None if the folder is
+    not an export."""
     try:
         with open(folder / "README.txt", encoding="utf-8") as f:
-            return f.readline().startswith(MARKER)
+            if not f.readline().startswith(MARKER):  # not the whole of a user's large file
+                return None
+            lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError):
-        return False
+        return None
+    if FILES_HEADING not in lines:
+        return set(UNLISTED_EXPORT)
+    files = set()
+    for line in lines[lines.index(FILES_HEADING) + 1 :]:
+        if not line.startswith("  "):
+            break
+        files.add(line[2:])
+    return files
+
+
+def _first_unlisted(folder: Path, listed: set[str]) -> str | None:
+    """The first entry under `folder` (sorted, top down) that is neither a listed file nor a
+    folder holding one; a folder is shown with a trailing "/"."""
+    parents = {parent for name in listed for parent in _parents(name)}
+    pending = [folder]
+    while pending:
+        current = pending.pop(0)
+        for entry in sorted(current.iterdir()):
+            name = entry.relative_to(folder).as_posix()
+            if entry.is_dir() and not entry.is_symlink():
+                if name not in parents:
+                    return name + "/"
+                pending.append(entry)
+            elif name not in listed or entry.is_symlink():
+                return name
+    return None
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 @contextlib.contextmanager
@@ -176,7 +251,8 @@ def _staged(out: Path) -> Iterator[Path]:
         yield staging
         os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the export from other users
         old = None
-        if out.exists():  # checked by _check_target: an earlier export, replaced with force
+        if out.exists():  # an earlier export, replaced with force: checked again, just before
+            _check_target(out, force=True)  # (a file may have been added while this one ran)
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
             os.replace(out, old / "export")
         os.rename(staging, out)
@@ -197,7 +273,7 @@ def _copy_folder(folder: Path, target: Path) -> None:
             shutil.copy2(item, target / item.name)
 
 
-def _readme(result: ExportResult, source: ExportSource) -> str:
+def _readme(result: ExportResult, source: ExportSource, files: list[str]) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -237,4 +313,5 @@ def _readme(result: ExportResult, source: ExportSource) -> str:
             f" and '{second}: ...' lines ending in '{second}:' (the chat template does this), and"
             f" its reply ends with '\\n{first}:' (pass it as a stop string to llama-server).",
         ]
+    lines += ["", FILES_HEADING, *(f"  {name}" for name in files)]
     return "\n".join(lines) + "\n"
