@@ -164,6 +164,13 @@ def test_the_data_directory_file_is_the_default(isolated_home):
         ('{"shutdowns": ["gpt-4o"]}', ":1:", '"shutdowns" is not an object'),
         ('["gpt-4o"]', "", "not a JSON object"),
         ("", ":1:", "not valid JSON"),
+        (
+            '{"shutdowns": {\n"gpt-4o-mini": "2027-01-14",\n"gpt-4o-mini": "2028-01-01"}}',
+            ":3:",
+            '"gpt-4o-mini" is given twice (keep one of them)',
+        ),
+        ('{"shutdowns": {"gpt-4o": " 2027-01-14"},\n"shutdowns": {}}', ":2:", '"shutdowns" is'),
+        ('{"shutdowns": {"gpt-4o": "2027-01-14",\n " gpt-4o": "2027-02-01"}}', ":2:", "twice"),
     ],
 )
 def test_a_malformed_file_is_one_line_naming_it(tmp_path, text, where, problem):
@@ -175,6 +182,16 @@ def test_a_malformed_file_is_one_line_naming_it(tmp_path, text, where, problem):
     assert "\n" not in message
     assert message.startswith(f"{path}{where}"), message
     assert problem in message
+
+
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    """Windows editors start UTF-8 files with a BOM: the table reads as without it."""
+    path = tmp_path / "shutdowns.json"
+    path.write_bytes('\ufeff{"shutdowns": {"gpt-4.1-nano": "2026-10-23"}}'.encode())
+    assert load_table(path).shuts_down("gpt-4.1-nano") == date(2026, 10, 23)
+    path.write_bytes('\ufeff{"shutdowns":\n {"gpt-4o": "soon"}}'.encode())
+    with pytest.raises(ConvtuneError, match=r"shutdowns\.json:2: gpt-4o: \"soon\" is not a date"):
+        load_table(path)
 
 
 def test_a_missing_or_unreadable_file_given_by_name(tmp_path):
@@ -320,6 +337,16 @@ def test_models_list_with_a_malformed_table_fails_in_one_line(fake, cli, tmp_pat
     assert f"{bad}:2:" in line and '"next year" is not a date' in line
     missing = cli("models", "list", "--shutdowns", tmp_path / "none.json", "--base-url", fake.url)
     assert "none.json: no such file" in one_line_error(missing)
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"shutdowns": {"gpt-4o-mini": "2027-01-14", "gpt-4o-mini": "2028-01-01"}}')
+    failed = cli("models", "list", "--shutdowns", twice, "--base-url", fake.url)
+    assert f'{twice}:1: "gpt-4o-mini" is given twice' in one_line_error(failed)
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b'\xef\xbb\xbf{"shutdowns": {"gpt-4.1-nano": "2026-10-23"}}')
+    listed = cli("models", "list", "--json", "--shutdowns", bom, "--base-url", fake.url)
+    assert listed.returncode == 0, listed.stderr
+    by_id = {m["id"]: m for m in json.loads(listed.stdout)["data"]}
+    assert by_id[NANO]["shuts_down"] == "2026-10-23"
 
 
 def test_models_list_paints_the_near_dates_red(fake, cli, monkeypatch):

@@ -153,16 +153,23 @@ def load_table(path: str | Path | None = None) -> ShutdownTable:
             return ShutdownTable()
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors write one) is fine
     except FileNotFoundError:
         raise ConvtuneError("no such file", path=path) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConvtuneError(f"cannot read the shutdown table: {reason}", path=path) from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
         raise ConvtuneError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from None
+    except _DuplicateKey as exc:
+        raise ConvtuneError(
+            f"{json.dumps(exc.key, ensure_ascii=False)} is given twice",
+            path=path,
+            line=_line_of(text, exc.key, nth=2),
+            hint="keep one of them",
+        ) from None
     hint = 'expected {"shutdowns": {"gpt-4o-mini": "2027-01-14"}, "new_jobs_until": "2027-01-06"}'
     if not isinstance(data, dict):
         raise ConvtuneError("the shutdown table is not a JSON object", path=path, hint=hint)
@@ -177,9 +184,18 @@ def load_table(path: str | Path | None = None) -> ShutdownTable:
         raise ConvtuneError(
             '"shutdowns" is not an object', path=path, line=_line_of(text, "shutdowns"), hint=hint
         )
+    named: set[str] = set()
     for family, value in given.items():
         if not family.strip():
             raise ConvtuneError("an empty model name in shutdowns", path=path, hint=hint)
+        if family.strip() in named:  # "gpt-4o" and " gpt-4o": one model named twice
+            raise ConvtuneError(
+                f"{json.dumps(family.strip(), ensure_ascii=False)} is given twice",
+                path=path,
+                line=_line_of(text, family),
+                hint="keep one of them",
+            )
+        named.add(family.strip())
         shutdowns[family.strip()] = _date(value, family, text, path)
     until = WIND_DOWN
     if "new_jobs_until" in data:
@@ -201,10 +217,32 @@ def _date(value: object, key: str, text: str, path: Path) -> date:
         ) from None
 
 
-def _line_of(text: str, key: str) -> int | None:
-    """The line where `"key"` first appears in the file's text (None if it is not written so)."""
-    at = text.find(json.dumps(key, ensure_ascii=False))
-    return text.count("\n", 0, at) + 1 if at >= 0 else None
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's pairs as a dict; a key given twice is an error, not "the last one wins"."""
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def _line_of(text: str, key: str, nth: int = 1) -> int | None:
+    """The line where `"key"` appears the `nth` time in the file's text (None if it is not
+    written so)."""
+    written = json.dumps(key, ensure_ascii=False)
+    at = -1
+    for _ in range(nth):
+        at = text.find(written, at + 1)
+        if at < 0:
+            return None
+    return text.count("\n", 0, at) + 1
 
 
 def inference_price(model_id: str) -> tuple[float, float] | None:
