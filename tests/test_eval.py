@@ -102,6 +102,61 @@ def test_legacy_prompts_become_messages_again(tmp_path):
     assert [r for r, _ in last.messages] == ["user", "assistant", "user", "assistant", "user"]
 
 
+def test_plain_prompts_are_asked_as_their_text(tmp_path):
+    """A prompt-completion file that does not speak Human:/AI: is asked as one user message with
+    the prompt's text (OpenAI's legacy `###` separator taken off), never as an empty message."""
+    path = _jsonl(
+        tmp_path / "plain.jsonl",
+        [
+            {"prompt": "Hello there", "completion": " Hi!"},
+            {"prompt": "Summarize: the cat sat on the mat.\n\n###\n\n", "completion": " A cat sat."},
+        ],
+    )
+    data = read_prompts(path)
+    assert [p.messages for p in data.prompts] == [
+        (("user", "Hello there"),),
+        (("user", "Summarize: the cat sat on the mat."),),
+    ]
+    assert [p.reference for p in data.prompts] == ["Hi!", "A cat sat."]
+
+
+def test_a_preamble_above_the_dialogue_opens_the_first_user_message(tmp_path):
+    """Kept where every model reads it: a local legacy model leaves system messages out."""
+    from convtune.local.chat import LocalChat
+
+    original = "You are the shop's assistant.\nHuman: Price?\nAI: 89 EUR\nHuman: Sunday?\nAI:"
+    path = _jsonl(tmp_path / "v.jsonl", [{"prompt": original, "completion": " No.\nHuman: "}])
+    (prompt,) = read_prompts(path).prompts
+    assert prompt.messages == (
+        ("user", "You are the shop's assistant.\nPrice?"),
+        ("assistant", "89 EUR"),
+        ("user", "Sunday?"),
+    )
+    legacy = LocalChat(None, None, "prompt-completion", ("Human", "AI"))
+    rendered, _ = legacy.prompt(prompt.chat_messages())
+    assert rendered == "Human: You are the shop's assistant.\nPrice?\nAI: 89 EUR\nHuman: Sunday?\nAI:"
+    # before an assistant turn, the preamble is a user message of its own
+    path = _jsonl(tmp_path / "w.jsonl", [{"prompt": "Be kind.\nAI: Welcome!\nHuman: Hi\nAI:", "completion": " Hello"}])
+    (prompt,) = read_prompts(path).prompts
+    assert prompt.messages == (("user", "Be kind."), ("assistant", "Welcome!"), ("user", "Hi"))
+
+
+def test_a_prompt_without_text_is_never_asked(tmp_path, capsys):
+    """Voice data (an empty prompt) asks nothing: counted and named beside the others, and a file
+    of nothing else is refused with the first line."""
+    mixed = _jsonl(
+        tmp_path / "mixed.jsonl",
+        [{"prompt": "Hello", "completion": " Hi"}, {"prompt": "", "completion": " Hey"}],
+    )
+    data = read_prompts(mixed)
+    assert [p.line for p in data.prompts] == [1] and data.unasked == [2]
+    voice = _jsonl(tmp_path / "voice.jsonl", [{"prompt": "\n\n###\n\n", "completion": " Hey"}])
+    with pytest.raises(InputError, match=r"voice.jsonl:1: no examples to evaluate"):
+        read_prompts(voice)
+    assert main(["record", "m", "--data", str(voice), "-o", str(tmp_path / "g.jsonl")]) == 1
+    assert "voice.jsonl:1: no examples to record" in capsys.readouterr().err
+
+
 def test_a_bad_data_file_is_refused_with_its_line(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")

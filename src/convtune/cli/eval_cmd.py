@@ -235,7 +235,7 @@ def record(
     model on what this one said. Answers are cached as they arrive: a rerun asks only the rest.
     """
     _check_output(output, force, ".jsonl")
-    prompts = read_prompts(data, limit=limit)
+    prompts = read_prompts(data, limit=limit, purpose="record")
     target = parse_target(model, backend=backend.name, base_url=backend.base_url)
     settings = Settings(temperature=temperature, max_tokens=max_tokens, seed=seed)
     with _progress() as progress:

@@ -5,7 +5,14 @@ Each example's reference is its last trained reply: the last assistant message w
 its leading space and stop separator taken off); the prompt is every message before it. A legacy
 prompt (`Human: ...\\nAI: ...\\nHuman: ...\\nAI:`) is turned back into messages by its two actor
 labels, so chat models and models trained on legacy data answer the same prompts (a local legacy
-model renders them back into its protocol).
+model renders them back into its protocol). A prompt without those labels (`"Hello there"`, or
+OpenAI's legacy `"Summarize: ...\\n\\n###\\n\\n"`) is asked as one user message holding its text,
+without the `###` separator that marks its end; text before the first label is kept, at the
+start of the first user message (see `_legacy` for why).
+
+An example whose prompt holds no text to ask (a reply that opens its conversation, a
+prompt-completion line with an empty prompt) is counted and named, never asked as an empty
+message; a file where no example asks anything is refused with the first one's line.
 
 The file must pass `convtune check`'s rules: its first error is refused here with its line.
 """
@@ -55,9 +62,10 @@ class EvalData:
     unasked: list[int]
 
 
-def read_prompts(path: str | Path, *, limit: int | None = None) -> EvalData:
+def read_prompts(path: str | Path, *, limit: int | None = None, purpose: str = "evaluate") -> EvalData:
     """The file's prompts (the first `limit` examples); a file with errors is refused with the
-    first error's line, as `convtune check` finds it."""
+    first error's line, as `convtune check` finds it. `purpose` names what the prompts are for
+    in the message of a file that asks nothing ("evaluate", "record")."""
     path = Path(path)
     report = check_file(path, training=False)
     first = first_error(report.findings)
@@ -76,13 +84,15 @@ def read_prompts(path: str | Path, *, limit: int | None = None) -> EvalData:
             messages, reference = _legacy(record, actors)
         else:
             messages, reference = _conversation(record, sharegpt=fmt == "sharegpt")
-        if not any(role == "user" for role, _ in messages) and fmt != "prompt-completion":
+        if not any(role == "user" and content.strip() for role, content in messages):
             unasked.append(number)
             continue
         prompts.append(Prompt(len(prompts), number, messages, reference, record))
     if not prompts:
         raise InputError(
-            "no examples to evaluate: none has a user message before its reply", path=path
+            f"no examples to {purpose}: none has a user message (or prompt text) before its reply",
+            path=path,
+            line=unasked[0] if unasked else None,
         )
     return EvalData(path, fmt, prompts, unasked)
 
@@ -105,8 +115,23 @@ def _actors(record: dict) -> tuple[str, str]:
     return (stop.group(1) if stop else "Human", label.group(1) if label else "AI")
 
 
+# OpenAI's legacy guide ends each prompt with a fixed separator, "\n\n###\n\n": it marks
+# where the completion starts and is no part of what is asked
+PROMPT_SEPARATOR = re.compile(r"\s*(?:^|\n)###\s*$")
+
+
 def _legacy(record: dict, actors: tuple[str, str]) -> tuple[tuple[tuple[str, str], ...], str]:
-    """The seed's prompt back into messages; the completion without its space and stop."""
+    """A prompt back into messages; the completion without its space and stop.
+
+    convtune's own prompts (`Human: a\\nAI: b\\nHuman: c\\nAI:`) become the turns they were
+    written from. Text before the first label (instructions above the dialogue) is prepended to
+    the first user message, on a line of its own, rather than made a system message: a legacy
+    model (a local one, and its export for llama.cpp or Ollama) is prompted with its user and
+    assistant turns only and leaves system messages out, so a preamble as a system message would
+    never reach it, while in the first message every model reads it, in the order the original
+    prompt has it. A prompt without labels is one user message holding its text, without a
+    trailing `###` separator. What holds no text gives no message: the example asks nothing.
+    """
     first, second = actors
     completion = record["completion"]
     if (stop := STOP_SEPARATOR.search(completion)) is not None:
@@ -117,14 +142,28 @@ def _legacy(record: dict, actors: tuple[str, str]) -> tuple[tuple[tuple[str, str
     if prompt.endswith(ending):
         prompt = prompt[: -len(ending)].rstrip("\n")
     roles = {first: "user", second: "assistant"}
-    messages = tuple(_turns(prompt, roles)) or (("user", ""),)  # voice data: nothing asked
-    return messages, reference
+    return tuple(_turns(prompt, roles)), reference
 
 
 def _turns(prompt: str, roles: dict[str, str]) -> Iterator[tuple[str, str]]:
     """`Human: a\\nAI: b\\nHuman: c` as (role, text) pairs; a line that starts no turn belongs
-    to the message before it (messages may span lines)."""
+    to the message before it (messages may span lines). Text before the first label opens the
+    first user message; a prompt with no label at all is one user message (without its `###`
+    separator)."""
     labels = "|".join(re.escape(label) for label in roles)
     parts = re.split(rf"(?:^|\n)({labels}): ", prompt)
+    if len(parts) == 1:  # no labels: a plain prompt
+        text = PROMPT_SEPARATOR.sub("", prompt).strip()
+        if text:
+            yield "user", text
+        return
+    preamble = parts[0] if parts[0].strip() else None
     for label, text in zip(parts[1::2], parts[2::2], strict=True):
-        yield roles[label], text
+        role = roles[label]
+        if preamble is not None:
+            if role != "user":
+                yield "user", preamble
+            else:
+                text = f"{preamble}\n{text}"
+            preamble = None
+        yield role, text
