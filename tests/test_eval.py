@@ -18,6 +18,7 @@ from convtune import PrepareOptions, check_file, prepare
 from convtune.cli.main import main
 from convtune.dataset.examples import ExampleOptions
 from convtune.errors import InputError
+from convtune.evaluation.answers import Answer, AnswerCache, Settings, answer_key
 from convtune.evaluation.prompts import read_prompts
 from convtune.evaluation.targets import Target, parse_target
 
@@ -177,6 +178,60 @@ def test_model_names_carry_their_backend():
     assert parse_target("./odd@name").model == "./odd@name"  # not a backend: part of the name
     assert parse_target("m", backend="openai", base_url="http://h/v1").base_url == "http://h/v1"
     assert parse_target("m@local", base_url="http://h/v1").backend == "local"
+
+
+# -- the answers cache -----------------------------------------------------------------------------
+
+
+def _entry(key: str, text: str) -> str:
+    return json.dumps({"key": key, "answer": {"text": text, "seconds": 0.1}})
+
+
+def test_a_changed_model_file_gets_new_answers(tmp_path):
+    """A path model's answers are keyed by its weights' size and modification time too."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF first")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights")
+    prompt = read_prompts(_jsonl(tmp_path / "v.jsonl", [{"prompt": "Hi", "completion": " Yo"}])).prompts[0]
+    keys = {m: answer_key(parse_target(str(m)), prompt, Settings()) for m in (gguf, folder)}
+    assert keys == {m: answer_key(parse_target(str(m)), prompt, Settings()) for m in (gguf, folder)}
+    gguf.write_bytes(b"GGUF second, exported again")
+    (folder / "model.safetensors").write_bytes(b"trained again")
+    os.utime(folder / "model.safetensors", ns=(1, 1))  # same size would do: the time differs
+    for model, before in keys.items():
+        assert answer_key(parse_target(str(model)), prompt, Settings()) != before
+    # names that are no path keep their key: a hub id, a fine-tuned model's id
+    assert parse_target("ft:SmolLM2-135M-Instruct::ftjob-1").key() == "local||ft:SmolLM2-135M-Instruct::ftjob-1"
+
+
+def test_the_cache_is_never_an_input_file_or_a_foreign_one(tmp_path, capsys):
+    valid = _jsonl(tmp_path / "v.jsonl", [{"prompt": "Hi", "completion": " Yo"}])
+    before = valid.read_bytes()
+    for command in (["eval", "m"], ["record", "m", "-o", str(tmp_path / "g.jsonl")]):
+        assert main([*command, "--data", str(valid), "--cache", str(tmp_path / "." / "v.jsonl")]) == 1
+        assert "is the --data file" in capsys.readouterr().err
+    golden = _jsonl(tmp_path / "golden.jsonl", [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}])
+    assert main(["eval", "m", "--reference", str(golden), "--cache", str(golden)]) == 1
+    assert "is the --reference file" in capsys.readouterr().err
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("my notes\n", encoding="utf-8")
+    assert main(["eval", "m", "--data", str(valid), "--cache", str(notes)]) == 1
+    assert f"{notes}:1: not an answers cache" in capsys.readouterr().err
+    assert valid.read_bytes() == before and notes.read_text() == "my notes\n"
+
+
+def test_an_answer_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    path.write_text(_entry("a", "kept") + "\n" + _entry("b", "cut")[:30], encoding="utf-8")  # killed
+    cache = AnswerCache(path)
+    assert len(cache) == 1
+    cache.put("c", Answer("new", 0.2))
+    again = AnswerCache(path)
+    assert again.get("a").text == "kept" and again.get("c").text == "new" and again.get("b") is None
+    assert path.read_text().endswith("\n")
 
 
 # -- end to end -----------------------------------------------------------------------------------

@@ -32,8 +32,9 @@ def generation_options(f):
         "--cache",
         type=click.Path(path_type=Path, dir_okay=False),
         default=None,
-        help="Answers file (default: eval/answers.jsonl in the data folder); every answer is"
-        " appended as it arrives, so a rerun or a resumed run asks nothing twice.",
+        help="Answers file (default: $CONVTUNE_HOME/eval/answers.jsonl, in convtune's own data"
+        " folder); every answer is appended as it arrives, so a rerun or a resumed run asks"
+        " nothing twice. Never the --data file, nor a file that is not such a cache.",
     )(f)
     f = click.option("--no-cache", is_flag=True, help="Ask every prompt again.")(f)
     f = click.option(
@@ -56,10 +57,26 @@ def generation_options(f):
     return f
 
 
-def _cache(path: Path | None, no_cache: bool) -> AnswerCache:
+def _cache(path: Path | None, no_cache: bool, inputs: dict[str, Path | None]) -> AnswerCache:
+    """The answers cache; never one of the command's input files (`inputs`, by option)."""
     if no_cache:
         return AnswerCache(None)
-    return AnswerCache(path or data_dir() / "eval" / "answers.jsonl")
+    path = path or data_dir() / "eval" / "answers.jsonl"
+    for option, given in inputs.items():
+        if given is not None and _same_file(path, given):
+            raise OptionError(
+                f"--cache {path} is the {option} file: answers would be appended to it",
+                hint="give --cache a file of its own, or leave it out",
+            )
+    return AnswerCache(path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links, `..` and other spellings)."""
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist yet
+        return a.resolve() == b.resolve()
 
 
 def _services(backend: Backend):
@@ -153,7 +170,7 @@ def eval_command(
     if report is not None:
         _check_output(report, force, ".html")
     settings = Settings(temperature=temperature, max_tokens=max_tokens, seed=seed)
-    answers = _cache(cache, no_cache)
+    answers = _cache(cache, no_cache, {"--data": data, "--reference": reference})
     services = _services(backend)
     judge_fn = None
     if judge is not None:
@@ -245,7 +262,7 @@ def record(
             target,
             prompts.prompts,
             settings,
-            _cache(cache, no_cache),
+            _cache(cache, no_cache, {"--data": data}),
             concurrency=concurrency,
             on_answer=lambda prompt, answer: progress.answer(target, prompt, answer),
             on_retry=progress.retry,

@@ -3,7 +3,8 @@
 Each answer is appended to a cache file (JSON Lines, flushed and synced) the moment it arrives,
 keyed by the model, its backend, the prompt and the generation settings. A rerun, or a run
 resumed after Ctrl-C or a crash, reads the cache and asks only what is missing; a line cut short
-by a kill is ignored. Remote models are asked by `concurrency` threads at once; 429s, 5xx and
+by a kill is ignored (and the next answer starts a line of its own). A file that is not a cache is
+refused, never appended to. Remote models are asked by `concurrency` threads at once; 429s, 5xx and
 dropped connections (`TransientError`) are retried with the same capped backoff as `follow`.
 A local model is asked `concurrency` prompts at once too when its backend generates the
 replies asked at the same time together (`Capabilities.batches_chat`), else one at a time.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from ..backoff import Backoff
 from ..contract import ChatRequest, FineTuningService
-from ..errors import ConvtuneError, OptionError, TransientError
+from ..errors import ConvtuneError, InputError, OptionError, TransientError
 from .prompts import Prompt
 from .targets import Target
 
@@ -63,11 +64,24 @@ class AnswerCache:
     """Answers by key, in a JSON Lines file that only ever grows (append, flush, fsync)."""
 
     def __init__(self, path: Path | None) -> None:
+        """Read the answers of `path` (None: keep them in memory only). A file that is not an
+        answers cache (its first line is no cache entry, as a data file's is not) is refused
+        with its line, before anything is appended to it."""
         self.path = path
         self._answers: dict[str, Answer] = {}
         self._lock = threading.Lock()
         if path is not None and path.exists():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if path.is_dir():
+                raise OptionError(f"the answers cache {path} is a folder: give a file")
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if lines and not _is_entry(lines[0]):
+                raise InputError(
+                    "not an answers cache: its first line is not an answer eval or record wrote",
+                    path=path,
+                    line=1,
+                    hint="give --cache a new file, or the cache of an earlier run",
+                )
+            for line in lines:
                 try:
                     entry = json.loads(line)
                     self._answers[entry["key"]] = Answer(**entry["answer"], cached=True)
@@ -86,11 +100,25 @@ class AnswerCache:
             if self.path is None:
                 return
             entry = {"key": key, "answer": {k: v for k, v in asdict(answer).items() if k != "cached"}}
+            data = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            with open(self.path, "ab+") as f:
+                if f.seek(0, os.SEEK_END) > 0:  # a line cut short by a kill: start a new one
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        data = b"\n" + data
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+
+
+def _is_entry(line: str) -> bool:
+    """Whether a line is a cache entry, or the start of one cut short by a kill."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return line.startswith('{"key": "')
+    return isinstance(entry, dict) and "key" in entry and "answer" in entry
 
 
 def answer_key(target: Target, prompt: Prompt, settings: Settings) -> str:

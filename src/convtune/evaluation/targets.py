@@ -15,6 +15,7 @@ last `@` whose right side names a backend; any other `@` is part of the model's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 BACKENDS = ("local", "openai")
 
@@ -29,8 +30,37 @@ class Target:
     base_url: str | None = None  # for openai: None is OpenAI's own address
 
     def key(self) -> str:
-        """What identifies the model's answers in a cache: backend, address and model."""
-        return f"{self.backend}|{self.base_url or ''}|{self.model}"
+        """What identifies the model's answers in a cache: backend, address and model, and for a
+        local model given as a path (a .gguf file, a model folder) the size and modification
+        time of its weights, so that answers of a file since replaced are not reused."""
+        key = f"{self.backend}|{self.base_url or ''}|{self.model}"
+        if self.backend == "local" and (stamp := weights_stamp(self.model)) is not None:
+            key += f"|{stamp}"
+        return key
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def weights_stamp(model: str) -> str | None:
+    """`size:mtime_ns` of a model file, or of a model folder's weights files (all shards and
+    adapters, summed and latest; its config.json when it has none); None for a name that is no
+    path (a hub id, a fine-tuned model's id)."""
+    path = Path(model).expanduser()
+    try:
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            files = [f for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file()]
+            files = files or [f for f in (path / "config.json",) if f.is_file()]
+        else:
+            return None
+        stats = [f.stat() for f in files]
+    except OSError:
+        return None
+    if not stats:
+        return None
+    return f"{sum(s.st_size for s in stats)}:{max(s.st_mtime_ns for s in stats)}"
 
 
 def parse_target(spec: str, *, backend: str = "local", base_url: str | None = None) -> Target:
