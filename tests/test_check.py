@@ -178,6 +178,41 @@ def test_not_json(tmp_path, bad):
     assert report.examples == 2
 
 
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        (
+            '{"messages": [{"role": "user", "content": "hi}]}',
+            "Unterminated string starting at column 43",
+        ),
+        ('{"messages": [}', "Expecting value at column 15"),
+        ('{"a": 1} x', "Extra data at column 10"),
+    ],
+)
+def test_not_json_says_the_column(tmp_path, bad, words):
+    report = check_rows(tmp_path, [chat(), bad])
+    assert assert_error(report, "not_json", [2]).example == words
+
+
+def test_cr_line_endings_are_named(tmp_path):
+    """Old-Mac files (lines ending in CR alone) read as one line: say so, not "Extra data"."""
+    path = tmp_path / "mac.jsonl"
+    rows = [json.dumps(chat()), json.dumps(chat("a", "b")), json.dumps(chat("c", "d"))]
+    path.write_bytes(("\r".join(rows) + "\r").encode())
+    report = check_file(path)
+    f = assert_error(report, "cr_line_endings", [1])
+    assert "lines end in CR alone" in f.message and "LF or CRLF" in f.message
+    assert find(report, "not_json") is None
+    path.write_bytes(("\r\n".join(rows) + "\r\n").encode())  # CRLF reads as it should
+    assert check_file(path).examples == 3
+    stray = json.dumps(chat()) + "\n" + '{"messages": "a\rb"}' + "\n"  # a CR inside a line
+    path.write_bytes(stray.encode())
+    assert (
+        "Invalid control character at column"
+        in assert_error(check_file(path), "not_json", [2]).example
+    )
+
+
 @pytest.mark.parametrize("bad", ["[1, 2]", '"text"', "42", "null", "true"])
 def test_not_object(tmp_path, bad):
     report = check_rows(tmp_path, [chat(), chat("a", "b"), bad])

@@ -76,6 +76,28 @@ def test_errors_exit_1_and_show_line_numbers(broken):
     assert "Traceback" not in result.stderr
 
 
+def test_json_errors_say_the_column(broken):
+    data = json.loads(convtune("check", broken, "--json").stdout)
+    by_code = {f["code"]: f for f in data["findings"]}
+    assert (
+        by_code["not_json"]["example"] == "Expecting property name enclosed in double quotes"
+        " at column 2"
+    )
+
+
+def test_cr_line_endings_exit_1_with_the_fix(tmp_path):
+    mac = tmp_path / "mac.jsonl"
+    mac.write_bytes("".join(json.dumps(chat(f"q{i}", f"a{i}")) + "\r" for i in range(3)).encode())
+    result = convtune("check", mac)
+    assert result.returncode == 1, result.stdout + result.stderr
+    row = next(r for r in result.stdout.splitlines() if "CR alone" in r)
+    assert row.startswith("error") and re.search(r"\b1\s*$", row)
+    assert "old Mac line endings" in result.stdout and "LF or CRLF" in result.stdout
+    assert "Extra data" not in result.stdout and "Traceback" not in result.stderr
+    data = json.loads(convtune("check", mac, "--json").stdout)
+    assert [(f["code"], f["lines"]) for f in data["findings"]] == [("cr_line_endings", [1])]
+
+
 def test_warnings_only_exit_0(tmp_path):
     path = write_jsonl(tmp_path / "few.jsonl", [chat("q", "a"), chat("q", "a")])
     result = convtune("check", path)

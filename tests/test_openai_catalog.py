@@ -164,6 +164,7 @@ def test_the_data_directory_file_is_the_default(isolated_home):
         ('{"shutdowns": ["gpt-4o"]}', ":1:", '"shutdowns" is not an object'),
         ('["gpt-4o"]', "", "not a JSON object"),
         ("", ":1:", "not valid JSON"),
+        ('{"shutdowns": {"gpt-4o": "2027-01-14}}', ":1:", "string starting at column 26"),
         (
             '{"shutdowns": {\n"gpt-4o-mini": "2027-01-14",\n"gpt-4o-mini": "2028-01-01"}}',
             ":3:",

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import OptionError
 from .examples import SHAREGPT_ROLE
 from .findings import Findings
-from .jsonl import read_lines
+from .jsonl import cr_line_endings, json_problem, read_lines
 from .modelinfo import default_model, resolve_model
 from .report import DatasetReport, DatasetStats
 from .tokens import TokenCounter, counter_for
@@ -24,6 +24,10 @@ CHAT_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
 MESSAGE_KEYS = {"role", "content", "name", "weight"}
 ROLES = ("system", "user", "assistant")
 SHAREGPT_KEYS = {"conversations", "system", "tools"}
+CR_LINE_ENDINGS = (
+    "lines end in CR alone (old Mac line endings), so the file reads as one line:"
+    " save it with LF or CRLF line endings"
+)
 
 
 def detect_format(record: object) -> str | None:
@@ -255,7 +259,10 @@ def check_file(
         try:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
-            findings.error("not_json", "not valid JSON", number, detail=exc.msg)
+            if cr_line_endings(text, exc):  # the whole file came as this one line
+                findings.error("cr_line_endings", CR_LINE_ENDINGS, number)
+            else:
+                findings.error("not_json", "not valid JSON", number, detail=json_problem(exc, text))
             continue
         except RecursionError:
             findings.error("not_json", "not valid JSON", number, detail="nested too deeply")

@@ -79,6 +79,30 @@ class AtomicWriter:
             self.abort()
 
 
+def json_problem(exc: json.JSONDecodeError, line: str | None = None) -> str:
+    """The parser's words with the column it stopped at: "Unterminated string starting at column
+    12", "Expecting ',' delimiter at column 40" (its `msg` alone can end in a dangling "at").
+
+    Given the `line` that failed, an error at its line break is the line's own (a string left
+    open reads as "Invalid control character" at the break, not where it starts).
+    """
+    if line is not None:
+        content = line.rstrip("\r\n")
+        if exc.pos >= len(content) and content != line:
+            try:
+                json.loads(content)
+            except json.JSONDecodeError as own:
+                exc = own
+    joint = " " if exc.msg.endswith(" at") else " at "
+    return f"{exc.msg}{joint}column {exc.colno}"
+
+
+def cr_line_endings(text: str, exc: json.JSONDecodeError) -> bool:
+    """Whether `text` failed to parse because it is a whole file whose lines end in CR alone
+    (old Mac line endings): one JSON value parsed, then a CR, then the next one ("Extra data")."""
+    return exc.msg == "Extra data" and "\r" in text[: exc.pos]
+
+
 def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """`(line number, text)` for each non-blank line of a UTF-8 JSONL file.
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from ..dataset.jsonl import json_problem
 from ..errors import ConvtuneError
 from ..home import data_dir
 from .openai_service import WIND_DOWN
@@ -162,7 +163,8 @@ def load_table(path: str | Path | None = None) -> ShutdownTable:
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
-        raise ConvtuneError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from None
+        problem = json_problem(exc)
+        raise ConvtuneError(f"not valid JSON: {problem}", path=path, line=exc.lineno) from None
     except _DuplicateKey as exc:
         raise ConvtuneError(
             f"{json.dumps(exc.key, ensure_ascii=False)} is given twice",
