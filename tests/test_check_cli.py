@@ -72,7 +72,7 @@ def test_errors_exit_1_and_show_line_numbers(broken):
     assert json_row.startswith("error") and re.search(r"\b4\s*$", json_row)
     assert role_row.startswith("error") and re.search(r"\b7\s*$", role_row)
     assert "'robot'" in role_row
-    assert "2 error(s)" in result.stdout
+    assert "2 errors: fix them before training." in result.stdout
     assert "Traceback" not in result.stderr
 
 
@@ -102,9 +102,21 @@ def test_warnings_only_exit_0(tmp_path):
     path = write_jsonl(tmp_path / "few.jsonl", [chat("q", "a"), chat("q", "a")])
     result = convtune("check", path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "no errors" in result.stdout and "warning(s)" in result.stdout
+    assert "no errors, 2 warnings" in result.stdout  # duplicates, too few
     dup = next(r for r in result.stdout.splitlines() if "duplicate" in r)
     assert dup.startswith("warning") and re.search(r"\b2\s*$", dup)
+
+
+def test_counts_of_one_are_singular(tmp_path):
+    one = write_jsonl(tmp_path / "one.jsonl", [chat("q", "a")])
+    result = convtune("check", one)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no errors, 1 warning\n" in result.stdout  # fewer than 10 examples
+    bad = write_jsonl(tmp_path / "bad.jsonl", [chat("q", "a"), "{oops"])
+    result = convtune("check", bad)
+    assert result.returncode == 1
+    assert "1 error: fix it before training." in result.stdout
+    assert "(s)" not in result.stdout
 
 
 def test_json_output(broken):

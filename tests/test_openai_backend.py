@@ -216,6 +216,11 @@ def test_create_job_refuses_what_openai_would(fake, train, tmp_path):
     with pytest.raises(ConvtuneError, match="fewer than 10"):
         service.create_job(JobRequest(MODEL, small.id))
     assert len(posts(fake, "/fine_tuning/jobs")) == 1
+    single = tmp_path / "single.jsonl"
+    single.write_text(chat_lines(1), encoding="utf-8")
+    with pytest.raises(ConvtuneError) as caught:
+        service.create_job(JobRequest(MODEL, service.upload_file(single).id))
+    assert "single.jsonl: 1 example: OpenAI refuses to train on fewer than 10" in str(caught.value)
 
 
 def test_follow_to_succeeded_checkpoints_results_and_chat(fake, train):

@@ -245,3 +245,19 @@ def test_a_broken_spreadsheet_is_named_with_its_line_at_the_file_field(tab, serv
     expect(field).to_have_attribute("aria-invalid", "true")
     expect(page.get_by_role("button", name="Save as training files")).to_be_disabled()
     expect(page.locator("#prepare-result")).to_be_hidden()
+
+
+def test_a_one_conversation_sheet_is_counted_in_the_singular(tab, served):
+    from playwright.sync_api import expect
+
+    one = tab()
+    page = one.page
+    page.goto(f"{one.root}#key={served.key}")
+    expect(page.locator('nav a[data-page="data"][aria-current="page"]')).to_be_visible()
+    sheet = {"name": "one.csv", "mimeType": "text/csv", "buffer": b"Human;AI\nHello;Hi there\n"}
+    page.get_by_label("Spreadsheet (CSV or .xlsx)").set_input_files(sheet)
+    stats = page.locator("#prepare-stats")
+    expect(stats).to_contain_text("Training1 example, 1 conversation")
+    expect(stats).not_to_contain_text("1 examples")
+    expect(stats).not_to_contain_text("1 conversations")
+    expect(page.locator("#prepare-checks")).to_contain_text("no error, 1 warning.")

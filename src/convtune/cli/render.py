@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..dataset.findings import Finding
+from ..dataset.findings import Finding, counted
 from ..dataset.pipeline import PrepareReport
 from ..dataset.report import DatasetReport
 
@@ -151,8 +151,8 @@ def show_check(report: DatasetReport) -> None:
         out.print(findings_table(report.findings, "lines"))
     out.print()
     if report.errors:
-        out.print(f"[red]{report.errors:,} error(s)[/]: fix them before training.")
+        fix = "fix it" if report.errors == 1 else "fix them"
+        out.print(f"[red]{counted(report.errors, 'error')}[/]: {fix} before training.")
     else:
-        out.print(
-            "[green]no errors[/]" + (f", {report.warnings:,} warning(s)" if report.warnings else "")
-        )
+        warnings = f", {counted(report.warnings, 'warning')}" if report.warnings else ""
+        out.print("[green]no errors[/]" + warnings)

@@ -87,6 +87,11 @@ class Findings:
         return list(self.by_code.values())
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 example', '2 examples', '1,000 conversations': a count with its noun in agreement."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def count(findings: Iterable[Finding], level: Level) -> int:
     """How many times problems of `level` happened (not how many kinds)."""
     return sum(f.count for f in findings if f.level == level)
@@ -110,9 +115,7 @@ class FirstError:
 
     def more_text(self) -> str:
         """'1 more error', '3 more errors', or '' when there is none."""
-        if not self.more:
-            return ""
-        return f"{self.more} more error{'s' if self.more != 1 else ''}"
+        return counted(self.more, "more error", "more errors") if self.more else ""
 
     def to_error(self, path: str | Path, hint: str | None = None) -> InputError:
         """`file:line: message (and N more errors)` as the library's exception."""

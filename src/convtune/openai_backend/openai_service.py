@@ -31,7 +31,7 @@ from ..contract import (
     Progress,
 )
 from ..dataset.check import check_file
-from ..dataset.findings import first_error
+from ..dataset.findings import counted, first_error
 from ..dataset.report import OPENAI_MIN_EXAMPLES
 from ..digest import file_sha256
 from ..errors import Conflict, ConvtuneError, NotFound, OptionError, TransientError
@@ -412,7 +412,7 @@ class OpenAIService(FineTuningService):
         _refuse_errors(report, path)
         if training and self.is_openai and report.examples < OPENAI_MIN_EXAMPLES:
             raise ConvtuneError(
-                f"{report.examples} example(s): OpenAI refuses to train on fewer than"
+                f"{counted(report.examples, 'example')}: OpenAI refuses to train on fewer than"
                 f" {OPENAI_MIN_EXAMPLES}",
                 path=path,
             )
@@ -540,7 +540,7 @@ def _refuse_errors(report, path: Path) -> None:
         first.message,
         path=path,
         line=first.line,
-        hint=f"{report.errors} error(s) in all; convtune check {path} lists them"
+        hint=f"{counted(report.errors, 'error')} in all; convtune check {path} lists them"
         if first.more
         else "the service would refuse this file",
     )

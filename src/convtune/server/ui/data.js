@@ -3,7 +3,7 @@
 
 import * as api from "./api.js";
 import { histogram } from "./charts.js";
-import { $, clearErrors, field, h, number, options as fill, showError, stats } from "./dom.js";
+import { $, clearErrors, counted, field, h, number, options as fill, showError, stats } from "./dom.js";
 
 const LABELS = {
   format: ["Format", "chat: OpenAI chat; prompt-completion: legacy GPT-3; sharegpt: Axolotl, LLaMA-Factory."],
@@ -192,8 +192,8 @@ export function dataPage(description) {
       ["Conversations", number(report.conversations)],
       ["Replies", number(report.replies)],
       ["Examples", number(report.examples)],
-      ["Training", `${number(train?.examples)} examples, ${number(report.train_conversations)} conversations`],
-      ["Validation", report.valid ? `${number(report.valid.examples)} examples, ${number(report.valid_conversations)} conversations` : "none"],
+      ["Training", `${counted(train?.examples, "example")}, ${counted(report.train_conversations, "conversation")}`],
+      ["Validation", report.valid ? `${counted(report.valid.examples, "example")}, ${counted(report.valid_conversations, "conversation")}` : "none"],
       ["Dropped (too long)", number(report.dropped)],
       ["Truncated", number(report.truncated)],
     ]);

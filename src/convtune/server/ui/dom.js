@@ -77,6 +77,11 @@ export function number(value, digits = 0) {
   return Number(value).toLocaleString("en", { maximumFractionDigits: digits });
 }
 
+// "1 example", "2 examples": a count with its noun in agreement.
+export function counted(value, word, plural = `${word}s`) {
+  return `${number(value)} ${value === 1 ? word : plural}`;
+}
+
 export function when(seconds) {
   if (!seconds) return "—";
   return new Date(seconds * 1000).toLocaleString();
