@@ -147,6 +147,8 @@ def test_bad_file_fails_in_validation_before_any_model_loads(tiny, data, isolate
     result = convtune("train", data["bad"], "--model", tiny)
     assert result.returncode == 1
     assert "line 2" in result.stdout and "role" in result.stdout
+    # a resume would read the same file: the way on is to fix it
+    assert "convtune check FILE" in result.stdout and "Resume it" not in result.stdout
     service = LocalService()
     [job] = service.list_jobs()
     assert job.status == "failed" and job.error.param == "training_file"

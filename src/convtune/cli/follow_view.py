@@ -98,7 +98,9 @@ def summary(job: Job, service: FineTuningService | None = None) -> None:
     elif job.status == "failed":
         message = job.error.message if job.error else "unknown error"
         out.print(f"\n[red]Job {job.id} failed:[/] {escape(message)}")
-        if service is None or service.capabilities.resume_ended:
+        if job.error and job.error.code.startswith("invalid_"):  # a resume reads the same file
+            out.print("Fix the file (convtune check FILE says what is wrong) and train again.")
+        elif service is None or service.capabilities.resume_ended:
             out.print(f"Resume it from its last checkpoint: convtune jobs resume {job.id}")
     elif job.status == "paused":
         out.print(f"\nJob {job.id} is paused.")
