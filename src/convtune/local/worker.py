@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..dataset.check import check_file, format_and_actors
-from ..dataset.findings import first_error
+from ..dataset.findings import counted, first_error
 from ..digest import file_sha256
 from ..home import data_dir
 from ..objects import JobError
@@ -174,8 +174,9 @@ class JobRun:
         if self.resume and checkpoints:
             resume_from = checkpoints[0][1]
         self.event(
-            f"Training {self.job.model} on {n} examples ({train_stats.trained_tokens:,} trained tokens),"
-            f" {n_epochs} epoch{'s' if n_epochs != 1 else ''}, batch size {batch_size}, "
+            f"Training {self.job.model} on {counted(n, 'example')}"
+            f" ({train_stats.trained_tokens:,} trained tokens), {counted(n_epochs, 'epoch')},"
+            f" batch size {batch_size}, "
             + ("LoRA" if config.lora else "full fine-tune")
             + (f", resuming from step {checkpoints[0][0].step_number}" if resume_from else "")
         )
