@@ -64,3 +64,15 @@ class TransientError(ConvtuneError):
 
     Trying again later may work: `follow` backs off and retries on these, and nothing else.
     """
+
+
+class Unreachable(TransientError):
+    """Nothing answered at the service's address (connection refused, no such host).
+
+    Still worth a few tries (a server restarting), but not half an hour's: `eval` and `record`
+    give up after seconds, while `follow` waits as for any transient error.
+    """
+
+
+class KeyRefused(ConvtuneError):
+    """The service refused the API key (401) or the key may not do this (403)."""

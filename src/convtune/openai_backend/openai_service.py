@@ -34,7 +34,15 @@ from ..dataset.check import check_file
 from ..dataset.findings import counted, first_error
 from ..dataset.report import OPENAI_MIN_EXAMPLES
 from ..digest import file_sha256
-from ..errors import Conflict, ConvtuneError, NotFound, OptionError, TransientError
+from ..errors import (
+    Conflict,
+    ConvtuneError,
+    KeyRefused,
+    NotFound,
+    OptionError,
+    TransientError,
+    Unreachable,
+)
 from ..home import data_dir, installation_id
 from ..objects import Checkpoint, FileObject, Job, JobEvent, ModelObject
 from ..results_csv import decode_base64_results
@@ -173,8 +181,12 @@ class OpenAIService(FineTuningService):
         if isinstance(exc, openai.APITimeoutError):
             return TransientError(redact(f"{what}: {self.host} did not answer in time"))
         if isinstance(exc, openai.APIConnectionError):
+            import httpx
+
             cause = f" ({exc.__cause__})" if exc.__cause__ else ""
-            return TransientError(
+            # no connection at all (refused, no such host) rather than one that dropped
+            kind = Unreachable if isinstance(exc.__cause__, httpx.ConnectError) else TransientError
+            return kind(
                 redact(f"{what}: cannot reach {self.base_url}{cause}"),
                 hint="check the address (--base-url) and the network",
             )
@@ -183,11 +195,11 @@ class OpenAIService(FineTuningService):
         status = exc.status_code
         message = redact(server_message(exc))
         if status == 401:
-            return ConvtuneError(
+            return KeyRefused(
                 f"{what}: the service refused the API key (401: {message})", hint=KEY_HINT
             )
         if status == 403:
-            return ConvtuneError(f"{what}: permission denied (403: {message})")
+            return KeyRefused(f"{what}: permission denied (403: {message})")
         if status == 404:
             unversioned = not urlsplit(self.base_url).path.rstrip("/").endswith("/v1")
             return NotFound(
