@@ -7,15 +7,19 @@ One eval compares models from several backends, so a model may carry its own:
 - `ft:SmolLM2-135M-Instruct::ftjob-abc@http://127.0.0.1:8000/v1`: any OpenAI-compatible
   service at that address (`convtune serve`, vLLM...), with OPENAI_API_KEY or --api-key.
 
-A model without `@` takes the command's `--backend`/`--base-url`. Model ids never contain `@`
-followed by one of those (OpenAI's and Hugging Face's do not use `@` at all), so the split is the
-last `@` whose right side names a backend; any other `@` is part of the model's name.
+A model without `@` takes the command's `--backend`/`--base-url`. The backend is what follows the
+last `@`; anything else there (`MODEL@bogus`) is refused, because a misspelt backend would
+otherwise be taken for part of the model's name. Model ids do not contain `@` (OpenAI's and
+Hugging Face's never do); a local path may, so a spec that is an existing file or folder is that
+path, whole (`./runs/v2@best` is a model folder, not the model `./runs/v2` on a backend `best`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import OptionError
 
 BACKENDS = ("local", "openai")
 
@@ -64,13 +68,20 @@ def weights_stamp(model: str) -> str | None:
 
 
 def parse_target(spec: str, *, backend: str = "local", base_url: str | None = None) -> Target:
-    """`MODEL[@BACKEND]`, where BACKEND is `local`, `openai` or an http(s) URL."""
+    """`MODEL[@BACKEND]`, where BACKEND is `local`, `openai` or an http(s) URL; an `@` followed
+    by anything else is an `OptionError`, unless the whole spec is an existing path."""
     model, at, where = spec.rpartition("@")
-    if at and model:
+    if at and not Path(spec).expanduser().exists():
+        if not model:
+            raise OptionError(f"no model name before the @ of {spec!r}")
         if where in BACKENDS:
             return Target(spec, model, where)
         if where.startswith(("http://", "https://")):
             return Target(spec, model, "openai", where.rstrip("/"))
+        raise OptionError(
+            f"unknown backend {where!r} in {spec!r} (local, openai or an http(s) URL)",
+            hint="write MODEL@local, MODEL@openai or MODEL@http://host:port/v1",
+        )
     if base_url is not None:
         backend = "openai"
     return Target(spec, spec, backend, base_url if backend == "openai" else None)
