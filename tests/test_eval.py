@@ -17,7 +17,7 @@ import pytest
 from convtune import PrepareOptions, check_file, prepare
 from convtune.cli.main import main
 from convtune.dataset.examples import ExampleOptions
-from convtune.errors import InputError
+from convtune.errors import InputError, OptionError
 from convtune.evaluation.answers import Answer, AnswerCache, Settings, answer_key
 from convtune.evaluation.prompts import read_prompts
 from convtune.evaluation.targets import Target, parse_target
@@ -167,7 +167,7 @@ def test_a_bad_data_file_is_refused_with_its_line(tmp_path, capsys):
     assert "bad.jsonl:1:" in capsys.readouterr().err
 
 
-def test_model_names_carry_their_backend():
+def test_model_names_carry_their_backend(tmp_path, capsys):
     assert parse_target("ft:gpt-4o-mini:acme::x@openai") == Target(
         "ft:gpt-4o-mini:acme::x@openai", "ft:gpt-4o-mini:acme::x", "openai"
     )
@@ -175,9 +175,168 @@ def test_model_names_carry_their_backend():
     assert (served.model, served.backend, served.base_url) == (
         "ft:SmolLM2::ftjob-1", "openai", "http://127.0.0.1:8000/v1",
     )  # fmt: skip
-    assert parse_target("./odd@name").model == "./odd@name"  # not a backend: part of the name
+    odd = tmp_path / "runs@best"  # a model folder whose name holds an @: a path, whole
+    odd.mkdir()
+    assert parse_target(str(odd)) == Target(str(odd), str(odd), "local")
+    with pytest.raises(OptionError, match=r"unknown backend 'bogus' in 'm@bogus' \(local, openai or an http\(s\) URL\)"):
+        parse_target("m@bogus")
+    assert main(["eval", "SmolLM2-135M-Instruct@bogus", "--data", str(tmp_path / "none.jsonl")]) == 1
+    assert "unknown backend 'bogus'" in capsys.readouterr().err
     assert parse_target("m", backend="openai", base_url="http://h/v1").base_url == "http://h/v1"
     assert parse_target("m@local", base_url="http://h/v1").backend == "local"
+
+
+# -- models that cannot answer, and why answers failed ---------------------------------------------
+
+
+def _questions(tmp_path: Path, n: int) -> Path:
+    return _jsonl(
+        tmp_path / "v.jsonl",
+        [
+            {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"echo q{i}"}]}
+            for i in range(n)
+        ],
+    )
+
+
+def _chats(fake: FakeOpenAI, model: str | None = None) -> list[dict]:
+    return [
+        r["json"] for r in fake.requests
+        if r["path"].endswith("/chat/completions") and model in (None, r["json"]["model"])
+    ]  # fmt: skip
+
+
+def test_unknown_models_are_refused_before_anything_is_asked(tmp_path, capsys):
+    valid = _questions(tmp_path, 3)
+    cache = tmp_path / "answers.jsonl"
+    for model in ("nosuchmodel", "ft:SmolLM2-135M-Instruct::ftjob-nope"):
+        assert main(["eval", model, "--data", str(valid), "--cache", str(cache)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"convtune: error: unknown model '{model}' on this machine")
+        assert len(err.splitlines()) == 1
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("Right facts matter.", encoding="utf-8")
+    with FakeOpenAI() as fake:
+        fake.answer = lambda messages: "echo " + messages[-1]["content"]
+        where = ["--api-key", fake.key, "--cache", str(cache)]
+        # a remote model the service does not know: its first answer says so, nothing more is
+        # asked of any model (the known one before it was asked its first prompt only)
+        args = ["eval", f"{MODEL}@{fake.url}", f"nosuch@{fake.url}", "--data", str(valid)]
+        assert main([*args, *where]) == 1
+        err = capsys.readouterr().err
+        assert f"convtune: error: unknown model 'nosuch' at {fake.url}" in err
+        assert len(_chats(fake, MODEL)) == 1 and len(_chats(fake, "nosuch")) == 1
+        # a judge is checked like the models, before any of them is asked
+        args = ["eval", f"{MODEL}@{fake.url}", "--data", str(valid), "--judge", "nosuchjudge",
+                "--grader", f"score_model:{rubric}"]  # fmt: skip
+        assert main([*args, *where]) == 1
+        err = capsys.readouterr().err
+        assert "convtune: error: the judge (--judge): unknown model 'nosuchjudge'" in err
+        assert len(_chats(fake, MODEL)) == 1
+    assert cache.read_text().count("\n") == 1  # the one answer that came back
+
+
+def test_a_judge_that_fails_during_the_run_is_counted_and_said(tmp_path, capsys):
+    """The judge answers the check and one verdict, then the service loses it: each verdict it
+    could not give is an error with its reason, said once on stderr, and the run exits 1."""
+    valid = _questions(tmp_path, 4)
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("Right facts matter.", encoding="utf-8")
+    judge = "gpt-4.1-mini-2025-04-14"
+    with FakeOpenAI() as fake:
+
+        def answer(messages: list[dict]) -> str:
+            if "Right facts matter" in json.dumps(messages):  # a verdict: the judge goes away
+                fake.models.pop(judge, None)
+                return "Score: 8"
+            return "echo " + messages[-1]["content"]
+
+        fake.answer = answer
+        code = main(
+            ["eval", f"{MODEL}@{fake.url}", "--data", str(valid), "--api-key", fake.key,
+             "--grader", "string_check:eq", "--grader", f"score_model:{rubric}",
+             "--judge", f"{judge}@{fake.url}", "--json", "--no-cache", "--concurrency", "1"]
+        )  # fmt: skip
+        verdicts = _chats(fake, judge)
+    out, err = capsys.readouterr()
+    assert code == 1
+    model = json.loads(out)["models"][0]
+    assert model["metrics"]["string_check_eq"]["mean"] == 1.0
+    assert model["metrics"]["score_model"]["mean"] == 0.8  # the one verdict given
+    assert model["errors"] == 3
+    ((reason,),) = [list(r) for r in [model["error_messages"]]]
+    assert reason["examples"] == 3 and reason["message"].startswith("score_model: the judge")
+    assert "does not exist" in reason["message"]
+    assert err.count("does not exist") == 1 and "3 examples: score_model: the judge" in err
+    assert len(verdicts) == 3  # the check, the verdict, the failure: then it is asked no more
+
+
+def test_failed_answers_say_why_once_per_reason(tmp_path, capsys):
+    valid = _questions(tmp_path, 4)
+    with FakeOpenAI() as fake:
+        fake.answer = lambda messages: "echo " + messages[-1]["content"]
+        fake.fail("/chat/completions", 400, times=3)  # the first answer, then two more
+        code = main(
+            ["eval", f"{MODEL}@{fake.url}", "--data", str(valid), "--api-key", fake.key,
+             "--json", "--no-cache", "--concurrency", "1"]
+        )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 1
+    model = json.loads(out)["models"][0]
+    assert model["errors"] == 2
+    assert model["error_messages"] == [{"message": f"chat with {MODEL}: injected 400 (400)", "examples": 2}]
+    assert f"convtune: {MODEL}@{fake.url}: 2 of 4 examples failed:" in err
+    assert err.count("injected 400") == 1
+
+
+def test_nothing_listening_fails_fast_naming_the_address(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as free:  # a port where nothing listens
+        free.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{free.getsockname()[1]}/v1"
+    valid = _questions(tmp_path, 3)
+    started = time.monotonic()
+    code = main(["eval", f"{MODEL}@{url}", "--data", str(valid), "--api-key", "k", "--no-cache"])
+    took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 1 and took < 20
+    (last,) = [line for line in err.splitlines() if line.startswith("convtune: error:")]
+    assert f"cannot reach {url}" in last
+
+
+def test_a_service_on_this_machine_needs_no_key_from_the_user(tmp_path, capsys, monkeypatch):
+    from convtune.cli.eval_cmd import NO_KEY
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    valid = _questions(tmp_path, 2)
+    args = ["--data", str(valid), "--no-cache", "--json", "--grader", "string_check:eq"]
+    with FakeOpenAI(key=NO_KEY) as keyless:  # a server that takes whatever key it is sent
+        keyless.answer = lambda messages: "echo " + messages[-1]["content"]
+        assert main(["eval", f"{MODEL}@{keyless.url}", *args]) == 0
+    assert json.loads(capsys.readouterr().out)["models"][0]["errors"] == 0
+    with FakeOpenAI() as needs_a_key:  # as convtune serve does: a clear one-line refusal
+        assert main(["eval", f"{MODEL}@{needs_a_key.url}", *args]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert "refused the API key (401" in err and "set OPENAI_API_KEY or pass --api-key" in err
+
+
+def test_option_mistakes_are_usage_errors_and_help_says_how(tmp_path, capsys):
+    valid = _questions(tmp_path, 1)
+    assert main(["eval", "m", "--data", str(valid), "--judge", "j"]) == 2
+    assert "--judge grades a score_model grader, and none was given" in capsys.readouterr().err
+    assert main(["eval", "m", "--data", str(valid), "--grader", "bleu,rouge_l"]) == 2
+    assert "repeat the option (--grader bleu --grader rouge_l)" in capsys.readouterr().err
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("Right facts matter.", encoding="utf-8")
+    assert main(["eval", "m", "--data", str(valid), "--grader", f"score_model:{rubric}"]) == 1
+    assert "give --judge MODEL[@BACKEND]" in capsys.readouterr().err
+    assert main(["eval", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "$CONVTUNE_HOME/eval/answers.jsonl" in help_text
+    assert "repeat the option for more" in help_text
 
 
 # -- the answers cache -----------------------------------------------------------------------------
@@ -259,6 +418,7 @@ def test_local_and_served_models_in_one_run(tiny, other, valid, tmp_path, capsys
     local, served_model, second = out["models"]
     assert served_model["backend"] == "openai" and local["backend"] == "local"
     assert "valid_loss" in local and "valid_loss" not in served_model  # teacher forcing: local only
+    assert local["load_seconds"] > 0 and "load_seconds" not in served_model  # loaded, not timed
     assert local["valid_loss"] > 0 and second["valid_loss"] > 0
     assert 0 <= local["valid_mean_token_accuracy"] < 1
     same = [d for d in out["differences"] if d["b"] == remote]
@@ -406,5 +566,65 @@ def test_smollm2_answers_and_is_scored_by_teacher_forcing(valid, smollm2_home, c
     result = json.loads(capsys.readouterr().out)
     model = result["models"][0]
     assert model["errors"] == 0 and model["tokens_per_second"] > 0
+    assert model["load_seconds"] > 0  # loaded before its first answer was timed
     assert 0 < model["valid_loss"] < 6 and model["valid_mean_token_accuracy"] > 0.2
     assert all(model["metrics"][g] is not None for g in ("fuzzy_match", "bleu", "rouge_l"))
+
+
+@pytest.fixture(scope="module")
+def talker(tmp_path_factory) -> Path:
+    """A tiny model that says something (untied: its answers are not empty once stripped)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-talker"), tied=False)
+
+
+def test_a_local_model_is_loaded_before_its_answers_are_timed(talker, tmp_path):
+    """The load (and a conversion) is reported on its own, never in the first answers' latency:
+    the model is loaded with a one-token answer before the first timed one is asked."""
+    from convtune.evaluation.graders import parse_graders
+    from convtune.evaluation.run import Progress, evaluate
+    from convtune.local.local_service import LocalService
+
+    data = read_prompts(_questions(tmp_path, 3))
+    events: list[str] = []
+    service = LocalService()
+    progress = Progress(
+        load=lambda target, seconds: events.append(f"loaded in {seconds:.3f} s"),
+        answer=lambda target, prompt, answer: events.append("answer"),
+    )
+    settings = Settings(max_tokens=2)
+    target = parse_target(str(talker))
+    result = evaluate(data, [target], parse_graders(["bleu"]), lambda t: service, AnswerCache(None),
+                      settings=settings, progress=progress, teacher_forcing=False)  # fmt: skip
+    assert events[0].startswith("loaded in") and events[1:] == ["answer"] * 3
+    assert result.models[0].load_seconds == pytest.approx(float(events[0].split()[2]), abs=1e-3)
+    # all answers cached: nothing is loaded
+    events.clear()
+    cache = AnswerCache(tmp_path / "answers.jsonl")
+    for prompt, answer in zip(data.prompts, [Answer("x", 0.1)] * 3, strict=True):
+        cache.put(answer_key(target, prompt, settings), answer)
+    evaluate(data, [target], parse_graders(["bleu"]), lambda t: LocalService(), cache,
+             settings=settings, progress=progress, teacher_forcing=False)  # fmt: skip
+    assert events == ["answer"] * 3
+
+
+def test_record_warns_of_answers_cut_at_max_tokens(talker, valid, tmp_path, capsys):
+    golden = tmp_path / "golden.jsonl"
+    args = ["record", str(talker), "--data", str(valid), "-o", str(golden), "--limit", "1"]
+    assert main([*args, "--max-tokens", "2", "--no-cache"]) == 0
+    out, err = capsys.readouterr()
+    assert f"wrote {golden}: 1 example\n" == out  # one, not "1 examples"
+    assert "warning: 1 answer of 1 stopped at --max-tokens 2 before the model finished" in err
+    assert "larger --max-tokens" in err
+
+
+def test_record_never_writes_over_its_input(tmp_path, capsys):
+    valid = _questions(tmp_path, 2)
+    before = valid.read_bytes()
+    for extra in ([], ["--force"]):
+        assert main(["record", "m", "--data", str(valid), "-o", str(tmp_path / "." / "v.jsonl"), *extra]) == 1
+        assert "is the --data file: writing there would replace it" in capsys.readouterr().err
+    cache = tmp_path / "answers.jsonl"
+    cache.write_text("", encoding="utf-8")
+    assert main(["record", "m", "--data", str(valid), "-o", str(cache), "--cache", str(cache), "--force"]) == 1
+    assert "is the --cache file" in capsys.readouterr().err
+    assert valid.read_bytes() == before

@@ -54,12 +54,32 @@ def test_summary_means_errors_latency_and_json_shape(result):
     assert base["metrics"]["bleu"]["mean"] == pytest.approx((0.2 + 0.9 + 0.5 + 0.4) / 4)
     assert ft["metrics"]["bleu"]["mean"] == pytest.approx((0.6 + 0.1 + 0.5) / 3)  # error left out
     assert (base["errors"], ft["errors"]) == (0, 1)
+    assert ft["error_messages"] == [{"message": "timed out", "examples": 1}]
+    assert base["error_messages"] == [] and "load_seconds" not in base
     assert ft["latency"] == {"p50": 1.0, "p90": pytest.approx(1.8)}
     assert ft["tokens_per_second"] == pytest.approx(60 / 4.0)
     assert (ft["valid_loss"], "valid_loss" in base) == (1.25, False)
     assert base["cost_usd"] == 0.002 and data["settings"]["max_tokens"] == 256
     for metric in base["metrics"].values():
         assert metric["low"] <= metric["mean"] <= metric["high"]
+
+
+def test_a_score_a_grader_could_not_give_is_an_error_with_its_reason():
+    judged = [
+        ModelAnswer("a", {"bleu": 0.5}, 1.0, grader_errors={"score_model": "the judge j failed: gone"}),
+        ModelAnswer("b", {"bleu": 0.7}, 1.0, grader_errors={"score_model": "the judge j failed: gone"}),
+        ModelAnswer("c", {"bleu": 0.9, "score_model": 0.8}, 1.0),
+        ModelAnswer(error="timed out"),
+    ]
+    examples = [example(i, m=answer) for i, answer in enumerate(judged)]
+    summary = summarize(examples, [EvaluatedModel("m", "local", load_seconds=2.5)],
+                        ["bleu", "score_model"]).to_json()["models"][0]  # fmt: skip
+    assert summary["errors"] == 3 and summary["metrics"]["score_model"]["mean"] == 0.8
+    assert summary["error_messages"] == [
+        {"message": "score_model: the judge j failed: gone", "examples": 2},
+        {"message": "timed out", "examples": 1},
+    ]
+    assert summary["load_seconds"] == 2.5
 
 
 def test_differences_pair_the_examples_both_models_answered(result):

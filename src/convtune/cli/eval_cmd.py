@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 from rich.markup import escape
@@ -79,12 +81,22 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+NO_KEY = "convtune-no-key"  # what a service on this machine that checks no key is sent
+
+
 def _services(backend: Backend):
-    """One service per backend and address, made on first use."""
+    """One service per backend and address, made on first use. A service on this machine
+    (127.0.0.1, localhost) without a key given is sent a placeholder: one that needs none
+    answers, one that does (convtune serve) refuses it with a 401 that says which key to give."""
 
     @functools.cache
     def service(name: str, base_url: str | None) -> FineTuningService:
-        return service_for(Backend(name, base_url, backend.api_key))
+        key = backend.api_key
+        url = base_url or os.environ.get("OPENAI_BASE_URL") or ""
+        local = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+        if name == "openai" and local and not (key or os.environ.get("OPENAI_API_KEY", "").strip()):
+            key = NO_KEY
+        return service_for(Backend(name, base_url, key))
 
     return lambda target: service(target.backend, target.base_url)
 
@@ -125,10 +137,17 @@ Examples:
     "--grader",
     "graders",
     multiple=True,
-    help="fuzzy_match, bleu, gleu, rouge_1..rouge_5, rouge_l, string_check:eq|ne|like|ilike,"
+    metavar="GRADER",
+    help="One grader; repeat the option for more (--grader bleu --grader rouge_l): fuzzy_match,"
+    " bleu, gleu, rouge_1..rouge_5, rouge_l, string_check:eq|ne|like|ilike,"
     " score_model:RUBRIC_FILE (default: fuzzy_match, bleu, rouge_l).",
 )
-@click.option("--judge", default=None, metavar="MODEL[@BACKEND]", help="The model that grades score_model.")
+@click.option(
+    "--judge",
+    default=None,
+    metavar="MODEL[@BACKEND]",
+    help="The model that grades a score_model grader (needed by it, refused without it).",
+)
 @generation_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (shape in the README).")
 @click.option(
@@ -167,8 +186,20 @@ def eval_command(
     """
     if data is None and reference is None:
         raise click.UsageError("give --data FILE (or --reference GOLDEN.jsonl)")
+    for spec in graders:
+        if "," in spec and not spec.lower().startswith("score_model:"):
+            raise click.UsageError(
+                f"--grader {spec}: one grader per --grader; repeat the option"
+                f" (--grader {' --grader '.join(s.strip() for s in spec.split(','))})"
+            )
+    if judge is not None and not any(g.lower().startswith("score_model") for g in graders):
+        raise click.UsageError(
+            "--judge grades a score_model grader, and none was given"
+            " (add --grader score_model:RUBRIC_FILE, or leave --judge out)"
+        )
+    targets = _targets(models, backend)
     if report is not None:
-        _check_output(report, force, ".html")
+        _check_output(report, force, ".html", {"--data": data, "--reference": reference})
     settings = Settings(temperature=temperature, max_tokens=max_tokens, seed=seed)
     answers = _cache(cache, no_cache, {"--data": data, "--reference": reference})
     services = _services(backend)
@@ -180,7 +211,6 @@ def eval_command(
     prompts = read_prompts(data or reference, limit=limit)  # type: ignore[arg-type]
     if reference is not None and data is not None:
         prompts = with_references(prompts, reference)
-    targets = _targets(models, backend)
     with _progress() as progress:
         result = evaluate(
             prompts,
@@ -193,6 +223,7 @@ def eval_command(
             seed=seed,
             teacher_forcing=not no_teacher_forcing,
             progress=progress,
+            judge=judge_fn,
         )
     if report is not None:
         from ..dataset.jsonl import AtomicWriter
@@ -206,14 +237,41 @@ def eval_command(
         show_result(result)
         if report is not None:
             render.out.print(f"\nwrote {report}", highlight=False)
-    if prompts.unasked:
-        render.err.print(
-            f"{len(prompts.unasked)} example(s) asked nothing (a reply opens the conversation):"
-            f" lines {', '.join(map(str, prompts.unasked[:5]))}",
-            highlight=False,
-        )
-    if any(m.errors for m in result.models):
+    _report_unasked(prompts.path, prompts.unasked)
+    failed = False
+    for model in result.models:
+        failed |= _report_errors(model.model, model.errors, model.error_messages, len(prompts.prompts))
+    if failed:
         raise click.exceptions.Exit(1)
+
+
+def _report_unasked(path: Path, lines: list[int]) -> None:
+    if lines:
+        click.echo(
+            f"{path}: {_count(len(lines), 'example')} asked nothing (no user message or prompt"
+            f" text before the reply), not asked: lines {', '.join(map(str, lines[:5]))}"
+            + (", ..." if len(lines) > 5 else ""),
+            err=True,
+        )
+
+
+SHOWN_REASONS = 5  # distinct reasons printed per model; the JSON and the report have them all
+
+
+def _report_errors(model: str, errors: int, reasons: list[tuple[str, int]], total: int) -> bool:
+    """One line on stderr per distinct reason a model failed for; True when it failed at all."""
+    if not errors:
+        return False
+    click.echo(f"convtune: {model}: {errors} of {_count(total, 'example')} failed:", err=True)
+    for message, count in reasons[:SHOWN_REASONS]:
+        click.echo(f"  {_count(count, 'example')}: {message}", err=True)
+    if len(reasons) > SHOWN_REASONS:
+        click.echo(f"  and {len(reasons) - SHOWN_REASONS} other reasons (--json lists them)", err=True)
+    return True
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @click.command(
@@ -251,10 +309,11 @@ def record(
     The file passes `convtune check`, is the reference of `eval --reference`, and trains an open
     model on what this one said. Answers are cached as they arrive: a rerun asks only the rest.
     """
-    _check_output(output, force, ".jsonl")
-    prompts = read_prompts(data, limit=limit, purpose="record")
+    _check_output(output, force, ".jsonl", {"--data": data, "--cache": None if no_cache else cache})
     target = parse_target(model, backend=backend.name, base_url=backend.base_url)
+    prompts = read_prompts(data, limit=limit, purpose="record")
     settings = Settings(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    answers_cache = _cache(cache, no_cache, {"--data": data})
     with _progress() as progress:
         progress.model(target, len(prompts.prompts))
         answers = ask(
@@ -262,23 +321,47 @@ def record(
             target,
             prompts.prompts,
             settings,
-            _cache(cache, no_cache, {"--data": data}),
+            answers_cache,
             concurrency=concurrency,
             on_answer=lambda prompt, answer: progress.answer(target, prompt, answer),
             on_retry=progress.retry,
         )
+    _report_unasked(prompts.path, prompts.unasked)
+    reasons: dict[str, int] = {}
+    for answer in answers:
+        if answer.error:
+            reasons[answer.error] = reasons.get(answer.error, 0) + 1
+    _report_errors(target.label, sum(reasons.values()), list(reasons.items()), len(answers))
     written = write_golden(output, prompts.prompts, answers, force=force)
     render.out.print(
-        f"wrote {written.path}: {written.examples} examples"
-        + (f" ({written.cached} answers from the cache)" if written.cached else ""),
+        f"wrote {written.path}: {_count(written.examples, 'example')}"
+        + (f" ({_count(written.cached, 'answer')} from the cache)" if written.cached else ""),
         highlight=False,
     )
+    cut = [p.line for p, a in zip(prompts.prompts, answers, strict=True) if a.finish_reason == "length"]
+    if cut:
+        click.echo(
+            f"warning: {_count(len(cut), 'answer')} of {len(answers)} stopped at --max-tokens"
+            f" {max_tokens} before the model finished (data lines"
+            f" {', '.join(map(str, cut[:5]))}{', ...' if len(cut) > 5 else ''}): the golden file"
+            " holds them cut short; record again with a larger --max-tokens to have them whole",
+            err=True,
+        )
 
 
-def _check_output(path: Path, force: bool, suffix: str) -> None:
-    """Before anything is asked (or paid for): the output must be writable as asked."""
+def _check_output(
+    path: Path, force: bool, suffix: str, inputs: dict[str, Path | None] | None = None
+) -> None:
+    """Before anything is asked (or paid for): the output must be writable as asked, and never
+    one of the command's own files (`inputs`, by option), --force or not."""
     if path.suffix.lower() != suffix:
         raise OptionError(f"{path} should end in {suffix}")
+    for option, given in (inputs or {}).items():
+        if given is not None and _same_file(path, given):
+            raise OptionError(
+                f"{path} is the {option} file: writing there would replace it",
+                hint="write to another file",
+            )
     if path.exists() and not force:
         raise OutputExistsError("already exists", path=path, hint="use --force to overwrite it")
     if not path.parent.exists():
@@ -308,9 +391,9 @@ class _progress:
             self.bar.advance(tasks[target.label])
 
         def retry(error: TransientError, delay: float) -> None:
-            render.err.print(f"[yellow]{escape(str(error))}; trying again in {delay:.0f} s[/]")
+            render.err.print(f"[yellow]{escape(str(error))}; trying again in {delay:.0f} s[/]", soft_wrap=True)
 
-        return RunProgress(model, answer, retry)
+        return RunProgress(model=model, answer=answer, retry=retry)
 
     def __exit__(self, *exc) -> None:
         self.bar.__exit__(*exc)
@@ -320,7 +403,7 @@ def show_result(result: EvalResult) -> None:
     """The summary table: per model, each metric's mean and interval, latency, speed, cost."""
     out = render.out
     out.print(
-        f"{result.example_count} examples of {result.data}; 95% bootstrap intervals"
+        f"{_count(result.example_count, 'example')} of {result.data}; 95% bootstrap intervals"
         f" (seed {result.seed})",
         highlight=False,
     )

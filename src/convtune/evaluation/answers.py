@@ -8,6 +8,12 @@ refused, never appended to. Remote models are asked by `concurrency` threads at 
 dropped connections (`TransientError`) are retried with the same capped backoff as `follow`.
 A local model is asked `concurrency` prompts at once too when its backend generates the
 replies asked at the same time together (`Capabilities.batches_chat`), else one at a time.
+
+Before anything is asked, a model that cannot answer at all is refused (`check_target`): a local
+model this machine does not know, or a remote one whose first answer says the service does not
+know it, refuses the key or is not there (a refused connection is given up within seconds, not
+retried for `follow`'s half hour). A local model is loaded before its first answer is timed, so
+that latency and speed are the answers' own (`warm_up`).
 """
 
 from __future__ import annotations
@@ -24,9 +30,23 @@ from pathlib import Path
 
 from ..backoff import Backoff
 from ..contract import ChatRequest, FineTuningService
-from ..errors import ConvtuneError, InputError, OptionError, TransientError
+from ..errors import (
+    ConvtuneError,
+    InputError,
+    KeyRefused,
+    NotFound,
+    OptionError,
+    TransientError,
+    Unreachable,
+)
 from .prompts import Prompt
 from .targets import Target
+
+UNREACHABLE_PATIENCE = 5.0  # seconds of refused connections before giving up: nothing listens
+
+
+class UnknownModel(ConvtuneError):
+    """A model its backend does not have: nothing is asked of it."""
 
 
 @dataclass(frozen=True)
@@ -136,10 +156,18 @@ def ask(
     concurrency: int = 4,
     on_answer: Callable[[Prompt, Answer], None] | None = None,
     on_retry: Callable[[TransientError, float], None] | None = None,
+    check: bool = True,
+    on_load: Callable[[float], None] | None = None,
 ) -> list[Answer]:
-    """Every prompt's answer by `target`, in prompt order (cached ones are not asked again)."""
+    """Every prompt's answer by `target`, in prompt order (cached ones are not asked again).
+
+    First (unless the caller did, `check=False`) the model is checked with `check_target`: a
+    model that cannot answer at all is an error before the rest is asked. A local model with
+    prompts to answer is loaded before the first is timed (`warm_up`; `on_load(seconds)`)."""
     if concurrency < 1:
         raise OptionError("--concurrency must be 1 or more")
+    if check:
+        check_target(service, target, prompts, settings, cache, on_retry)
     answers: dict[int, Answer] = {}
     missing: list[Prompt] = []
     for prompt in prompts:
@@ -150,6 +178,9 @@ def ask(
                 on_answer(prompt, found)
         else:
             missing.append(prompt)
+
+    if missing and (seconds := warm_up(service, target)) is not None and on_load is not None:
+        on_load(seconds)
 
     def one(prompt: Prompt) -> Answer:
         answer = ask_one(service, target, prompt, settings, on_retry)
@@ -187,16 +218,37 @@ def ask_one(
     on_retry: Callable[[TransientError, float], None] | None = None,
 ) -> Answer:
     """One answer, asked now (no cache); transient failures are retried with backoff, any other
-    failure is the answer's `error`."""
+    failure is the answer's `error`. An address where nothing answers (`Unreachable`) is given
+    up after a few tries within seconds, and raised: every other prompt would fail the same."""
+    started = time.perf_counter()
+    try:
+        return request_answer(service, target, prompt.chat_messages(), settings, on_retry)
+    except TransientError:
+        raise
+    except ConvtuneError as error:
+        return Answer("", time.perf_counter() - started, error=str(error))
+
+
+def request_answer(
+    service: FineTuningService,
+    target: Target,
+    messages: list[dict[str, str]],
+    settings: Settings,
+    on_retry: Callable[[TransientError, float], None] | None = None,
+) -> Answer:
+    """The answer to `messages`, or the `ConvtuneError` that says why there is none. 429s, 5xx
+    and dropped connections are retried as `follow` retries them (up to `PATIENCE`); refused
+    connections for `UNREACHABLE_PATIENCE` seconds only."""
     request = ChatRequest(
         model=target.model,
-        messages=prompt.chat_messages(),
+        messages=messages,
         max_tokens=settings.max_tokens,
         temperature=settings.temperature,
         top_p=settings.top_p,
         seed=settings.seed,
     )
-    backoff = Backoff(on_retry=on_retry)
+    patient = Backoff(on_retry=on_retry)
+    quick = Backoff(patience=UNREACHABLE_PATIENCE, on_retry=on_retry)
     while True:
         started = time.perf_counter()
         try:
@@ -205,11 +257,12 @@ def ask_one(
                 text = "".join(reply)
             finally:
                 reply.close()
-        except TransientError as error:
-            backoff.wait(error)
+        except Unreachable as error:
+            quick.wait(error)
             continue
-        except ConvtuneError as error:
-            return Answer("", time.perf_counter() - started, error=str(error))
+        except TransientError as error:
+            patient.wait(error)
+            continue
         return Answer(
             text.strip(),
             time.perf_counter() - started,
@@ -217,3 +270,72 @@ def ask_one(
             reply.completion_tokens,
             reply.finish_reason,
         )
+
+
+def check_model(service: FineTuningService, target: Target) -> None:
+    """Refuse a local model this machine does not know, before anything is asked (a remote
+    service tells with its first answer: `first_answer`)."""
+    if service.capabilities.remote or service.knows_model(target.model):
+        return
+    raise UnknownModel(
+        f"unknown model {target.model!r} on this machine",
+        hint="`convtune models list` shows the fine-tuned ones; a base model is"
+        " SmolLM2-135M-Instruct, a model folder, a .gguf file or a hub id org/name",
+    )
+
+
+def first_answer(
+    service: FineTuningService,
+    target: Target,
+    messages: list[dict[str, str]],
+    settings: Settings,
+    on_retry: Callable[[TransientError, float], None] | None = None,
+) -> Answer | None:
+    """Ask a remote model one prompt before the others: raise if it cannot answer at all (a model
+    the service does not know, a refused key, nothing at the address), else the answer (None
+    when this prompt failed on its own: it is asked again with the rest)."""
+    try:
+        return request_answer(service, target, messages, settings, on_retry)
+    except NotFound as error:
+        where = service.base_url or "OpenAI"
+        raise UnknownModel(
+            f"unknown model {target.model!r} at {where}: {error.message}", hint=error.hint
+        ) from None
+    except (KeyRefused, TransientError):
+        raise
+    except ConvtuneError:
+        return None
+
+
+def check_target(
+    service: FineTuningService,
+    target: Target,
+    prompts: list[Prompt],
+    settings: Settings,
+    cache: AnswerCache,
+    on_retry: Callable[[TransientError, float], None] | None = None,
+) -> None:
+    """Whether `target` can answer, before a run asks it everything: a local model must be one
+    this machine knows (`check_model`); a remote one is asked the first prompt the cache lacks,
+    alone (`first_answer`: its answer is cached, a model that cannot answer raised)."""
+    check_model(service, target)
+    if not service.capabilities.remote:
+        return
+    for prompt in prompts:
+        key = answer_key(target, prompt, settings)
+        if cache.get(key) is None:
+            answer = first_answer(service, target, prompt.chat_messages(), settings, on_retry)
+            if answer is not None:
+                cache.put(key, answer)
+            return
+
+
+def warm_up(service: FineTuningService, target: Target) -> float | None:
+    """Load a local model (converting it first if it must) with a one-token answer, so that
+    the answers' latency and speed leave loading out; the seconds it took (None for a remote
+    model, which is not loaded here). A model that cannot load is an error here, once."""
+    if service.capabilities.remote:
+        return None
+    started = time.perf_counter()
+    request_answer(service, target, [{"role": "user", "content": "Hi"}], Settings(max_tokens=1))
+    return time.perf_counter() - started

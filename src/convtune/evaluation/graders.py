@@ -341,7 +341,8 @@ def _score_model(rubric_file: str, judge: Judge | None) -> Grader:
     if judge is None:
         raise OptionError(
             "score_model needs a judge model to ask, and none was given",
-            hint="name a judge model for score_model, or use a text metric",
+            hint="give --judge MODEL[@BACKEND], e.g. --judge gpt-4.1-mini@openai, or use a text"
+            " metric",
         )
 
     def score(answer: str, reference: str, prompt: list[dict]) -> float:

@@ -21,7 +21,10 @@ first one (the model to beat, e.g. the base model). `EvalResult.to_json()` is th
           "latency": {"p50": 0.82, "p90": 1.9},   # seconds per answer, null without answers
           "tokens_per_second": 61.5,      # completion tokens / seconds; null when unknown
           "cost_usd": 0.0123,             # null when unknown
-          "errors": 0,                    # examples this model gave no answer to
+          "errors": 0,                    # examples without an answer or without a score
+          "error_messages": [],           # why: each distinct reason, with its examples
+                                          # [{"message": "...", "examples": 3}]
+          "load_seconds": 4.2,            # local models loaded in this run; absent otherwise
           "valid_loss": 1.23,             # local fine-tuned models only; absent otherwise
           "valid_mean_token_accuracy": 0.61   # likewise
         }
@@ -35,7 +38,9 @@ first one (the model to beat, e.g. the base model). `EvalResult.to_json()` is th
       "settings": {"temperature": 0, "max_tokens": 512}     # how the models were asked
     }
 
-Means are over the examples a model answered (and the grader scored); `errors` counts the rest.
+Means are over the examples a model answered (and the grader scored); `errors` counts the
+examples the model did not answer or a grader (a judge) could not score, and `error_messages`
+says why, once per distinct reason (a grader's reason starts with its name).
 A difference pairs the examples both models have a score for, and is absent when there are none;
 an interval that excludes 0 says the second model is reliably better (above 0) or worse (below).
 `to_json(examples=True)` adds ``"results"``: per example its ``index``, ``line``, ``prompt``,
@@ -92,6 +97,7 @@ class EvaluatedModel:
     cost_usd: float | None = None
     valid_loss: float | None = None
     valid_mean_token_accuracy: float | None = None
+    load_seconds: float | None = None  # loading the local model before its answers were timed
 
 
 @dataclass
@@ -108,6 +114,8 @@ class ModelSummary:
     errors: int
     valid_loss: float | None = None
     valid_mean_token_accuracy: float | None = None
+    error_messages: list[tuple[str, int]] = field(default_factory=list)  # reason, examples
+    load_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -121,7 +129,12 @@ class ModelSummary:
             "tokens_per_second": self.tokens_per_second,
             "cost_usd": self.cost_usd,
             "errors": self.errors,
+            "error_messages": [
+                {"message": message, "examples": count} for message, count in self.error_messages
+            ],
         }
+        if self.load_seconds is not None:
+            out["load_seconds"] = round(self.load_seconds, 3)
         if self.valid_loss is not None:
             out["valid_loss"] = self.valid_loss
         if self.valid_mean_token_accuracy is not None:
@@ -262,6 +275,13 @@ def _summarize_model(
         for answer in answered
         if answer.latency_s is not None and answer.completion_tokens is not None
     ]
+    reasons: dict[str, int] = {}
+    failed = 0
+    for answer in answers:
+        why = _failures(answer)
+        failed += bool(why)
+        for message in dict.fromkeys(why):
+            reasons[message] = reasons.get(message, 0) + 1
     seconds = sum(answer.latency_s for answer in timed)  # type: ignore[misc]
     tokens = sum(answer.completion_tokens for answer in timed)  # type: ignore[misc]
     return ModelSummary(
@@ -272,10 +292,21 @@ def _summarize_model(
         latency_p90=percentile(latencies, 90) if latencies else None,
         tokens_per_second=tokens / seconds if seconds > 0 else None,
         cost_usd=model.cost_usd,
-        errors=len(answers) - len(answered),
+        errors=failed,
         valid_loss=model.valid_loss,
         valid_mean_token_accuracy=model.valid_mean_token_accuracy,
+        error_messages=list(reasons.items()),
+        load_seconds=model.load_seconds,
     )
+
+
+def _failures(answer: ModelAnswer | None) -> list[str]:
+    """Why an example has no answer or a missing score (empty: it has all it should)."""
+    if answer is None:
+        return ["no answer"]
+    if answer.failed:
+        return [answer.error or "no answer"]
+    return [f"{grader}: {message}" for grader, message in answer.grader_errors.items()]
 
 
 def _example_json(example: ExampleResult) -> dict[str, Any]:

@@ -14,8 +14,18 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..contract import FineTuningService
-from ..errors import ConvtuneError, InputError, TransientError
-from .answers import Answer, AnswerCache, Settings, answer_key, ask, ask_one
+from ..errors import ConvtuneError, InputError, KeyRefused, NotFound, TransientError
+from .answers import (
+    Answer,
+    AnswerCache,
+    Settings,
+    answer_key,
+    ask,
+    check_model,
+    check_target,
+    first_answer,
+    request_answer,
+)
 from .graders import Grader, JudgeError
 from .prompts import EvalData, Prompt, read_prompts
 from .results import EvalResult, EvaluatedModel, ExampleResult, ModelAnswer, summarize
@@ -30,6 +40,7 @@ class Progress:
     """Callbacks a front end gives to show the run: a model starts, an answer arrives."""
 
     model: Callable[[Target, int], None] = lambda target, total: None
+    load: Callable[[Target, float], None] = lambda target, seconds: None  # a local model loaded
     answer: Callable[[Target, Prompt, Answer], None] = lambda target, prompt, answer: None
     retry: Callable[[TransientError, float], None] | None = None
 
@@ -55,24 +66,60 @@ def with_references(data: EvalData, golden: str | Path) -> EvalData:
 
 class CachedJudge:
     """The judge of `score_model` graders: a model asked through the answer cache, so a rerun
-    does not pay for the same verdict twice."""
+    does not pay for the same verdict twice.
+
+    `check()` refuses a judge that cannot answer before the run asks anything. A judge that
+    fails during the run is a `JudgeError` for that verdict (the grader counts it, and the run
+    says why); one that cannot answer at all any more (unknown model, refused key, nothing at
+    the address) is not asked again: its later verdicts fail at once with the same reason."""
+
+    PROBE = ({"role": "user", "content": "Reply with the number 10."},)
 
     def __init__(self, target: Target, services: Services, cache: AnswerCache) -> None:
         self.target = target
         self.services = services
         self.cache = cache
         self.settings = Settings(temperature=0.0, max_tokens=400)
+        self._broken: str | None = None  # why the judge cannot answer at all
+
+    def check(self, on_retry: Callable[[TransientError, float], None] | None = None) -> None:
+        """A local judge must be a model this machine knows; a remote one is asked a one-token
+        question (its answer cached, so a rerun does not ask it again)."""
+        service = self.services(self.target)
+        try:
+            check_model(service, self.target)
+            if not service.capabilities.remote:
+                return
+            settings = Settings(max_tokens=1)
+            probe = _judge_prompt(list(self.PROBE))
+            key = answer_key(self.target, probe, settings)
+            if self.cache.get(key) is None:
+                answer = first_answer(service, self.target, list(self.PROBE), settings, on_retry)
+                if answer is not None:
+                    self.cache.put(key, answer)
+        except ConvtuneError as error:
+            raise ConvtuneError(f"the judge (--judge): {error.message}", hint=error.hint) from None
 
     def __call__(self, messages: list[dict]) -> str:
-        prompt = Prompt(-1, 0, tuple((m["role"], m["content"]) for m in messages), "", {})
-        key = answer_key(self.target, prompt, self.settings)
+        if self._broken is not None:
+            raise JudgeError(self._broken)
+        key = answer_key(self.target, _judge_prompt(messages), self.settings)
         answer = self.cache.get(key)
         if answer is None:
-            answer = ask_one(self.services(self.target), self.target, prompt, self.settings)
-            if answer.error is not None:
-                raise JudgeError(f"the judge {self.target.label} failed: {answer.error}")
+            service = self.services(self.target)
+            try:
+                answer = request_answer(service, self.target, messages, self.settings)
+            except (NotFound, KeyRefused, TransientError) as error:
+                self._broken = f"the judge {self.target.label} failed: {error}"
+                raise JudgeError(self._broken) from None
+            except ConvtuneError as error:
+                raise JudgeError(f"the judge {self.target.label} failed: {error}") from None
             self.cache.put(key, answer)
         return answer.text
+
+
+def _judge_prompt(messages: list[dict]) -> Prompt:
+    return Prompt(-1, 0, tuple((m["role"], m["content"]) for m in messages), "", {})
 
 
 def evaluate(
@@ -87,13 +134,23 @@ def evaluate(
     seed: int = 0,
     teacher_forcing: bool = True,
     progress: Progress | None = None,
+    judge: CachedJudge | None = None,
 ) -> EvalResult:
-    """Ask, grade and summarize; models in the order given (the first is the one to beat)."""
+    """Ask, grade and summarize; models in the order given (the first is the one to beat).
+
+    Every model, and the `judge` of score_model graders, is checked before anything is asked
+    (`check_target`): a model that cannot answer at all is an error, not a column of failures."""
     settings = settings or Settings()
     progress = progress or Progress()
     labels = [t.label for t in targets]
     if len(set(labels)) != len(labels):
         raise ConvtuneError("a model is named twice: give each model once")
+    for target in targets:  # what costs nothing first: the models this machine must know
+        check_model(services(target), target)
+    if judge is not None:
+        judge.check(progress.retry)
+    for target in targets:
+        check_target(services(target), target, data.prompts, settings, cache, progress.retry)
     examples = [
         ExampleResult(p.index, p.line, p.chat_messages(), p.reference) for p in data.prompts
     ]
@@ -101,6 +158,12 @@ def evaluate(
     for target in targets:
         service = services(target)
         progress.model(target, len(data.prompts))
+        loaded: list[float] = []
+
+        def on_load(seconds: float, target: Target = target, loaded: list = loaded) -> None:
+            loaded.append(seconds)
+            progress.load(target, seconds)
+
         answers = ask(
             service,
             target,
@@ -110,6 +173,8 @@ def evaluate(
             concurrency=concurrency,
             on_answer=lambda prompt, answer, target=target: progress.answer(target, prompt, answer),
             on_retry=progress.retry,
+            check=False,
+            on_load=on_load,
         )
         for example, prompt, answer in zip(examples, data.prompts, answers, strict=True):
             example.answers[target.label] = _graded(answer, prompt, graders)
@@ -119,7 +184,14 @@ def evaluate(
                 target.model, [p.record for p in data.prompts]
             )
         evaluated.append(
-            EvaluatedModel(target.label, target.backend, _cost(target, answers), loss, accuracy)
+            EvaluatedModel(
+                target.label,
+                target.backend,
+                _cost(target, answers),
+                loss,
+                accuracy,
+                load_seconds=loaded[0] if loaded else None,
+            )
         )
     return summarize(
         examples,
