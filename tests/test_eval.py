@@ -21,6 +21,7 @@ from convtune.errors import InputError, OptionError
 from convtune.evaluation.answers import Answer, AnswerCache, Settings, answer_key
 from convtune.evaluation.prompts import read_prompts
 from convtune.evaluation.targets import Target, parse_target
+from convtune.home import data_dir
 
 from .conftest import EXAMPLE, ROOT, SEED_SHEET
 from .fake_openai import FakeOpenAI
@@ -111,14 +112,17 @@ def test_plain_prompts_are_asked_as_their_text(tmp_path):
         [
             {"prompt": "Hello there", "completion": " Hi!"},
             {"prompt": "Summarize: the cat sat on the mat.\n\n###\n\n", "completion": " A cat sat."},
+            {"prompt": "Great product!\n\n###\n\n", "completion": " positive\n"},  # a "\n" stop
         ],
     )
     data = read_prompts(path)
     assert [p.messages for p in data.prompts] == [
         (("user", "Hello there"),),
         (("user", "Summarize: the cat sat on the mat."),),
+        (("user", "Great product!"),),
     ]
-    assert [p.reference for p in data.prompts] == ["Hi!", "A cat sat."]
+    # whitespace around a reference counts for nothing, as around an answer (both stripped)
+    assert [p.reference for p in data.prompts] == ["Hi!", "A cat sat.", "positive"]
 
 
 def test_a_preamble_above_the_dialogue_opens_the_first_user_message(tmp_path):
@@ -626,5 +630,11 @@ def test_record_never_writes_over_its_input(tmp_path, capsys):
     cache = tmp_path / "answers.jsonl"
     cache.write_text("", encoding="utf-8")
     assert main(["record", "m", "--data", str(valid), "-o", str(cache), "--cache", str(cache), "--force"]) == 1
+    assert "is the --cache file" in capsys.readouterr().err
+    # the default cache in the data folder too: replacing it would lose every answer paid for
+    default = data_dir() / "eval" / "answers.jsonl"
+    default.parent.mkdir(parents=True, exist_ok=True)
+    default.write_text("", encoding="utf-8")
+    assert main(["record", "m", "--data", str(valid), "-o", str(default), "--force"]) == 1
     assert "is the --cache file" in capsys.readouterr().err
     assert valid.read_bytes() == before

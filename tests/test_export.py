@@ -634,7 +634,8 @@ def test_force_reads_an_export_that_did_not_list_its_files(tiny, tmp_path, capsy
     (out / "model.gguf").write_bytes(b"GGUF old")
     (out / "config.json").write_text("{}")
     assert main(["export", MODEL_ID, "-o", str(out), "--force"]) == 1
-    assert f"{out} holds config.json, which" in one_line_error(capsys, started=False)
+    said = one_line_error(capsys, started=False)
+    assert f"{out} is an export by an earlier convtune" in said and "holds config.json" in said
     (out / "config.json").unlink()
     assert main(["export", MODEL_ID, "-o", str(out), "--force", "--quantize", "f16"]) == 0
     assert (out / "model.gguf").stat().st_size > 100

@@ -63,7 +63,7 @@ def _cache(path: Path | None, no_cache: bool, inputs: dict[str, Path | None]) ->
     """The answers cache; never one of the command's input files (`inputs`, by option)."""
     if no_cache:
         return AnswerCache(None)
-    path = path or data_dir() / "eval" / "answers.jsonl"
+    path = _cache_path(path)
     for option, given in inputs.items():
         if given is not None and _same_file(path, given):
             raise OptionError(
@@ -71,6 +71,11 @@ def _cache(path: Path | None, no_cache: bool, inputs: dict[str, Path | None]) ->
                 hint="give --cache a file of its own, or leave it out",
             )
     return AnswerCache(path)
+
+
+def _cache_path(given: Path | None) -> Path:
+    """--cache, or the default one in convtune's data folder."""
+    return given or data_dir() / "eval" / "answers.jsonl"
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -240,7 +245,9 @@ def eval_command(
     _report_unasked(prompts.path, prompts.unasked)
     failed = False
     for model in result.models:
-        failed |= _report_errors(model.model, model.errors, model.error_messages, len(prompts.prompts))
+        failed |= _report_errors(
+            model.model, model.errors, model.error_messages, len(prompts.prompts), "--json lists them"
+        )
     if failed:
         raise click.exceptions.Exit(1)
 
@@ -258,15 +265,19 @@ def _report_unasked(path: Path, lines: list[int]) -> None:
 SHOWN_REASONS = 5  # distinct reasons printed per model; the JSON and the report have them all
 
 
-def _report_errors(model: str, errors: int, reasons: list[tuple[str, int]], total: int) -> bool:
-    """One line on stderr per distinct reason a model failed for; True when it failed at all."""
+def _report_errors(
+    model: str, errors: int, reasons: list[tuple[str, int]], total: int, more: str = ""
+) -> bool:
+    """One line on stderr per distinct reason a model failed for; True when it failed at all.
+    `more`: where the reasons not shown are listed (eval's --json; record has no such place)."""
     if not errors:
         return False
     click.echo(f"convtune: {model}: {errors} of {_count(total, 'example')} failed:", err=True)
     for message, count in reasons[:SHOWN_REASONS]:
         click.echo(f"  {_count(count, 'example')}: {message}", err=True)
     if len(reasons) > SHOWN_REASONS:
-        click.echo(f"  and {len(reasons) - SHOWN_REASONS} other reasons (--json lists them)", err=True)
+        where = f" ({more})" if more else ""
+        click.echo(f"  and {len(reasons) - SHOWN_REASONS} other reasons{where}", err=True)
     return True
 
 
@@ -309,7 +320,8 @@ def record(
     The file passes `convtune check`, is the reference of `eval --reference`, and trains an open
     model on what this one said. Answers are cached as they arrive: a rerun asks only the rest.
     """
-    _check_output(output, force, ".jsonl", {"--data": data, "--cache": None if no_cache else cache})
+    cache_file = None if no_cache else _cache_path(cache)  # the default one too
+    _check_output(output, force, ".jsonl", {"--data": data, "--cache": cache_file})
     target = parse_target(model, backend=backend.name, base_url=backend.base_url)
     prompts = read_prompts(data, limit=limit, purpose="record")
     settings = Settings(temperature=temperature, max_tokens=max_tokens, seed=seed)

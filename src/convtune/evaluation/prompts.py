@@ -136,7 +136,7 @@ def _legacy(record: dict, actors: tuple[str, str]) -> tuple[tuple[tuple[str, str
     completion = record["completion"]
     if (stop := STOP_SEPARATOR.search(completion)) is not None:
         completion = completion[: stop.start()]
-    reference = completion[1:] if completion.startswith(" ") else completion
+    reference = completion.strip()  # its leading space, a "\n" stop: answers are stripped too
     prompt = record["prompt"]
     ending = f"{second}:"
     if prompt.endswith(ending):

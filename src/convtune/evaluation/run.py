@@ -40,9 +40,9 @@ class Progress:
     """Callbacks a front end gives to show the run: a model starts, an answer arrives."""
 
     model: Callable[[Target, int], None] = lambda target, total: None
-    load: Callable[[Target, float], None] = lambda target, seconds: None  # a local model loaded
     answer: Callable[[Target, Prompt, Answer], None] = lambda target, prompt, answer: None
     retry: Callable[[TransientError, float], None] | None = None
+    load: Callable[[Target, float], None] = lambda target, seconds: None  # a local model loaded
 
 
 def with_references(data: EvalData, golden: str | Path) -> EvalData:

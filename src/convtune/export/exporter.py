@@ -191,6 +191,12 @@ def _check_target(out: Path, force: bool) -> None:
             f"{out} exists and cannot be read through: {exc.strerror or exc}",
             hint="choose another folder or remove it yourself",
         ) from exc
+    if extra is not None and listed is UNLISTED_EXPORT:
+        raise OutputExistsError(
+            f"{out} is an export by an earlier convtune, which did not list its files, and holds"
+            f" {extra}: --force replaces only a folder it can tell holds nothing else",
+            hint="remove the folder yourself, or choose another folder",
+        )
     if extra is not None:
         raise OutputExistsError(
             f"{out} holds {extra}, which the earlier export did not write:"
@@ -210,7 +216,7 @@ def _export_files(folder: Path) -> set[str] | None:
     except (OSError, UnicodeDecodeError):
         return None
     if FILES_HEADING not in lines:
-        return set(UNLISTED_EXPORT)
+        return UNLISTED_EXPORT  # the frozenset itself: _check_target tells the two apart
     files = set()
     for line in lines[lines.index(FILES_HEADING) + 1 :]:
         if not line.startswith("  "):
