@@ -21,7 +21,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,7 +205,7 @@ def _check_target(out: Path, force: bool) -> None:
         )
 
 
-def _export_files(folder: Path) -> set[str] | None:
+def _export_files(folder: Path) -> Set[str] | None:
     """The files an earlier export in `folder` wrote, from its README.txt; None if the folder is
     not an export."""
     try:
@@ -225,7 +225,7 @@ def _export_files(folder: Path) -> set[str] | None:
     return files
 
 
-def _first_unlisted(folder: Path, listed: set[str]) -> str | None:
+def _first_unlisted(folder: Path, listed: Set[str]) -> str | None:
     """The first entry under `folder` (sorted, top down) that is neither a listed file nor a
     folder holding one; a folder is shown with a trailing "/"."""
     parents = {parent for name in listed for parent in _parents(name)}
