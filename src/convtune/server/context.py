@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,3 +42,14 @@ class Context:
         if self._chat_threads is None:
             self._chat_threads = anyio.CapacityLimiter(self.chat_slots)
         return self._chat_threads
+
+    @contextlib.asynccontextmanager
+    async def upload_folder(self) -> AsyncIterator[Path]:
+        """A fresh folder under `uploads` for one request's upload (`sweep_uploads` finds what a
+        killed server left there), removed afterwards in a thread: it may hold a large file."""
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="upload-", dir=self.uploads))
+        try:
+            yield folder
+        finally:
+            await anyio.to_thread.run_sync(shutil.rmtree, folder, True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,9 +32,7 @@ def router(ctx: Context) -> APIRouter:
 
     @api.post("/files", operation_id="createFile")
     async def create_file(request: Request) -> dict[str, Any]:
-        ctx.uploads.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="upload-", dir=ctx.uploads))
-        try:
+        async with ctx.upload_folder() as folder:
             upload = await receive_upload(request, folder, ctx.max_upload_bytes)
             for name in upload.fields:
                 if name not in FIELDS and name != "file":
@@ -59,8 +56,6 @@ def router(ctx: Context) -> APIRouter:
                 ctx.service.upload_file, upload.path, purpose, filename=upload.filename
             )
             return uploaded.to_dict()
-        finally:
-            await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
 
     @api.get("/files", operation_id="listFiles")
     async def list_files(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import tempfile
 import threading
 import zipfile
@@ -109,9 +108,7 @@ def router(ctx: Context, home: Path) -> APIRouter:
 
     @api.post("/convtune/prepare", operation_id="convtunePrepare")
     async def prepare_sheet(request: Request) -> dict[str, Any]:
-        ctx.uploads.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="upload-", dir=ctx.uploads))
-        try:
+        async with ctx.upload_folder() as folder:
             upload = await receive_upload(request, folder, ctx.max_upload_bytes)
             body = _prepare_body(upload.fields)
             if upload.path is None:
@@ -129,8 +126,6 @@ def router(ctx: Context, home: Path) -> APIRouter:
             else:
                 result.pop("written")
             return result
-        finally:
-            await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
 
     @api.post("/convtune/compare", operation_id="convtuneCompare")
     async def compare(body: CompareBody) -> dict[str, Any]:
