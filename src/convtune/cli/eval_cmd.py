@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..contract import FineTuningService
 from ..errors import OptionError, OutputExistsError, TransientError
-from ..evaluation.answers import AnswerCache, Settings, ask
+from ..evaluation.answers import AnswerCache, Settings, ask, default_cache_path
 from ..evaluation.golden import write_golden
 from ..evaluation.graders import DEFAULT_GRADERS, parse_graders
 from ..evaluation.prompts import read_prompts
@@ -75,7 +75,7 @@ def _cache(path: Path | None, no_cache: bool, inputs: dict[str, Path | None]) ->
 
 def _cache_path(given: Path | None) -> Path:
     """--cache, or the default one in convtune's data folder."""
-    return given or data_dir() / "eval" / "answers.jsonl"
+    return given or default_cache_path(data_dir())
 
 
 def _same_file(a: Path, b: Path) -> bool:

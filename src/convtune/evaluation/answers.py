@@ -80,6 +80,12 @@ class Answer:
     cached: bool = False  # read from the cache, not asked in this run
 
 
+def default_cache_path(home: Path) -> Path:
+    """The answers cache of a data folder: eval's and record's unless --cache, and the web
+    page's comparisons', so that what one asked the others never ask again."""
+    return home / "eval" / "answers.jsonl"
+
+
 class AnswerCache:
     """Answers by key, in a JSON Lines file that only ever grows (append, flush, fsync)."""
 

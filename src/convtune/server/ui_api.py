@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from ..dataset.check import check_file
 from ..dataset.examples import FORMATS, LAYOUTS, ExampleBuilder, ExampleOptions
 from ..dataset.findings import Findings
-from ..dataset.jsonl import dumps, read_lines
+from ..dataset.jsonl import AtomicWriter, dumps, read_lines
 from ..dataset.modelinfo import OPENAI_MODELS, default_model
 from ..dataset.pipeline import OVERLONG, PrepareOptions, prepare
 from ..dataset.split import split_stream
@@ -386,6 +386,7 @@ def _compare(ctx: Context, home: Path, body: CompareBody, filename: str) -> dict
         read_prompts,
         render_html,
     )
+    from ..evaluation.answers import default_cache_path
     from ..evaluation.graders import DEFAULT_GRADERS
 
     asked = {"models": body.models, "file": body.file, "limit": body.limit, "max": body.max_tokens}
@@ -414,7 +415,7 @@ def _compare(ctx: Context, home: Path, body: CompareBody, filename: str) -> dict
                 targets,
                 parse_graders(DEFAULT_GRADERS),
                 lambda target: ctx.service,
-                AnswerCache(home / "eval" / "answers.jsonl"),
+                AnswerCache(default_cache_path(home)),
                 settings=Settings(max_tokens=body.max_tokens),
                 concurrency=1,
             )
@@ -428,7 +429,10 @@ def _compare(ctx: Context, home: Path, body: CompareBody, filename: str) -> dict
             "summary": result.to_json(),
             "report": f"/v1/convtune/comparisons/{comparison_id}",
         }
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{comparison_id}.html").write_text(render_html(result), encoding="utf-8")
-        summary_path.write_text(json.dumps(summary), encoding="utf-8")  # last: the marker
+        # each file whole or not at all (a server killed mid-write leaves no half summary to
+        # read back), the summary last: it marks a comparison as done
+        with AtomicWriter(folder / f"{comparison_id}.html", force=True) as page:
+            page.write(render_html(result))
+        with AtomicWriter(summary_path, force=True) as out:
+            out.write(json.dumps(summary))
     return summary
