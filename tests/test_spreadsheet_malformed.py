@@ -9,19 +9,11 @@ from datetime import date, datetime, time
 
 import pytest
 
-from convtune import Findings, InputError, OptionError, SheetOptions, open_sheet
+from convtune import InputError, OptionError
+
+from .test_spreadsheet import read, texts
 
 openpyxl = pytest.importorskip("openpyxl")
-
-
-def read(path, **kw):
-    findings = Findings()
-    sheet = open_sheet(path, SheetOptions(**kw), findings)
-    return sheet, list(sheet.conversations), findings
-
-
-def texts(convs):
-    return [[(m.role, m.text) for m in c.messages] for c in convs]
 
 
 def codes(findings, level="error"):
