@@ -310,7 +310,7 @@ def test_nothing_listening_fails_fast_naming_the_address(tmp_path, capsys):
 
 
 def test_a_service_on_this_machine_needs_no_key_from_the_user(tmp_path, capsys, monkeypatch):
-    from convtune.cli.eval_cmd import NO_KEY
+    from convtune.openai_backend.openai_service import NO_KEY
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

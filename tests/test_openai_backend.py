@@ -313,7 +313,12 @@ def test_ownership_and_base_models_are_never_deleted(fake, train):
 def test_the_key_is_needed_and_never_shown(fake, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ConvtuneError, match="OPENAI_API_KEY or pass --api-key"):
-        OpenAIService(base_url=fake.url)
+        OpenAIService(base_url="https://api.openai.com/v1")
+    # a service on this machine may need no key (llama-server, vLLM): a placeholder is sent, and
+    # one that needs a key (as the fake does, and convtune serve) refuses it saying which to give
+    keyless = OpenAIService(base_url=fake.url, max_retries=0)
+    with pytest.raises(ConvtuneError, match=r"refused the API key \(401.*OPENAI_API_KEY"):
+        keyless.list_files()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment-123456")
     assert OpenAIService(base_url=fake.url).client.api_key == "sk-from-the-environment-123456"
     with pytest.raises(ConvtuneError, match="cannot be sent"):

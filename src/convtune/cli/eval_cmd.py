@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import click
 from rich.markup import escape
@@ -86,22 +84,13 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-NO_KEY = "convtune-no-key"  # what a service on this machine that checks no key is sent
-
-
 def _services(backend: Backend):
-    """One service per backend and address, made on first use. A service on this machine
-    (127.0.0.1, localhost) without a key given is sent a placeholder: one that needs none
-    answers, one that does (convtune serve) refuses it with a 401 that says which key to give."""
+    """One service per backend and address, made on first use (a service on this machine
+    needs no key from the user: `OpenAIService` sends a placeholder)."""
 
     @functools.cache
     def service(name: str, base_url: str | None) -> FineTuningService:
-        key = backend.api_key
-        url = base_url or os.environ.get("OPENAI_BASE_URL") or ""
-        local = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
-        if name == "openai" and local and not (key or os.environ.get("OPENAI_API_KEY", "").strip()):
-            key = NO_KEY
-        return service_for(Backend(name, base_url, key))
+        return service_for(Backend(name, base_url, backend.api_key))
 
     return lambda target: service(target.backend, target.base_url)
 

@@ -82,11 +82,15 @@ def wind_down_warning(today: date | None = None) -> str:
     )
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+NO_KEY = "convtune-no-key"  # sent, without a key given, to a service on this machine
+
+
 class OpenAIService(FineTuningService):
     """The `FineTuningService` of OpenAI and compatible services (convtune serve included).
 
-    The key comes from `api_key`, else `OPENAI_API_KEY`; the address from `base_url`, else
-    `OPENAI_BASE_URL`, else OpenAI's. `home` is convtune's data directory (where uploads and jobs
+    The key comes from `api_key`, else `OPENAI_API_KEY` (else, for a service on this machine
+    only, a placeholder); the address from `base_url`, else `OPENAI_BASE_URL`, else OpenAI's. `home` is convtune's data directory (where uploads and jobs
     are recorded); `max_retries` is the SDK's own retry count for 429, 5xx and dropped
     connections, before a `TransientError` reaches the caller.
     """
@@ -116,13 +120,6 @@ class OpenAIService(FineTuningService):
         import openai
 
         key = (api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")).strip()
-        if not key:
-            raise ConvtuneError("no API key for the openai backend", hint=KEY_HINT)
-        if not key.isascii() or not key.isprintable() or " " in key:
-            raise ConvtuneError(
-                "the API key has spaces or characters that cannot be sent in a header",
-                hint=KEY_HINT,
-            )
         self._key = key
         url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).strip().rstrip("/")
         parts = urlsplit(url)
@@ -131,11 +128,23 @@ class OpenAIService(FineTuningService):
                 f"the base URL {self._redact(url)!r} is not an http(s) address",
                 hint="for example http://127.0.0.1:8000/v1",
             )
+        on_this_machine = parts.hostname in LOOPBACK
+        if not key and on_this_machine:
+            # a service on this machine may check no key (llama-server, vLLM); one that does
+            # (convtune serve) refuses this one with a 401 that says which key to give
+            key = self._key = NO_KEY
+        if not key:
+            raise ConvtuneError("no API key for the openai backend", hint=KEY_HINT)
+        if not key.isascii() or not key.isprintable() or " " in key:
+            raise ConvtuneError(
+                "the API key has spaces or characters that cannot be sent in a header",
+                hint=KEY_HINT,
+            )
         self.base_url = url
         self.host = parts.hostname
         self.is_openai = self.host == OPENAI_HOST
         # loopback services (convtune serve) answer at once; OpenAI's rate limits want patience
-        self.poll_interval = 1.0 if self.host in ("127.0.0.1", "localhost", "::1") else 3.0
+        self.poll_interval = 1.0 if on_this_machine else 3.0
         self.processing_timeout = processing_timeout
         self._sleep = sleep
         options: dict[str, Any] = {"api_key": key, "base_url": url, "max_retries": max_retries}
