@@ -204,3 +204,28 @@ def test_a_split_that_leaves_one_side_empty(tmp_path, write, seed, outcome):
     else:
         assert code == 0 and written(out) == ["conversations.train.jsonl"]
         assert "no validation file written" in output
+
+
+def test_the_flags_defaults_are_the_librarys():
+    """One place says each default (the library's dataclasses); the CLI and the web page read
+    them there, so `convtune prepare` with no option is `prepare(path, out)`."""
+    from convtune import PrepareOptions
+    from convtune.cli.prepare_cmd import prepare as command
+    from convtune.server.ui_api import PrepareBody
+
+    defaults = {param.name: param.default for param in command.params}
+    options = PrepareOptions()
+    examples, sheet = options.examples, options.sheet
+    assert (defaults["fmt"], defaults["layout"], defaults["stop"]) == (
+        examples.format, examples.layout, examples.stop
+    )
+    assert defaults["context"] == str(examples.context)
+    assert (defaults["valid_ratio"], defaults["seed"], defaults["overlong"]) == (
+        options.valid_ratio, options.seed, options.overlong
+    )
+    assert (defaults["encoding"], defaults["separator"]) == (sheet.encoding, sheet.separator)
+    page = PrepareBody()
+    assert (page.format, page.context, page.layout, page.valid_ratio, page.overlong) == (
+        defaults["fmt"], int(defaults["context"]), defaults["layout"], defaults["valid_ratio"],
+        defaults["overlong"],
+    )  # fmt: skip

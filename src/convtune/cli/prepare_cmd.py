@@ -12,6 +12,11 @@ from ..dataset.spreadsheet import SheetOptions
 from . import render
 from .options import token_options
 
+# The defaults are the library's (its dataclasses'), as the web page's are: one place says them.
+_EXAMPLES = ExampleOptions()
+_PREPARE = pipeline.PrepareOptions()
+_SHEET = SheetOptions()
+
 
 def _context(value: str) -> int | None:
     if value.lower() == "all":
@@ -48,53 +53,53 @@ Examples:
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
-    default="chat",
+    default=_EXAMPLES.format,
     show_default=True,
     help="chat: OpenAI chat JSONL; prompt-completion: legacy GPT-3; sharegpt: Axolotl, LLaMA-Factory.",
 )
 @click.option(
     "--context",
-    default="5",
+    default="all" if _EXAMPLES.context is None else str(_EXAMPLES.context),
     show_default=True,
     help="Messages before each reply to include, or 'all'. 0 gives empty prompts ('voice' data).",
 )
 @click.option(
     "--layout",
     type=click.Choice(LAYOUTS),
-    default="turn",
+    default=_EXAMPLES.layout,
     show_default=True,
     help="turn: one example per reply; conversation: one per conversation, every reply trained.",
 )
 @click.option("--system", default=None, help="A system message for every chat/sharegpt example.")
 @click.option(
     "--stop/--no-stop",
-    default=True,
+    default=_EXAMPLES.stop,
     show_default=True,
     help="prompt-completion: end completions with '\\n<actor 1>: ' so the model learns to stop.",
 )
 @click.option(
     "--valid-ratio",
     type=float,
-    default=0.2,
+    default=_PREPARE.valid_ratio,
     show_default=True,
     help="Share of conversations for validation (0: no validation file).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@click.option("--seed", type=int, default=_PREPARE.seed, show_default=True, help="Seed of the split.")
 @click.option(
     "--delimiter", default=None, help="CSV delimiter (default: detected among ; , tab |)."
 )
 @click.option(
-    "--encoding", default="utf-8", show_default=True, help="Text encoding of a CSV, e.g. cp1252."
+    "--encoding", default=_SHEET.encoding, show_default=True, help="Text encoding of a CSV, e.g. cp1252."
 )
 @click.option("--sheet", default=None, help="Sheet of an .xlsx workbook (default: the first visible one).")
 @click.option(
-    "--separator", default="###", show_default=True, help="Row text between conversations."
+    "--separator", default=_SHEET.separator, show_default=True, help="Row text between conversations."
 )
 @token_options
 @click.option(
     "--overlong",
-    type=click.Choice(["drop", "truncate"]),
-    default="drop",
+    type=click.Choice(pipeline.OVERLONG),
+    default=_PREPARE.overlong,
     show_default=True,
     help="Examples over --max-tokens: drop them, or cut their oldest context. Always reported.",
 )
