@@ -1,7 +1,8 @@
 """Benchmark `convtune prepare --format prompt-completion` against a notebook baseline and the floor.
 
-For the SGD file (156k exchanges) and a synthetic file ten times larger (its conversations
-concatenated 10 times, one header, cached in bench/results/), runs each command as its own
+For an SGD file of 156k exchanges (by default tests/data's 200 SGD dialogues concatenated 84
+times, 16 MB; `--input` takes the real 16 MB file or any other) and a synthetic file ten times
+larger (its conversations concatenated 10 times, one header, cached in bench/results/), runs each command as its own
 subprocess and measures its wall time (perf_counter around the child), CPU time, and peak RSS
 of its whole process tree (see `run_once`: neither RUSAGE_CHILDREN, a running maximum over all
 children, nor a plain wait4 on a child of this process gives the command's own figure):
@@ -39,7 +40,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"  # git-ignored: the synthetic file and scratch outputs live here
-DEFAULT_INPUT = (ROOT / ".." / "shared" / "data" / "sgd_taskoriented_large.csv").resolve()
+# The real 16 MB SGD file (156k exchanges) is not in the repository: by default the benchmark
+# builds a file of the same size from the 200 dialogues of tests/data (x84: 157k exchanges).
+SMALL_INPUT = ROOT / "tests" / "data" / "sgd_taskoriented_small.csv"
+SMALL_SCALE = 84
 VENV_BIN = ROOT / ".venv" / "bin"
 MARK_START = "<!-- bench/prepare.py: start -->"
 MARK_END = "<!-- bench/prepare.py: end -->"
@@ -374,7 +378,12 @@ def write_section(path: Path, section: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="the real spreadsheet")
+    ap.add_argument(
+        "--input",
+        type=Path,
+        default=None,
+        help="the spreadsheet (default: tests/data's SGD dialogues x84, built in bench/results)",
+    )
     ap.add_argument("--scale", type=int, default=10, help="size of the synthetic file (x input)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per command; the best is kept")
     ap.add_argument(
@@ -388,7 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1 or args.scale < 2:
         ap.error("--repeat must be at least 1 and --scale at least 2")
 
-    src = args.input.resolve()
+    if args.input is None:
+        print(f"building the default input from {SMALL_INPUT} ...", file=sys.stderr, flush=True)
+        src = build_scaled(SMALL_INPUT, SMALL_SCALE)
+    else:
+        src = args.input.resolve()
     print(f"building the x{args.scale} file from {src} ...", file=sys.stderr, flush=True)
     big = build_scaled(src, args.scale)
     files = []

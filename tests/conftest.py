@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "tests" / "data"  # real public files the tests read (their sources: README.md)
 EXAMPLE = ROOT / "examples" / "conversations.csv"
 
 SEED_SHEET = """Human;AI
@@ -92,10 +92,10 @@ def write(tmp_path):
     return _write
 
 
-def shared(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"{path} is not here (shared/ sits beside the project in CI)")
+def data(name: str) -> Path:
+    """A file of tests/data: part of the repository, so a missing one is a failure, not a skip."""
+    path = DATA / name
+    assert path.is_file(), f"{path} is missing from the repository"
     return path
 
 

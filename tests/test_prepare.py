@@ -9,7 +9,7 @@ import pytest
 from convtune import ExampleOptions, InputError, OutputExistsError, PrepareOptions, prepare
 from convtune.dataset.split import split_stream
 
-from .conftest import EXAMPLE, SEED_SHEET, shared
+from .conftest import EXAMPLE, SEED_SHEET, data
 
 
 def lines(path):
@@ -138,7 +138,7 @@ def test_duplicates_are_reported_with_input_lines(tmp_path, write):
     ],
 )
 def test_real_files(tmp_path, name, actors, conversations, replies):
-    src = shared(name)
+    src = data(name)
     for fmt in ("chat", "prompt-completion", "sharegpt"):
         report = run(src, tmp_path / fmt, examples={"format": fmt})
         assert report.actors == actors
@@ -156,7 +156,7 @@ def test_real_file_prompt_completion_matches_the_floor(tmp_path):
 
     from .conftest import ROOT
 
-    src = shared("sgd_taskoriented_small.csv")
+    src = data("sgd_taskoriented_small.csv")
     run(src, tmp_path, valid_ratio=0, examples={"format": "prompt-completion"})
     floor = tmp_path / "floor.jsonl"
     subprocess.run(
@@ -170,7 +170,7 @@ def test_counting_process_gives_the_same_report(tmp_path, monkeypatch, fmt):
     """Large inputs count tokens in a child process; the figures must not change."""
     from convtune.dataset import pipeline
 
-    src = shared("sgd_taskoriented_small.csv")
+    src = data("sgd_taskoriented_small.csv")
     serial = run(
         src,
         tmp_path / "s",
@@ -194,7 +194,7 @@ def test_tokens_match_check_on_the_written_file(tmp_path):
     """prepare's per-message sums equal check's whole-example counts of the same file."""
     from convtune import check_file
 
-    src = shared("tm4_coffee_small.csv")
+    src = data("tm4_coffee_small.csv")
     for fmt in ("prompt-completion", "chat"):
         report = run(src, tmp_path / fmt, valid_ratio=0, examples={"format": fmt})
         checked = check_file(report.outputs[0])

@@ -229,3 +229,34 @@ def test_the_flags_defaults_are_the_librarys():
         defaults["fmt"], int(defaults["context"]), defaults["layout"], defaults["valid_ratio"],
         defaults["overlong"],
     )  # fmt: skip
+
+
+def test_multiline_cells_that_hold_and_end_with_the_delimiter_are_read_exactly(tmp_path):
+    """tests/data/multiline_cells.csv: valid CSV (RFC 4180) as pandas and Google Sheets write it,
+    with quoted cells that span lines, hold commas and end with one. Read cell for cell, with at
+    most a warning; never refused."""
+    from .conftest import data
+
+    result = convtune(
+        "prepare", data("multiline_cells.csv"), "-o", tmp_path, "--valid-ratio", "0",
+        "--layout", "conversation", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["conversations"] == 2 and report["examples"] == 2
+    assert not [f for f in report["findings"] if f["level"] == "error"]
+    warned = {f["code"]: f["lines"] for f in report["findings"] if f["level"] == "warning"}
+    assert warned["multiline_cell_with_delimiter"] == [2, 3, 8]  # line 5 has no later comma
+    lines = (tmp_path / "multiline_cells.train.jsonl").read_text(encoding="utf-8").splitlines()
+    first, second = (json.loads(line)["messages"] for line in lines)
+    assert first[0]["content"] == (
+        "Have you seen the new lighthouse documentary? The keeper's log is the best part.\n"
+        "Also, the storm scenes were filmed on the real island, with the real crew,"
+    )
+    assert first[3]["content"] == 'The last one, by far. The "quiet week" chapter, mostly.'
+    assert [m["content"] for m in second] == [
+        "Can you recommend a book, something calm,",
+        'Try "The Salt Road".\nIt is slow, gentle, and, in places, very funny,',
+        "Thanks, I'll look for it.",
+        "Enjoy it!",
+    ]

@@ -68,11 +68,53 @@ def test_stray_quote_that_closes_on_a_later_line_is_an_error(write):
     assert "lines 2-4" in findings.by_code["quote_merges_rows"].example
 
 
-def test_stray_quote_that_closes_cleanly_is_an_error(write):
-    # the stray quote before Hello runs on until the quote that opens the next row's cell
+def test_stray_quote_that_closes_cleanly_then_leaves_a_quote_in_an_unquoted_cell(write):
+    # the stray quote before Hello runs on until the quote that opens the next row's cell; that
+    # cell's closing quote is then inside an unquoted cell: malformed by the grammar
     text = 'Human;AI\n"Hello;reply\n";x";z\nok;fine\n'
     _, _, findings = read(write(text))
-    assert findings.by_code["quote_merges_rows"].lines == [2]
+    assert codes(findings) == {"quote_in_unquoted_cell": [3], "extra_columns": [2]}
+
+
+@pytest.mark.parametrize(
+    ("swallowed", "kind"),
+    [("###;###", "a separator row"), ("###", "a separator row"), (" ### ;", "a separator row"),
+     ("Human;AI", "the header row"), ("Human;AI;;", "the header row")],
+)
+def test_quoted_cell_that_swallows_a_row_of_the_file_names_both_lines(write, swallowed, kind):
+    # grammatical CSV, but the quote that opens on line 3 runs over line 5, plainly a row
+    text = f'Human;AI\nhi;yes\nHello;"stray\nq;r\n{swallowed}\nx;y"\nok;fine\n'
+    _, _, findings = read(write(text))
+    assert findings.by_code["quote_swallows_rows"].lines == [3]
+    example = findings.by_code["quote_swallows_rows"].example
+    assert f"the quote opens on line 3; line 5 is {kind}" in example
+
+
+def test_swallowed_row_in_a_crlf_file_with_a_bom_and_the_sep_line(write):
+    text = '\ufeffsep=,\r\nCustomer,Agent\r\nhi,"open\r\nCustomer,Agent\r\nok"\r\n'
+    _, _, findings = read(write(text))
+    assert "line 4 is the header row" in findings.by_code["quote_swallows_rows"].example
+
+
+def test_multiline_cells_that_hold_and_end_with_the_delimiter_are_read_cell_for_cell(write):
+    # RFC 4180: both cells are quoted, span two lines, hold commas, and the first ends with one
+    text = (
+        "Human,AI\n"
+        '"It\'s a team effort.\nOh, and she has wit,","Yeah, true. :) Her accent is her power!\n'
+        'Anyways, I gotta go!"\n'
+        "###,###\n"
+        "hi,there\n"
+    )
+    _, convs, findings = read(write(text))
+    assert texts(convs) == [
+        [
+            ("user", "It's a team effort.\nOh, and she has wit,"),
+            ("assistant", "Yeah, true. :) Her accent is her power!\nAnyways, I gotta go!"),
+        ],
+        [("user", "hi"), ("assistant", "there")],
+    ]
+    assert not findings.errors
+    assert findings.by_code["multiline_cell_with_delimiter"].lines == [2, 3]
 
 
 def test_lost_opening_quote_is_an_error(write):
@@ -110,10 +152,12 @@ def test_excel_multiline_cells_keep_working(write):
     assert not findings.errors and not findings.warnings
 
 
-def test_lone_cr_inside_a_quoted_cell_is_an_error(write):
-    # it can turn a quoted "\n###" separator cell into a message; no spreadsheet writes it
-    _, _, findings = read(write('Human;AI\nhi;yes\n;"two\nlines and a\rstray"\n'))
-    assert codes(findings) == {"cr_in_cell": [4]}
+def test_lone_cr_inside_a_quoted_cell_is_a_line_break_with_a_warning(write):
+    # valid CSV (the grammar allows any character inside quotes): read as Excel shows it
+    _, convs, findings = read(write('Human;AI\nhi;yes\n;"two\nlines and a\rstray"\nq;r\n'))
+    assert not findings.errors
+    assert codes(findings, "warning")["cr_in_cell"] == [4]
+    assert convs[0].messages[2].text == "two\nlines and a\nstray"
 
 
 def test_multiline_cell_with_the_delimiter_on_a_later_line_warns(write):

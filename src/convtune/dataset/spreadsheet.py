@@ -78,7 +78,7 @@ def open_sheet(path: str | Path, options: SheetOptions, findings: Findings) -> S
         source = open_xlsx(path, options.sheet, findings)
         rows, size, position, delimiter = source.rows, source.size, source.position, None
     else:
-        csv_source = open_csv(path, options.encoding, options.delimiter, findings)
+        csv_source = open_csv(path, options.encoding, options.delimiter, findings, separator)
         rows, size, position = csv_source.rows, csv_source.size, csv_source.position
         delimiter = csv_source.delimiter
     actors, width = _read_header(path, rows, separator, findings)
