@@ -8,7 +8,9 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from convtune.home import data_dir
 
 from .conftest import EXAMPLE, ROOT, SEED_SHEET
 from .fake_openai import FakeOpenAI
-from .servers import serve
+from .servers import serve, wait_for
 from .tiny_models import make_tiny_model
 
 CONVTUNE = str(ROOT / ".venv" / "bin" / "convtune")
@@ -483,7 +485,9 @@ def test_remote_faults_are_retried_and_answers_are_never_asked_twice(tmp_path, c
 
 
 def test_a_killed_eval_resumes_from_its_cache(tmp_path):
-    """The real command, killed while answers arrive, then run again: no prompt is asked twice."""
+    """The real command, killed while answers arrive, then run again: no prompt is asked twice
+    but those in flight when it died. The fake answers three prompts and holds the next one
+    until the process is dead, so the kill lands at a known point, whatever the machine's speed."""
     valid = _jsonl(
         tmp_path / "v.jsonl",
         [
@@ -492,29 +496,48 @@ def test_a_killed_eval_resumes_from_its_cache(tmp_path):
         ],
     )
     cache = tmp_path / "answers.jsonl"
+    answered: list[str] = []
+    held: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def answer(messages: list[dict]) -> str:  # the fake's handler threads call it
+        question = messages[-1]["content"]
+        if len(answered) >= 3 and not release.is_set():
+            held.append(question)
+            holding.set()
+            release.wait(timeout=120)
+        answered.append(question)
+        return "echo " + question
+
+    def three_cached() -> bool:
+        text = cache.read_text() if cache.exists() else ""
+        return holding.is_set() and text.endswith("\n") and len(text.splitlines()) == 3
+
     with FakeOpenAI() as fake:
-        fake.answer = lambda messages: "echo " + messages[-1]["content"]
-        fake.chat_delay = 0.3
+        fake.answer = answer
         args = [CONVTUNE, "eval", f"{MODEL}@{fake.url}", "--data", str(valid), "--cache", str(cache)]
         args += ["--concurrency", "2", "--json"]
         env = dict(os.environ, OPENAI_API_KEY=fake.key)
         run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (
-            not cache.exists() or len(cache.read_text().splitlines()) < 3
-        ):
-            time.sleep(0.05)
-        run.send_signal(signal.SIGKILL)
-        run.wait(timeout=30)
-        kept = len(cache.read_text().splitlines())
-        assert 3 <= kept < 12
-        fake.chat_delay = 0.0
+        try:
+            wait_for(three_cached, timeout=60, every=0.05)
+        finally:
+            run.send_signal(signal.SIGKILL)
+            run.wait(timeout=30)
+            before_kill = list(answered)
+            release.set()
+        assert len(before_kill) == 3 and held
+        kept = [json.loads(line)["answer"]["text"] for line in cache.read_text().splitlines()]
+        assert sorted(kept) == sorted("echo " + q for q in before_kill)
+
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         asked = [r for r in fake.requests if r["path"].endswith("/chat/completions")]
-        questions = [r["json"]["messages"][-1]["content"] for r in asked]
-        # each prompt asked once, but for the ones in flight when the process died
-        assert len(set(questions)) == 12 and len(questions) <= 12 + 2
+        times = Counter(r["json"]["messages"][-1]["content"] for r in asked)
+        assert sorted(times) == sorted(f"q{i}" for i in range(12))
+        again = {q for q, n in times.items() if n > 1}  # asked by the killed run, unanswered
+        assert set(held) <= again and len(again) <= 2 and max(times.values()) == 2
+        assert not again & set(before_kill)  # what was answered came from the cache
         assert json.loads(done.stdout)["models"][0]["errors"] == 0
 
 

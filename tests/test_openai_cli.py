@@ -21,6 +21,7 @@ import time
 import pytest
 
 from convtune.cli.main import main
+from convtune.cli.tables import when
 from convtune.contract import JobRequest
 from convtune.openai_backend import OpenAIService
 
@@ -175,12 +176,16 @@ def test_train_follow_chat_results_through_the_cli(fake, files, tmp_path, cli, i
     kept = [p for p in isolated_home.rglob("*") if p.is_file()]
     assert kept and not any(fake.key.encode() in p.read_bytes() for p in kept)
 
-    # a second run reuses the uploads, and says so; --no-reuse sends them again
-    time.sleep(2.1)
+    # a second run reuses the uploads, and says so and when; --no-reuse sends them again. The
+    # service's record of the upload says an hour ago, so that "earlier" needs no waiting
     uploads = len(fake.files)
+    [earlier] = [f for f in fake.files.values() if f["filename"] == files["train"].name]
+    earlier["created_at"] -= 3600
     reused = convtune(fake, "train", files["train"], "--base-url", url, "--model", MODEL, "--detach")
     assert reused.returncode == 0, reused.stderr
-    assert "(reused: uploaded" in reused.stdout and len(fake.files) == uploads
+    assert f"Training file support.train.jsonl: {earlier['id']} (reused: uploaded" in reused.stdout
+    assert f"uploaded {when(earlier['created_at'])}; --no-reuse sends it again)" in reused.stdout
+    assert len(fake.files) == uploads
     fresh = convtune(
         fake, "train", files["train"], "--base-url", url, "--model", MODEL, "--detach", "--no-reuse"
     )

@@ -7,6 +7,8 @@ are the service's business; the only state of the server's own is the stored cha
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,13 @@ def create_app(
     chat_slots: int = 4,
     home: Path | None = None,
     rate_limit: Rate | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """The ASGI app. `keys` are the accepted bearer keys (at least one); `home` is where the
     server keeps uploads in progress and stored completions (default: the service's home);
-    `rate_limit` caps each key's requests (429 past it), none by default."""
+    `rate_limit` caps each key's requests (429 past it), none by default. `clock` is the rate
+    limiter's, in seconds: tests pass one of their own, so that a bucket refills without
+    anybody waiting."""
     home = Path(home or service.home)
     ctx = Context(
         service=service,
@@ -57,6 +62,6 @@ def create_app(
     app.include_router(ui_api.router(ctx, home), prefix=PREFIX)  # what the web page needs
     app.include_router(ui_static.router())  # the web page at /, its files without a key
     if rate_limit is not None:  # added first, so inside the key check: only known keys count
-        app.add_middleware(RateLimit, limiter=Limiter(rate_limit))
+        app.add_middleware(RateLimit, limiter=Limiter(rate_limit, clock))
     app.add_middleware(BearerAuth, keys=KeyRing(keys), public=ui_static.is_public)
     return app
