@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -88,7 +87,6 @@ def cli(capsys):
 
 
 def test_train_detach_follow_chat_delete(tiny, data, isolated_home, cli):
-    started = time.monotonic()
     result = convtune(
         "train",
         data["train"],
@@ -105,7 +103,7 @@ def test_train_detach_follow_chat_delete(tiny, data, isolated_home, cli):
         "--detach",
     )
     assert result.returncode == 0, result.stderr
-    assert time.monotonic() - started < 30  # --detach returns at once, the job runs on
+    assert "Step " not in result.stdout  # --detach returns at once, the job runs on
     job_id = job_id_from(result.stdout)
     followed = convtune("follow", job_id)
     assert followed.returncode == 0, followed.stdout + followed.stderr
