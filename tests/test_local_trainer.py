@@ -386,3 +386,36 @@ def test_the_gpu_loss_and_token_budget_train_as_the_cpu_defaults(tiny):
         assert other_losses == pytest.approx(losses, rel=1e-4), name
         for key, weight in weights.items():
             assert torch.allclose(other_weights[key], weight, atol=1e-5), (name, key)
+
+
+def test_shared_prefixes_train_each_reply_on_the_same_context(tiny, tmp_path):
+    """The turn layout's examples of one conversation start one another: merged into one row,
+    every reply keeps its loss exactly (causal attention), with fewer tokens; a repeated
+    example is not merged (it keeps its weight) and a step still takes about batch_size
+    examples."""
+    from convtune import PrepareOptions, prepare
+    from convtune.local.training.batching import Examples, share_prefixes
+    from convtune.local.training.loop import _Context, _evaluate
+    from convtune.local.training.runtime import Distributed
+
+    report = prepare(EXAMPLE, tmp_path / "data", PrepareOptions(force=True, valid_ratio=0))
+    model, tokenizer = load(tiny)
+    examples, _ = tokenize_file(report.outputs[0], tokenizer, max_length=1024)
+    rows, counts = share_prefixes(examples)
+    assert sum(counts) == len(examples) and len(rows) < len(examples) * 0.6
+    assert sum(len(r.input_ids) for r in rows) < 0.7 * sum(len(e.input_ids) for e in examples)
+    trained = sum(sum(1 for x in e.labels if x != -100) for e in examples)
+    assert sum(sum(1 for x in r.labels if x != -100) for r in rows) == trained
+
+    config = TrainConfig(**FAST)
+    ctx = _Context.make(model, config, Distributed.start(), torch.device("cpu"), None, training=False)
+    merged, plain = Examples(examples), Examples(examples, share=False)
+    assert merged.examples == plain.examples == len(examples) and len(merged) == len(rows)
+    loss_merged, accuracy_merged = _evaluate(model, merged, merged.all(), ctx)
+    loss_plain, accuracy_plain = _evaluate(model, plain, plain.all(), ctx)
+    assert loss_merged == pytest.approx(loss_plain, rel=1e-5)
+    assert accuracy_merged == pytest.approx(accuracy_plain, rel=1e-9)
+    assert merged.rows_per_step(4) == round(4 * len(rows) / len(examples))
+
+    twice, twice_counts = share_prefixes([examples[0], examples[0]])
+    assert twice_counts == [1, 1] and len(twice) == 2

@@ -209,13 +209,13 @@ class JobRun:
             if self.rank == 0:
                 checkpoint(step, epoch, save, f"epoch {epoch}")
 
-        def on_stop(step: int, save) -> None:
+        def on_stop(step: int, epoch: int, save) -> None:
             """A pause keeps its place: a checkpoint at this step (unless one is there)."""
             if not self.pausing():
                 return
             if any(c.step_number == step for c, _, _ in self.store.list_checkpoints(self.job_id)):
                 return
-            checkpoint(step, step // max(1, -(-n // batch_size)), save, "paused")
+            checkpoint(step, epoch, save, "paused")
 
         result = train(
             model,

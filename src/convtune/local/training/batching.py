@@ -9,6 +9,14 @@ balanced by tokens (`rank_share`); a share longer than the token budget of one f
 (a few thousand tokens on a CPU, tens of thousands on a GPU:
 `runtime.default_micro_batch_tokens`) is split into micro-batches whose gradients accumulate
 (`micro_batches`).
+
+Shared prefixes: in the `turn` layout a conversation gives one example per reply, and the
+example of an early reply is often the start of the next one's (the same tokens, the reply there
+with weight 0). Training on the longer example with both replies weighted computes exactly the
+same losses (attention is causal: each reply sees the same context), so `share_prefixes` merges
+such examples into one row. On the bundled example (context 5) it trains 7,522 tokens an epoch
+instead of 13,089, with every reply's loss unchanged. A step still takes about `batch_size`
+examples: its rows are scaled by how many examples each holds (`rows_per_step`).
 """
 
 from __future__ import annotations
@@ -19,14 +27,54 @@ from ..loss_masks import IGNORE, TokenizedExample
 from .attention import SEGMENTS, PackedRow
 
 
+def share_prefixes(examples: list[TokenizedExample]) -> tuple[list[TokenizedExample], list[int]]:
+    """Rows where an example whose tokens start the next example is merged into it, and how many
+    examples each row holds.
+
+    Only consecutive examples are compared (convtune writes a conversation's examples one after
+    the other), and only where no position is trained in both (a repeated example keeps its
+    weight: it stays two rows). The merged row trains the union of their trained positions.
+    """
+    rows: list[TokenizedExample] = []
+    counts: list[int] = []
+    for e in examples:
+        if rows and _starts(rows[-1], e):
+            last = rows[-1]
+            labels = list(e.labels)
+            labels[: len(last.labels)] = [
+                a if a != IGNORE else b for a, b in zip(last.labels, labels, strict=False)
+            ]
+            rows[-1] = TokenizedExample(e.input_ids, labels)
+            counts[-1] += 1
+        else:
+            rows.append(e)
+            counts.append(1)
+    return rows, counts
+
+
+def _starts(first: TokenizedExample, then: TokenizedExample) -> bool:
+    """Whether `first` is the beginning of `then`, with no position trained in both."""
+    n = len(first.input_ids)
+    if n > len(then.input_ids) or then.input_ids[:n] != first.input_ids:
+        return False
+    return all(a == IGNORE or b == IGNORE for a, b in zip(first.labels, then.labels[:n], strict=True))
+
+
 class Examples:
     """Examples as tensors, with what batching needs: lengths and loss tokens.
 
     A position has a loss when the next token of its example has a label; its target is that
-    label. The last position of each example has none (it has no next token).
+    label. The last position of each example has none (it has no next token). With `share`,
+    examples that start the next one are merged into it (`share_prefixes`): `examples` stays
+    the number of examples, `len()` is the number of rows.
     """
 
-    def __init__(self, examples: list[TokenizedExample]) -> None:
+    def __init__(self, examples: list[TokenizedExample], *, share: bool = True) -> None:
+        self.examples = len(examples)
+        if share:
+            examples, self.counts = share_prefixes(examples)
+        else:
+            self.counts = [1] * len(examples)
         self.ids = [torch.tensor(e.input_ids, dtype=torch.long) for e in examples]
         self.targets = []
         for e in examples:
@@ -40,6 +88,15 @@ class Examples:
 
     def all(self) -> list[int]:
         return list(range(len(self.ids)))
+
+    def rows_per_step(self, batch_size: int) -> int:
+        """The rows of a step of `batch_size` examples: fewer where rows hold several."""
+        return max(1, round(batch_size * len(self.ids) / max(1, self.examples)))
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of one pass over the rows."""
+        return sum(self.lengths)
 
     def batch(self, step: int, steps_per_epoch: int, batch_size: int, seed: int) -> list[int]:
         """The examples of a step: a permutation of the set per epoch, fixed by (seed, epoch)."""

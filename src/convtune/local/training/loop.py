@@ -62,7 +62,7 @@ def train(
     on_epoch_end: Callable[..., None] = lambda epoch, step: None,
     should_stop: Callable[[], bool] = lambda: False,
     resume: Path | None = None,
-    on_stop: Callable[[int, Callable[[Path], Path]], None] | None = None,
+    on_stop: Callable[[int, int, Callable[[Path], Path]], None] | None = None,
 ) -> TrainResult:
     """Fine-tune `model` on `train`; metrics after every step, validation now and then.
 
@@ -70,8 +70,9 @@ def train(
     callback with a third parameter gets ``save(folder)``, which writes a checkpoint there.
     `resume` is a checkpoint folder: the run continues from it exactly. Under torchrun only rank
     0 calls `on_metrics` and `on_epoch_end`; `should_stop` is asked on every rank and any rank
-    stopping stops all of them after the current step; then rank 0 calls ``on_stop(step, save)``
-    (a pause keeps its place in a checkpoint there).
+    stopping stops all of them after the current step; then rank 0 calls
+    ``on_stop(step, epoch, save)``, `epoch` being the whole epochs done by then (a pause keeps
+    its place in a checkpoint there).
     """
     if not train:
         raise ConvtuneError("no training examples")
@@ -155,7 +156,8 @@ class TrainingLoop:
         device = ctx.device
         self.train_set = Examples(train)
         self.valid_set = Examples(valid) if valid else None
-        self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        self.rows_per_step = self.train_set.rows_per_step(config.batch_size)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / self.rows_per_step)
         self.total_steps = config.max_steps or config.n_epochs * self.steps_per_epoch
         self.eval_every = config.eval_every or max(1, round(self.total_steps / 10))
         self.params = [p for _, p in model.named_parameters() if p.requires_grad]
@@ -181,7 +183,7 @@ class TrainingLoop:
         self.model.train()
         while step < self.total_steps:
             started = time.perf_counter()
-            batch = self.train_set.batch(step, self.steps_per_epoch, config.batch_size, config.seed)
+            batch = self.train_set.batch(step, self.steps_per_epoch, self.rows_per_step, config.seed)
             lr = config.learning_rate * (1 - step / self.total_steps)  # linear decay, no warm-up
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -221,7 +223,7 @@ class TrainingLoop:
             if step < self.total_steps and dist.sum([1.0 if should_stop() else 0.0])[0]:
                 stopped = True
                 if on_stop is not None and dist.rank == 0:
-                    on_stop(step, self._saver(step))
+                    on_stop(step, step // self.steps_per_epoch, self._saver(step))
                 break
         return TrainResult(
             model=self.model,
@@ -266,7 +268,7 @@ class TrainingLoop:
         """What a checkpoint must match to be resumed by this run."""
         c = self.config
         return {
-            "examples": len(self.train_set),
+            "examples": self.train_set.examples,
             "batch_size": c.batch_size,
             "seed": c.seed,
             "lora": c.lora,
@@ -294,7 +296,7 @@ class TrainingLoop:
     def _valid_batch(self) -> list[int]:
         """The next batch of validation examples, in turn (OpenAI's step-wise validation loss)."""
         n = len(self.valid_set)
-        size = min(n, self.config.batch_size)
+        size = min(n, self.valid_set.rows_per_step(self.config.batch_size))
         chosen = [(self.valid_cursor + k) % n for k in range(size)]
         self.valid_cursor = (self.valid_cursor + size) % n
         return chosen
