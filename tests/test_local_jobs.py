@@ -97,7 +97,7 @@ def test_train_detach_follow_chat_delete(tiny, data, isolated_home, cli):
         "--n-epochs",
         "2",
         "--batch-size",
-        "8",  # 13 steps an epoch: the job ends in seconds
+        "8",  # about 12 steps an epoch: the job ends in seconds
         "--suffix",
         "nimbus",
         "--detach",
@@ -205,7 +205,7 @@ def test_ctrl_c_detaches_and_the_job_goes_on(tiny, data, isolated_home):
         JobRequest(
             model=str(tiny),
             training_file=service.upload_file(data["train"]).id,
-            options=TrainOptions(n_epochs=3, batch_size=4),  # 78 steps: seconds after Ctrl-C
+            options=TrainOptions(n_epochs=3, batch_size=4),  # ~70 steps: seconds after Ctrl-C
         )
     )
     follower = popen_ctrl_c([CONVTUNE, "follow", job.id], stdout=subprocess.PIPE, text=True)
@@ -228,8 +228,9 @@ def test_ctrl_c_detaches_and_the_job_goes_on(tiny, data, isolated_home):
     assert service.get_job(job.id).status in ("running", "succeeded")
     done = wait_for(lambda: (j := service.get_job(job.id)).done and j, timeout=300)
     assert done.status == "succeeded", done.error
-    steps = [e.data["step"] for e in service.list_events(job.id, limit=500) if e.type == "metrics"]
-    assert max(steps) == 78  # trained to the end with no one following
+    metrics = [e.data for e in service.list_events(job.id, limit=500) if e.type == "metrics"]
+    [total] = {m["total_steps"] for m in metrics}
+    assert total > 40 and max(m["step"] for m in metrics) == total  # to the end, unfollowed
 
 
 def test_legacy_data_trains_and_chat_speaks_its_protocol(tiny, data, isolated_home):

@@ -115,7 +115,7 @@ def test_pause_keeps_its_place_and_resume_finishes(tiny, data):  # noqa: F811
 def test_recover_restarts_queued_and_resumes_running_jobs(tiny, data):  # noqa: F811
     service = LocalService(max_running=1)
     training_file = service.upload_file(data["train"]).id
-    running = service.create_job(  # 13 steps an epoch: killed with three epochs to go
+    running = service.create_job(  # about 12 steps an epoch: killed with three epochs to go
         JobRequest(
             model=str(tiny),
             training_file=training_file,

@@ -90,6 +90,9 @@ def summary(job: Job, service: FineTuningService | None = None) -> None:
     out = render.out
     args = again(service) if service is not None else ""
     if job.status == "succeeded":
+        verdict = learning_verdict(service, job.id) if service is not None else None
+        if verdict is not None:
+            out.print(f"\n{verdict_line(verdict)}", highlight=False)
         out.print(f"\n[green]Fine-tuned model:[/] [bold]{job.fine_tuned_model}[/]")
         out.print(f"Chat with it:     convtune chat {job.fine_tuned_model}{args}")
         if job.result_files:
@@ -118,3 +121,29 @@ def follow_to_end(service: FineTuningService, job_id: str) -> None:
         summary(finished, service)
         if finished.status not in ("succeeded", "paused"):
             raise click.exceptions.Exit(1)
+
+
+def learning_verdict(service: FineTuningService, job_id: str) -> dict | None:
+    """The job's "Did it learn?" verdict (an event's `data`), if it has one: a local job with a
+    validation file ends with it; other services' jobs have none."""
+    for event in service.list_events(job_id, limit=20):
+        found = event.data.get("verdict") if isinstance(event.data, dict) else None
+        if isinstance(found, dict) and found.get("graders"):
+            return found
+    return None
+
+
+def verdict_line(verdict: dict) -> str:
+    """'Did it learn? better: fuzzy_match +0.21 [+0.15, +0.27], rouge_l ... (17 prompts)',
+    coloured by the first grader's word."""
+    parts = []
+    for g in verdict["graders"]:
+        d = g["difference"]
+        parts.append(f"{g['grader']} {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]")
+    word = verdict["graders"][0]["verdict"]
+    colour = {"better": "green", "worse": "red"}.get(word, "yellow")
+    prompts = verdict["prompts"]
+    return (
+        f"[bold]Did it learn?[/] [{colour}]{word}[/] than {escape(verdict['base_model'])}:"
+        f" {', '.join(parts)} ({prompts} validation prompt{'s' if prompts != 1 else ''})"
+    )

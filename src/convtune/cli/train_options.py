@@ -54,8 +54,9 @@ def train_options(f: Callable) -> Callable:
     """Add one click option per `TrainOptions` field (in declaration order in --help)."""
     for name, spec in reversed(specs().items()):
         value = default(name)
-        if spec.kind is bool:
-            f = click.option(flag(name), name, is_flag=True, default=value, help=spec.help)(f)
+        if spec.kind is bool:  # on by default: --no-NAME turns it off
+            names = f"{flag(name)}/--no-{flag(name)[2:]}" if value else flag(name)
+            f = click.option(names, name, is_flag=True, default=value, help=spec.help)(f)
             continue
         f = click.option(
             flag(name),

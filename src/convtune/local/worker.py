@@ -23,6 +23,7 @@ from ..home import data_dir
 from ..objects import JobError
 from ..results_csv import write_results
 from ..training_options import TrainOptions
+from .answer_check import AnswerCheck
 from .process import process_alive
 from .store import Store, database_path, now
 
@@ -153,6 +154,8 @@ class JobRun:
         options = self.options
         ref = resolve_base_model(self.runtime.get("model_source") or self.job.model)
         model, tokenizer, _ = load_base_model(ref)
+        fmt, actors = format_and_actors(train_path)
+        check = AnswerCheck.start(self, valid_path, model, tokenizer, fmt, actors)
         max_length = options.max_length
         train_examples, train_stats = tokenize_file(train_path, tokenizer, max_length=max_length)
         valid_examples = None
@@ -169,6 +172,9 @@ class JobRun:
         n_epochs, batch_size = config.n_epochs, config.batch_size
         if self.rank == 0:
             self.store.update_job(self.job_id, hyperparameters=config.hyperparameters())
+        chosen = config.auto_choices(options, n)
+        if chosen and not self.resume:
+            self.event("auto chose " + "; ".join(chosen), data={"auto": config.hyperparameters()})
         resume_from = None
         checkpoints = self.store.list_checkpoints(self.job_id)
         if self.resume and checkpoints:
@@ -205,9 +211,11 @@ class JobRun:
             self.store.add_checkpoint(self.job_id, step, epoch, metrics, name, folder)
             self.event(f"Checkpoint created at step {step} ({why})")
 
-        def on_epoch_end(epoch: int, step: int, save) -> None:
+        def on_epoch_end(epoch: int, step: int, save, answering) -> None:
             if self.rank == 0:
                 checkpoint(step, epoch, save, f"epoch {epoch}")
+            if check is not None:
+                check.probe(epoch, step, n_epochs, answering)
 
         def on_stop(step: int, epoch: int, save) -> None:
             """A pause keeps its place: a checkpoint at this step (unless one is there)."""
@@ -233,6 +241,8 @@ class JobRun:
             raise Stop()
         if self.rank != 0:
             return
+        if check is not None:
+            check.finish(result.model, keep_last=options.keep_last, verdict=options.learning_check)
         model_id = self.model_id()
         target = self.home / "models" / model_id.replace(":", "_")
         merge_and_save(
@@ -241,7 +251,6 @@ class JobRun:
             target / "merged",
             adapter_folder=target / "adapter",
         )
-        fmt, actors = format_and_actors(train_path)
         self.store.add_model(
             model_id, self.base_name, self.job_id, target / "merged", target / "adapter", fmt, actors
         )

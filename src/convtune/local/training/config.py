@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ...dataset.modelinfo import default_epochs
 from ...errors import OptionError
 from ...training_options import AUTO, TrainOptions, default, specs
 from .attention import ATTENTION_CHOICES
@@ -23,12 +22,30 @@ from .losses import CROSS_ENTROPY
 
 BASE_LEARNING_RATE = {True: 2e-4, False: 2e-5}  # LoRA, full fine-tune (x the multiplier)
 # options that shape the job rather than the loop: the worker reads them (tokenizing, processes)
-WORKER_OPTIONS = ("max_length", "nproc_per_node")
+WORKER_OPTIONS = ("max_length", "nproc_per_node", "keep_last", "learning_check")
+
+# What "auto" resolves to, measured by bench/quality.py (BENCHMARKS.md, "What the fine-tune
+# answers"): on SmolLM2-135M, OpenAI's own rule (3 epochs at the base rate, batch 1 for 100
+# examples) leaves the answers where the base model's were; about 600 examples' worth of passes
+# at 5x the LoRA base rate teaches the training data's facts and wording (the bundled example,
+# and a fact set: each fact stated 3 times, asked a 4th way).
+AUTO_PASSES = 600  # examples trained per run: 6 epochs of 100 examples
+AUTO_EPOCHS = (3, 8)  # fewest and most epochs auto gives
+AUTO_MULTIPLIER = 5.0  # x the LoRA base rate: 1e-3
+AUTO_STEP_EXAMPLES = 25  # examples per step in auto: 1 per 25 examples, from 2 to 8
+
+
+def auto_epochs(n_examples: int) -> int:
+    """About `AUTO_PASSES` examples' worth of passes: 6 epochs of 100 examples, 3 of 200 or more,
+    8 for fewer than 80 (a small model learns a small set's facts in several passes)."""
+    low, high = AUTO_EPOCHS
+    return min(high, max(low, round(AUTO_PASSES / max(1, n_examples))))
 
 
 def auto_batch_size(n_examples: int) -> int:
-    """OpenAI scales the batch with the data (about 0.2% of it); on a CPU, 8 is the most useful."""
-    return max(1, min(8, round(n_examples * 0.002) or 1, n_examples))
+    """One example per step for every 25 examples, from 2 to 8 (never more than the examples):
+    enough steps for a small set to learn from, few enough that a step is worth its overhead."""
+    return max(1, min(n_examples, 8, max(2, round(n_examples / AUTO_STEP_EXAMPLES))))
 
 
 def _option(name: str, value: Any = None) -> Any:
@@ -147,17 +164,19 @@ class TrainConfig:
     def from_options(
         cls, options: TrainOptions, examples: int, *, seed: int = 0, **trainer: Any
     ) -> TrainConfig:
-        """The run `options` ask for on `examples` training examples: OpenAI's "auto" resolved
-        as OpenAI resolves it (epochs by dataset size, the base learning rate x 1) and a batch
-        that suits a CPU. `trainer` sets the trainer-only fields."""
+        """The run `options` ask for on `examples` training examples, "auto" resolved by the
+        rules above (`auto_epochs`, `auto_batch_size`, `AUTO_MULTIPLIER` with LoRA, 1 for a
+        full fine-tune). `trainer` sets the trainer-only fields."""
         lora = not options.full
         multiplier = options.learning_rate_multiplier
+        if multiplier == AUTO:
+            multiplier = AUTO_MULTIPLIER if lora else 1.0
         return cls(
-            n_epochs=default_epochs(examples) if options.n_epochs == AUTO else options.n_epochs,
+            n_epochs=auto_epochs(examples) if options.n_epochs == AUTO else options.n_epochs,
             batch_size=(
                 auto_batch_size(examples) if options.batch_size == AUTO else options.batch_size
             ),
-            learning_rate=BASE_LEARNING_RATE[lora] * (1.0 if multiplier == AUTO else multiplier),
+            learning_rate=BASE_LEARNING_RATE[lora] * multiplier,
             lora=lora,
             lora_r=options.lora_r,
             lora_alpha=options.lora_alpha,
@@ -167,6 +186,28 @@ class TrainConfig:
             seed=seed,
             **trainer,
         )
+
+    def auto_choices(self, options: TrainOptions, examples: int) -> list[str]:
+        """What each "auto" of `options` became here, and why, as the job's event says it (OpenAI
+        reports its auto choices in the job's hyperparameters; this says the rule too)."""
+        said = []
+        if options.n_epochs == AUTO:
+            said.append(
+                f"n_epochs {self.n_epochs} (about {AUTO_PASSES} examples' worth of passes over"
+                f" {examples}, from {AUTO_EPOCHS[0]} to {AUTO_EPOCHS[1]} epochs)"
+            )
+        if options.batch_size == AUTO:
+            said.append(
+                f"batch_size {self.batch_size} (1 per {AUTO_STEP_EXAMPLES} examples, from 2 to 8)"
+            )
+        if options.learning_rate_multiplier == AUTO:
+            what = "LoRA" if self.lora else "a full fine-tune"
+            multiplier = self.hyperparameters()["learning_rate_multiplier"]
+            said.append(
+                f"learning_rate_multiplier {multiplier:g} ({what}: a learning rate of"
+                f" {self.learning_rate:g})"
+            )
+        return said
 
     def hyperparameters(self) -> dict[str, Any]:
         """What the run resolved OpenAI's hyperparameters to (the job shows these)."""

@@ -25,7 +25,8 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,9 @@ def train(
     """Fine-tune `model` on `train`; metrics after every step, validation now and then.
 
     `on_epoch_end(epoch, step)` runs after each epoch's last step (epochs count from 1); a
-    callback with a third parameter gets ``save(folder)``, which writes a checkpoint there.
+    callback with a third parameter gets ``save(folder)``, which writes a checkpoint there, and
+    one with a fourth gets ``answering()``, a context manager that gives the model as it is,
+    ready to generate (what the checkpoint would answer), and puts it back to training after.
     `resume` is a checkpoint folder: the run continues from it exactly. Under torchrun only rank
     0 calls `on_metrics` and `on_epoch_end`; `should_stop` is asked on every rank and any rank
     stopping stops all of them after the current step; then rank 0 calls
@@ -175,7 +178,7 @@ class TrainingLoop:
         if resume is not None:
             step = load_checkpoint(self.model, self.optimizer, resume, expect=self._identity())
         dist.broadcast_(self.params)
-        wants_save = _accepts_save(on_epoch_end)
+        wants = _positional(on_epoch_end)
         tokens = loss_tokens = 0
         seconds = 0.0
         train_loss = valid_loss = None
@@ -219,7 +222,7 @@ class TrainingLoop:
                     )
                 )
                 if epoch_end:
-                    self._epoch_end(on_epoch_end, wants_save, step)
+                    self._epoch_end(on_epoch_end, wants, step)
             if step < self.total_steps and dist.sum([1.0 if should_stop() else 0.0])[0]:
                 stopped = True
                 if on_stop is not None and dist.rank == 0:
@@ -241,13 +244,29 @@ class TrainingLoop:
             device=str(self.ctx.device),
         )
 
-    def _epoch_end(self, on_epoch_end: Callable, wants_save: bool, step: int) -> None:
+    def _epoch_end(self, on_epoch_end: Callable, wants: int, step: int) -> None:
         epoch = step // self.steps_per_epoch
-        if not wants_save:
-            on_epoch_end(epoch, step)
-            return
+        extra = [self._saver(step), self.answering][: max(0, wants - 2)]
+        on_epoch_end(epoch, step, *extra)
 
-        on_epoch_end(epoch, step, self._saver(step))
+    @contextmanager
+    def answering(self) -> Iterator[Any]:
+        """The model ready to generate, as it is now (eval mode, its plain attention, float32
+        weights, the cache on), then back to training exactly as it was: what a checkpoint of
+        this step would answer, without saving and loading it."""
+        model, ctx = self.model, self.ctx
+        core = core_model(model)
+        restore_model(model)
+        model.eval()
+        core.config.use_cache = True
+        try:
+            with torch.no_grad():
+                yield model
+        finally:
+            model.train()
+            prepare_model(model, self.config, ctx.device, ctx.precision)
+            if self.config.compile:
+                compile_layers(core)
 
     def _saver(self, step: int) -> Callable[[Path], Path]:
         """`save(folder)`: a checkpoint of the run as it is after `step`."""
@@ -359,11 +378,13 @@ def evaluate(
         restore_model(model)
 
 
-def _accepts_save(callback: Callable) -> bool:
-    """Whether an `on_epoch_end` callback takes a third argument, ``save``."""
+def _positional(callback: Callable) -> int:
+    """How many positional arguments an `on_epoch_end` callback takes (2 to 4)."""
     try:
         parameters = inspect.signature(callback).parameters.values()
     except (TypeError, ValueError):
-        return False
+        return 2
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return 4
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+    return min(4, max(2, len(positional)))

@@ -160,6 +160,27 @@ export function trainPage(description) {
   };
 }
 
+// The job's "Did it learn?" (a local job with a validation file ends with one): the fine-tune
+// against its base model on held-out prompts, grader by grader, and a few answers side by side.
+function verdict(found) {
+  const section = $("#job-verdict");
+  section.hidden = !found;
+  if (!found) return;
+  const word = found.graders[0].verdict;
+  const parts = found.graders.map((g) => {
+    const d = g.difference;
+    const sign = (x) => (x >= 0 ? "+" : "") + x.toFixed(2);
+    return `${g.grader} ${sign(d.mean)} [${sign(d.low)}, ${sign(d.high)}]`;
+  });
+  const prompts = `${found.prompts} validation prompt${found.prompts === 1 ? "" : "s"}`;
+  const note = found.includes_probe ? ", including those that chose the checkpoint" : "";
+  $("#job-verdict-text").replaceChildren(
+    h("strong", { class: { better: "good", worse: "bad" }[word] || "" }, word[0].toUpperCase() + word.slice(1)),
+    ` than ${found.base_model}: ${parts.join(", ")} (95% intervals, on ${prompts}${note}).`);
+  $("#job-verdict-examples tbody").replaceChildren(...found.examples.map((e) => h("tr", {},
+    h("td", {}, e.question), h("td", {}, e.base), h("td", {}, e.fine_tuned), h("td", {}, e.reference))));
+}
+
 export function jobPage() {
   let jobId = null;
   let timer = null;
@@ -259,6 +280,7 @@ export function jobPage() {
           "None yet: one is written at the end of each epoch, and when the job pauses.")));
       }
     }
+    verdict(events.find((e) => e.data?.verdict?.graders)?.data.verdict);
     $("#events").replaceChildren(...events.map((e) => h("li", { class: e.level },
       h("time", {}, new Date(e.created_at * 1000).toLocaleTimeString()), " ", e.message)));
   }

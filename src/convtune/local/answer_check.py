@@ -1,0 +1,167 @@
+"""A local job's answers to held-out prompts: the checkpoint it keeps, and whether it learned.
+
+The worker's side of `learning_check`: with a validation file, the job answers its held-out
+prompts with the base model before training, with the model of each probed epoch end while
+training (on the model in memory: `answering()` of the training loop), and with the model it keeps
+at the end. Each step is an event of the job (OpenAI's events carry `data`: the probe's scores,
+the verdict's intervals), so `follow`, `train` and the web page show them, and a resumed job
+reads the probes of its earlier run back from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..dataset.findings import counted
+from .chat import LocalChat
+from .learning_check import (
+    GRADERS,
+    HeldOut,
+    ProbeResult,
+    answer,
+    best,
+    graders,
+    held_out,
+    probe_result,
+    probed_epochs,
+    scores,
+    verdict,
+)
+
+BATCH = 32  # answers generated together: a held-out set is answered in one or two batches
+
+
+class AnswerCheck:
+    """Held-out prompts answered along a job; `start` returns None when the job has none."""
+
+    def __init__(self, run: Any, held: HeldOut, tokenizer: Any, fmt: str, actors: Any) -> None:
+        self.run = run
+        self.held = held
+        self.tokenizer = tokenizer
+        self.fmt = fmt
+        self.actors = actors
+        self.base: dict[int, str] = {}  # prompt index -> the base model's answer
+        self.results: list[ProbeResult] = []
+
+    @classmethod
+    def start(
+        cls, run: Any, valid_path: Path | None, model: Any, tokenizer: Any, fmt: str, actors: Any
+    ) -> AnswerCheck | None:
+        """Answer the held-out prompts with the base `model` (before it trains), or None when
+        there is nothing to check: no validation file, not rank 0, or both uses turned off."""
+        options = run.options
+        if valid_path is None or run.rank != 0:
+            return None
+        if options.keep_last and not options.learning_check:
+            return None
+        check = cls(run, held_out(valid_path, seed=run.job.seed), tokenizer, fmt, actors)
+        prompts = check._base_prompts()
+        check.base = dict(
+            zip([p.index for p in prompts], check._answer(model, prompts), strict=True)
+        )
+        check.results = check._earlier()
+        run.event(
+            f"Answered {counted(len(prompts), 'held-out validation prompt')} with the base model,"
+            " to compare the fine-tune's answers with"
+        )
+        return check
+
+    def _base_prompts(self) -> list:
+        """The prompts the base model answers: the probe (when checkpoints are chosen) and the
+        verdict's (when there is a verdict), each once."""
+        options = self.run.options
+        chosen = {}
+        if not options.keep_last:
+            chosen.update({p.index: p for p in self.held.probe})
+        if options.learning_check:
+            chosen.update({p.index: p for p in self.held.verdict})
+        return [chosen[i] for i in sorted(chosen)]
+
+    def _answer(self, model: Any, prompts: list) -> list[str]:
+        chat = LocalChat(model, self.tokenizer, self.fmt, self.actors, max_batch=BATCH)
+        try:
+            return answer(chat, prompts)
+        finally:
+            chat.close()
+
+    def _earlier(self) -> list[ProbeResult]:
+        """The probes of an earlier run of this job (a resumed one), from its events."""
+        found = []
+        for _, event in self.run.store.events_since(self.run.job_id):
+            data = event.data.get("answer_probe") if event.type == "message" else None
+            if isinstance(data, dict):
+                found.append(ProbeResult(data["epoch"], data["step"], [], dict(data["means"])))
+        return found
+
+    def probe(
+        self, epoch: int, step: int, n_epochs: int, answering: Callable[[], Any]
+    ) -> None:
+        """At an epoch end: the model as it is answers the probe (from the run's middle on)."""
+        if self.run.options.keep_last or epoch not in probed_epochs(n_epochs):
+            return
+        prompts = self.held.probe
+        with answering() as model:
+            answers = self._answer(model, prompts)
+        result = probe_result(epoch, step, answers, prompts)
+        self.results = [r for r in self.results if r.epoch != epoch] + [result]
+        base = self._base_means(prompts)
+        shown = ", ".join(f"{g} {result.means[g]:.2f} (base {base[g]:.2f})" for g in GRADERS)
+        self.run.event(
+            f"Epoch {epoch}: the answers to {counted(len(prompts), 'held-out prompt')} score"
+            f" {shown}",
+            data={"answer_probe": {"epoch": epoch, "step": step, "means": result.means}},
+        )
+
+    def _base_means(self, prompts: list) -> dict[str, float]:
+        answers = [self.base[p.index] for p in prompts]
+        return {g.name: sum(scores(answers, prompts, g)) / len(prompts) for g in graders()}
+
+    def finish(self, model: Any, *, keep_last: bool, verdict: bool) -> None:
+        """Keep the best epoch's model (its checkpoint loaded into `model`), then the verdict."""
+        if self.results and not keep_last:
+            self._keep_best(model)
+        if verdict:
+            self._verdict(model)
+
+    def _keep_best(self, model: Any) -> None:
+        from .training import load_checkpoint
+
+        last = max(self.results, key=lambda r: r.epoch)
+        chosen = best(self.results)
+        score = f"{GRADERS[0]} {chosen.means[GRADERS[0]]:.3f}"
+        if chosen is last:
+            self.run.event(
+                f"Keeping the last epoch's model (epoch {last.epoch}): its answers scored best"
+                f" ({score})"
+            )
+            return
+        folder = self.run.folder / "checkpoints" / f"step-{chosen.step}"
+        load_checkpoint(model, None, folder)
+        self.run.event(
+            f"Keeping the model of epoch {chosen.epoch} (step {chosen.step}): its answers scored"
+            f" best ({score}, against {last.means[GRADERS[0]]:.3f} at epoch {last.epoch});"
+            " --keep-last keeps the last",
+            data={"kept": {"epoch": chosen.epoch, "step": chosen.step}},
+        )
+
+    def _verdict(self, model: Any) -> None:
+        import torch
+
+        from .training.adapters import core_model
+
+        prompts = self.held.verdict
+        model.eval()
+        core_model(model).config.use_cache = True
+        with torch.no_grad():
+            tuned = self._answer(model, prompts)
+        result = verdict(
+            self.run.base_name,
+            prompts,
+            [self.base[p.index] for p in prompts],
+            tuned,
+            shared=self.held.shared,
+            seed=self.run.job.seed,
+        )
+        self.run.event(result.message(), data={"verdict": result.to_dict()})

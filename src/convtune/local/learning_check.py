@@ -1,0 +1,207 @@
+"""Did the job learn? Held-out prompts answered by the base model and by the fine-tune, scored as
+`convtune eval` scores them.
+
+A fine-tune is judged by what it answers, not by its loss: on the bundled example the validation
+loss is lowest after a fraction of the run, while the answers keep getting closer to the data's
+until the end (BENCHMARKS.md, "What the fine-tune answers"). So a local job with a validation file
+of a modest size does two things with the file's prompts (`HeldOut`):
+
+- **chooses its checkpoint**: at each epoch end from the middle of the run on, the model answers a
+  small *probe* of the prompts (greedy, as `convtune eval` asks them), and the epoch whose answers
+  score best (fuzzy_match, then rouge_l, then the later epoch) is the one kept as the model;
+- **gives a verdict**: the base model's answers and the kept model's, on the *other* prompts (up
+  to `VERDICT_LIMIT`), compared by a paired bootstrap interval ("fuzzy_match +0.21 [+0.15, +0.27]:
+  better"). When the file is too small for two sets, the verdict uses the probe too and says so:
+  prompts that chose the checkpoint read a little in its favour.
+
+Answers come from the batch engine of `chat` (every prompt of a set in one batch), on the model in
+memory: no checkpoint is loaded to be asked.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..contract import ChatRequest
+from ..evaluation.graders import Grader, parse_graders
+from ..evaluation.prompts import Prompt, read_prompts
+from ..evaluation.stats import Interval, paired_difference
+
+PROBE_SIZE = 8  # prompts answered at each probed epoch end: enough to rank a few checkpoints
+VERDICT_LIMIT = 32  # prompts of the verdict, at most: "a validation file of a modest size"
+MIN_VERDICT = 8  # fewer prompts left beside the probe: the verdict reuses the probe's
+MAX_TOKENS = 48  # the length of an answer, as `make demo`'s eval asks them
+GRADERS = ("fuzzy_match", "rouge_l")  # the first one decides; the second breaks ties
+EXAMPLE_CHARS = 300  # of each text of the examples a verdict keeps
+
+
+@dataclass
+class HeldOut:
+    """The validation prompts a job answers: `probe` chooses the checkpoint, `verdict` judges it."""
+
+    probe: list[Prompt]
+    verdict: list[Prompt]
+    shared: bool  # the verdict's prompts include the probe's (too few prompts for two sets)
+    total: int  # prompts in the file
+
+
+def held_out(path: Path, *, seed: int) -> HeldOut:
+    """A seeded sample of the validation file's prompts: the probe, and the verdict's others."""
+    prompts = read_prompts(path).prompts
+    order = list(prompts)
+    random.Random(seed).shuffle(order)
+    probe = sorted(order[:PROBE_SIZE], key=lambda p: p.index)
+    rest = order[PROBE_SIZE:]
+    shared = len(rest) < MIN_VERDICT
+    chosen = order if shared else rest
+    verdict = sorted(chosen[:VERDICT_LIMIT], key=lambda p: p.index)
+    return HeldOut(probe, verdict, shared, len(prompts))
+
+
+def answer(chat: Any, prompts: Sequence[Prompt], *, max_tokens: int = MAX_TOKENS) -> list[str]:
+    """Every prompt's greedy answer by a `LocalChat`, generated together (its batch engine)."""
+    replies = [
+        chat.reply(ChatRequest("check", p.chat_messages(), max_tokens=max_tokens, temperature=0))
+        for p in prompts
+    ]
+    return ["".join(reply).strip() for reply in replies]
+
+
+def graders() -> list[Grader]:
+    return parse_graders(GRADERS)
+
+
+def scores(answers: Sequence[str], prompts: Sequence[Prompt], grader: Grader) -> list[float]:
+    """Each answer's score against its prompt's reference."""
+    return [
+        grader.score(a, p.reference, p.chat_messages()) for a, p in zip(answers, prompts, strict=True)
+    ]
+
+
+@dataclass
+class ProbeResult:
+    """What one epoch's model answered to the probe, and its mean score by grader."""
+
+    epoch: int
+    step: int
+    answers: list[str]
+    means: dict[str, float]
+
+    def rank(self) -> tuple[float, ...]:
+        """Higher is better: the graders in order, then the later epoch."""
+        return (*(round(self.means[g], 6) for g in GRADERS), self.epoch)
+
+
+def probe_result(epoch: int, step: int, answers: list[str], prompts: Sequence[Prompt]) -> ProbeResult:
+    means = {g.name: statistics.fmean(scores(answers, prompts, g)) for g in graders()}
+    return ProbeResult(epoch, step, answers, means)
+
+
+def best(results: Sequence[ProbeResult]) -> ProbeResult:
+    """The epoch whose answers scored best (ties: the later one)."""
+    return max(results, key=ProbeResult.rank)
+
+
+def probed_epochs(n_epochs: int) -> list[int]:
+    """The epochs whose end is probed: the second half of the run (all of a short one)."""
+    first = max(1, n_epochs // 2)
+    return list(range(first, n_epochs + 1))
+
+
+@dataclass
+class GraderVerdict:
+    grader: str
+    base: float
+    tuned: float
+    difference: Interval
+
+    @property
+    def word(self) -> str:
+        if self.difference.low > 0:
+            return "better"
+        if self.difference.high < 0:
+            return "worse"
+        return "no clear difference"
+
+    def text(self) -> str:
+        """'fuzzy_match +0.21 [+0.15, +0.27]: better'."""
+        d = self.difference
+        return f"{self.grader} {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]: {self.word}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grader": self.grader,
+            "base": self.base,
+            "fine_tuned": self.tuned,
+            "difference": self.difference.to_json(),
+            "verdict": self.word,
+        }
+
+
+@dataclass
+class Verdict:
+    """The fine-tune against its base model on held-out prompts, grader by grader."""
+
+    base_model: str
+    prompts: int
+    shared: bool  # the prompts include those that chose the checkpoint
+    graders: list[GraderVerdict] = field(default_factory=list)
+    examples: list[dict[str, str]] = field(default_factory=list)  # a few answers side by side
+
+    @property
+    def word(self) -> str:
+        """The first grader's word: 'better', 'worse' or 'no clear difference'."""
+        return self.graders[0].word
+
+    def message(self) -> str:
+        """The job event's line."""
+        what = "; ".join(g.text() for g in self.graders)
+        where = f"{self.prompts} validation prompt{'s' if self.prompts != 1 else ''}"
+        note = ", including those that chose the checkpoint" if self.shared else ""
+        return f"Did it learn? The fine-tune against {self.base_model} on {where}{note}: {what}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base_model": self.base_model,
+            "prompts": self.prompts,
+            "includes_probe": self.shared,
+            "graders": [g.to_dict() for g in self.graders],
+            "examples": self.examples,
+        }
+
+
+def verdict(
+    base_model: str,
+    prompts: Sequence[Prompt],
+    base_answers: Sequence[str],
+    tuned_answers: Sequence[str],
+    *,
+    shared: bool,
+    seed: int = 0,
+    examples: int = 3,
+) -> Verdict:
+    """Paired per-prompt differences (fine-tune minus base) with their 95% intervals."""
+    result = Verdict(base_model, len(prompts), shared)
+    for grader in graders():
+        before = scores(base_answers, prompts, grader)
+        after = scores(tuned_answers, prompts, grader)
+        result.graders.append(
+            GraderVerdict(
+                grader.name,
+                statistics.fmean(before),
+                statistics.fmean(after),
+                paired_difference(before, after, seed=seed),
+            )
+        )
+    for p, b, t in list(zip(prompts, base_answers, tuned_answers, strict=True))[:examples]:
+        question = p.messages[-1][1] if p.messages else ""
+        result.examples.append(
+            {k: v[:EXAMPLE_CHARS] for k, v in
+             {"question": question, "base": b, "fine_tuned": t, "reference": p.reference}.items()}
+        )  # fmt: skip
+    return result
