@@ -1,10 +1,11 @@
 """The whole flow on the bundled example, as `make demo` runs it.
 
-Prepare the spreadsheet, check the result, fine-tune SmolLM2-135M-Instruct locally (a short run
-on CPU), ask three validation questions to the base model and to the fine-tuned one, side by
-side, then evaluate both on the whole validation file (`convtune eval`: scores with their
-intervals, and a report page). Everything goes through the library; the CLI would do the same in
-five commands.
+Prepare the spreadsheet, check the result, fine-tune SmolLM2-135M-Instruct locally with the
+default recipe (every option auto; the job ends by saying whether it learned), ask the base model
+and the fine-tuned one three validation questions and two questions whose answers are facts of
+the training data, side by side, then evaluate both on the whole validation file (`convtune
+eval`: scores with their intervals, and a report page). Everything goes through the library; the
+CLI would do the same in five commands.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ from convtune.training_options import TrainOptions
 ROOT = Path(__file__).resolve().parent
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("out/demo")
 console = Console(soft_wrap=True)  # paths and ids stay whole
+
+
+# Facts the training conversations state several times, asked in words of our own: the rental
+# price (two conversations), and the Sunday closing (three, one of them in Spanish).
+FACT_QUESTIONS = [
+    ("How much is it to rent an e-bike for one day?", "25 EUR per day (Rentals are 25 EUR per day)"),
+    ("Are you open on Sundays?", "No (We're closed on Sundays)"),
+]
 
 
 def questions(valid: Path, n: int = 3) -> list[tuple[list[dict], str]]:
@@ -79,24 +88,26 @@ def main() -> None:
             validation_file=service.upload_file(valid).id,
             suffix="nimbus",
             seed=0,
-            options=TrainOptions(n_epochs=3, batch_size=4),
+            options=TrainOptions(),  # the default recipe: every option auto
         )
     )
     console.print(f"job {job.id}")
     finished = follow_job(service, job.id)
     if finished is None:
         return
-    summary(finished)
+    summary(finished, service)
     if finished.status != "succeeded":
         sys.exit(1)
 
-    console.rule("4. base model vs fine-tuned, on validation questions")
+    console.rule("4. base model vs fine-tuned: validation questions, then facts of the training data")
     table = Table(show_lines=True)
     table.add_column("question", ratio=2)
     table.add_column("SmolLM2-135M-Instruct", ratio=3)
     table.add_column("fine-tuned", ratio=3)
     table.add_column("in the data", ratio=3)
-    for context, expected in questions(valid):
+    asked = questions(valid)
+    asked += [([{"role": "user", "content": q}], fact) for q, fact in FACT_QUESTIONS]
+    for context, expected in asked:
         answers = []
         for model in ("SmolLM2-135M-Instruct", finished.fine_tuned_model):
             request = ChatRequest(model, context, max_tokens=80, temperature=0)

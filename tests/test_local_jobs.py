@@ -268,3 +268,51 @@ def test_legacy_data_trains_and_chat_speaks_its_protocol(tiny, data, isolated_ho
         )
     )
     assert "\nHuman:" not in reply
+
+
+def test_a_job_with_a_validation_file_keeps_its_best_answers_and_says_whether_it_learned(
+    tiny, data, isolated_home
+):
+    """The base model answers held-out prompts first; the second half's epoch ends and the last
+    step answer a probe; the best is kept; the verdict (with its intervals) ends the job, and
+    `train` prints it. --keep-last and --no-learning-check turn each part off."""
+    untied = make_tiny_model(isolated_home.parent / "untied", tied=False)  # says something
+    result = convtune(
+        "train", data["train"], "--validation-file", data["valid"], "--model", untied,
+        "--n-epochs", "4", "--batch-size", "8",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Did it learn?" in result.stdout and "validation prompts)" in result.stdout
+    service = LocalService()
+    [job] = service.list_jobs()
+    events = list(reversed(service.list_events(job.id, limit=1000)))
+    messages = [e.message for e in events]
+    assert any(m.startswith("Answered 25 held-out validation prompts") for m in messages)
+    probes = [e.data["answer_probe"] for e in events if "answer_probe" in e.data]
+    steps = {c.step_number for c in service.list_checkpoints(job.id)}
+    assert len(probes) >= 2 and {p["step"] for p in probes} <= steps
+    assert all(0 <= p["means"]["fuzzy_match"] <= 1 for p in probes)
+    assert any(m.startswith("Keeping the model of") for m in messages)
+    [found] = [e.data["verdict"] for e in events if "verdict" in e.data]
+    assert found["prompts"] == 17 and not found["includes_probe"]  # 25 - the probe's 8
+    assert [g["grader"] for g in found["graders"]] == ["fuzzy_match", "rouge_l"]
+    for g in found["graders"]:
+        d = g["difference"]
+        assert d["low"] <= d["mean"] <= d["high"]
+        assert g["verdict"] in ("better", "worse", "no clear difference")
+    assert messages.index(next(m for m in messages if m.startswith("Did it learn?"))) < (
+        messages.index(next(m for m in messages if m.startswith("New fine-tuned model")))
+    )
+    # epochs and batch were given: auto chose the learning rate alone, and said so
+    [auto] = [m for m in messages if m.startswith("auto chose")]
+    assert auto.startswith("auto chose learning_rate_multiplier 5 (LoRA") and "n_epochs" not in auto
+
+    quiet = convtune(
+        "train", data["train"], "--validation-file", data["valid"], "--model", untied,
+        "--n-epochs", "2", "--batch-size", "8", "--keep-last", "--no-learning-check",
+    )  # fmt: skip
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert "Did it learn?" not in quiet.stdout
+    newest = service.list_jobs()[0]
+    said = [e.message for e in service.list_events(newest.id, limit=1000)]
+    assert not any("held-out" in m or m.startswith(("Keeping", "Did it learn?")) for m in said)

@@ -10,7 +10,8 @@ reads the probes of its earlier run back from them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from .learning_check import (
     graders,
     held_out,
     probe_result,
-    probed_epochs,
+    probed,
     scores,
     verdict,
 )
@@ -95,22 +96,22 @@ class AnswerCheck:
                 found.append(ProbeResult(data["epoch"], data["step"], [], dict(data["means"])))
         return found
 
-    def probe(
-        self, epoch: int, step: int, n_epochs: int, answering: Callable[[], Any]
-    ) -> None:
-        """At an epoch end: the model as it is answers the probe (from the run's middle on)."""
-        if self.run.options.keep_last or epoch not in probed_epochs(n_epochs):
+    def probe(self, epoch: int, step: int, total_steps: int, answering: Callable[[], Any]) -> None:
+        """At an epoch end in the run's second half: the model as it is answers the probe."""
+        if self.run.options.keep_last or not probed(step, total_steps):
             return
-        prompts = self.held.probe
         with answering() as model:
-            answers = self._answer(model, prompts)
+            self._record(epoch, step, self._answer(model, self.held.probe))
+
+    def _record(self, epoch: int, step: int, answers: list[str]) -> None:
+        prompts = self.held.probe
         result = probe_result(epoch, step, answers, prompts)
-        self.results = [r for r in self.results if r.epoch != epoch] + [result]
+        self.results = [r for r in self.results if r.step != step] + [result]
         base = self._base_means(prompts)
         shown = ", ".join(f"{g} {result.means[g]:.2f} (base {base[g]:.2f})" for g in GRADERS)
         self.run.event(
-            f"Epoch {epoch}: the answers to {counted(len(prompts), 'held-out prompt')} score"
-            f" {shown}",
+            f"Step {step} (epoch {epoch}): the answers to"
+            f" {counted(len(prompts), 'held-out prompt')} score {shown}",
             data={"answer_probe": {"epoch": epoch, "step": step, "means": result.means}},
         )
 
@@ -118,44 +119,54 @@ class AnswerCheck:
         answers = [self.base[p.index] for p in prompts]
         return {g.name: sum(scores(answers, prompts, g)) / len(prompts) for g in graders()}
 
-    def finish(self, model: Any, *, keep_last: bool, verdict: bool) -> None:
-        """Keep the best epoch's model (its checkpoint loaded into `model`), then the verdict."""
+    def finish(
+        self, model: Any, step: int, epoch: int, *, keep_last: bool, verdict: bool
+    ) -> None:
+        """Keep the model whose answers scored best (a checkpoint loaded into `model`; the last
+        step is probed too when it is not an epoch end), then the verdict."""
+        if not keep_last and not any(r.step == step for r in self.results):
+            with self._answering(model):
+                self._record(epoch, step, self._answer(model, self.held.probe))
         if self.results and not keep_last:
-            self._keep_best(model)
+            self._keep_best(model, step)
         if verdict:
-            self._verdict(model)
+            with self._answering(model):
+                self._verdict(model)
 
-    def _keep_best(self, model: Any) -> None:
+    @staticmethod
+    @contextmanager
+    def _answering(model: Any) -> Iterator[None]:
+        """The trained model as it answers: eval mode, the cache on, no gradients."""
+        import torch
+
+        from .training.adapters import core_model
+
+        model.eval()
+        core_model(model).config.use_cache = True
+        with torch.no_grad():
+            yield
+
+    def _keep_best(self, model: Any, last_step: int) -> None:
         from .training import load_checkpoint
 
-        last = max(self.results, key=lambda r: r.epoch)
+        last = next(r for r in self.results if r.step == last_step)
         chosen = best(self.results)
         score = f"{GRADERS[0]} {chosen.means[GRADERS[0]]:.3f}"
         if chosen is last:
-            self.run.event(
-                f"Keeping the last epoch's model (epoch {last.epoch}): its answers scored best"
-                f" ({score})"
-            )
+            self.run.event(f"Keeping the model of the last step ({last_step}): its answers scored best ({score})")
             return
         folder = self.run.folder / "checkpoints" / f"step-{chosen.step}"
         load_checkpoint(model, None, folder)
         self.run.event(
             f"Keeping the model of epoch {chosen.epoch} (step {chosen.step}): its answers scored"
-            f" best ({score}, against {last.means[GRADERS[0]]:.3f} at epoch {last.epoch});"
+            f" best ({score}, against {last.means[GRADERS[0]]:.3f} at the last step, {last_step});"
             " --keep-last keeps the last",
             data={"kept": {"epoch": chosen.epoch, "step": chosen.step}},
         )
 
     def _verdict(self, model: Any) -> None:
-        import torch
-
-        from .training.adapters import core_model
-
         prompts = self.held.verdict
-        model.eval()
-        core_model(model).config.use_cache = True
-        with torch.no_grad():
-            tuned = self._answer(model, prompts)
+        tuned = self._answer(model, prompts)
         result = verdict(
             self.run.base_name,
             prompts,

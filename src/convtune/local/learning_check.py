@@ -6,9 +6,10 @@ loss is lowest after a fraction of the run, while the answers keep getting close
 until the end (BENCHMARKS.md, "What the fine-tune answers"). So a local job with a validation file
 of a modest size does two things with the file's prompts (`HeldOut`):
 
-- **chooses its checkpoint**: at each epoch end from the middle of the run on, the model answers a
-  small *probe* of the prompts (greedy, as `convtune eval` asks them), and the epoch whose answers
-  score best (fuzzy_match, then rouge_l, then the later epoch) is the one kept as the model;
+- **chooses its checkpoint**: at each epoch end from the middle of the run on, and at its last
+  step, the model answers a small *probe* of the prompts (greedy, as `convtune eval` asks them),
+  and the one whose answers score best (fuzzy_match, then rouge_l, then the later one) is the
+  model kept;
 - **gives a verdict**: the base model's answers and the kept model's, on the *other* prompts (up
   to `VERDICT_LIMIT`), compared by a paired bootstrap interval ("fuzzy_match +0.21 [+0.15, +0.27]:
   better"). When the file is too small for two sets, the verdict uses the probe too and says so:
@@ -93,8 +94,8 @@ class ProbeResult:
     means: dict[str, float]
 
     def rank(self) -> tuple[float, ...]:
-        """Higher is better: the graders in order, then the later epoch."""
-        return (*(round(self.means[g], 6) for g in GRADERS), self.epoch)
+        """Higher is better: the graders in order, then the later step."""
+        return (*(round(self.means[g], 6) for g in GRADERS), self.step)
 
 
 def probe_result(epoch: int, step: int, answers: list[str], prompts: Sequence[Prompt]) -> ProbeResult:
@@ -107,10 +108,9 @@ def best(results: Sequence[ProbeResult]) -> ProbeResult:
     return max(results, key=ProbeResult.rank)
 
 
-def probed_epochs(n_epochs: int) -> list[int]:
-    """The epochs whose end is probed: the second half of the run (all of a short one)."""
-    first = max(1, n_epochs // 2)
-    return list(range(first, n_epochs + 1))
+def probed(step: int, total_steps: int) -> bool:
+    """Whether an epoch end at `step` is probed: in the second half of the run."""
+    return 2 * step >= total_steps
 
 
 @dataclass

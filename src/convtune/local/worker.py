@@ -190,7 +190,10 @@ class JobRun:
         rows = self.earlier_metrics(start_step)  # the results file covers the whole job
         started = time.monotonic()
 
+        total_steps = [0]  # the run's, from its metrics: the probes' second half
+
         def on_metrics(m) -> None:
+            total_steps[0] = m.total_steps
             data = {k: v for k, v in asdict(m).items() if v is not None}
             rows.append(data)
             message = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
@@ -215,7 +218,7 @@ class JobRun:
             if self.rank == 0:
                 checkpoint(step, epoch, save, f"epoch {epoch}")
             if check is not None:
-                check.probe(epoch, step, n_epochs, answering)
+                check.probe(epoch, step, total_steps[0], answering)
 
         def on_stop(step: int, epoch: int, save) -> None:
             """A pause keeps its place: a checkpoint at this step (unless one is there)."""
@@ -242,7 +245,14 @@ class JobRun:
         if self.rank != 0:
             return
         if check is not None:
-            check.finish(result.model, keep_last=options.keep_last, verdict=options.learning_check)
+            epoch = int(rows[-1]["epoch"]) if rows else 0
+            check.finish(
+                result.model,
+                result.steps,
+                epoch,
+                keep_last=options.keep_last,
+                verdict=options.learning_check,
+            )
         model_id = self.model_id()
         target = self.home / "models" / model_id.replace(":", "_")
         merge_and_save(
