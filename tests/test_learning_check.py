@@ -38,22 +38,28 @@ def write(tmp_path, n: int):
     return path
 
 
-def test_the_probe_and_the_verdict_are_disjoint_seeded_samples(valid):
+def test_the_probe_and_the_verdict_are_seeded_samples(valid):
     held = held_out(valid, seed=0)
-    assert held.total == 25 and len(held.probe) == PROBE_SIZE and not held.shared
-    assert len(held.verdict) == 25 - PROBE_SIZE
-    assert not {p.index for p in held.probe} & {p.index for p in held.verdict}
+    assert held.total == 25 and len(held.probe) == PROBE_SIZE
+    # the last model kept: nothing was chosen, every prompt judges it
+    assert held.verdict_prompts(chosen=False) == (held.whole, False) and len(held.whole) == 25
+    # an earlier checkpoint kept: the prompts that chose it are left out
+    rest, shared = held.verdict_prompts(chosen=True)
+    assert len(rest) == 25 - PROBE_SIZE and not shared
+    assert not {p.index for p in held.probe} & {p.index for p in rest}
     assert [p.index for p in held.probe] == sorted(p.index for p in held.probe)
+    assert [p.index for p in held.answered] == list(range(25))
     assert held_out(valid, seed=0).probe == held.probe  # the same job, the same prompts
     assert held_out(valid, seed=1).probe != held.probe
 
 
-def test_a_large_file_gives_a_verdict_of_modest_size_and_a_small_one_shares_its_prompts(tmp_path):
+def test_a_large_file_gives_a_verdict_of_modest_size_and_a_small_one_says_it_shares(tmp_path):
     large = held_out(write(tmp_path, 300), seed=0)
-    assert len(large.verdict) == VERDICT_LIMIT and not large.shared
+    assert len(large.whole) == len(large.rest) == VERDICT_LIMIT
+    assert {p.index for p in large.probe} <= {p.index for p in large.whole}
     small = held_out(write(tmp_path, PROBE_SIZE + MIN_VERDICT - 1), seed=0)
-    assert small.shared and len(small.verdict) == PROBE_SIZE + MIN_VERDICT - 1
-    assert {p.index for p in small.probe} <= {p.index for p in small.verdict}
+    prompts, shared = small.verdict_prompts(chosen=True)
+    assert shared and len(prompts) == PROBE_SIZE + MIN_VERDICT - 1
 
 
 def test_the_best_answers_win_and_a_tie_goes_to_the_later_step():
@@ -63,14 +69,21 @@ def test_the_best_answers_win_and_a_tie_goes_to_the_later_step():
         ProbeResult(5, 50, [], {"fuzzy_match": 0.6, "rouge_l": 0.1}),
         ProbeResult(6, 55, [], {"fuzzy_match": 0.55, "rouge_l": 0.9}),
     ]
-    assert best(results).step == 50
-    assert best(results[:2] + results[3:]).step == 40  # fuzzy_match first, rouge_l breaks ties
+    assert best(results).step == 50  # 0.05 better than the last: kept; a tie: the later
+    near = [*results[:3], ProbeResult(6, 55, [], {"fuzzy_match": 0.59, "rouge_l": 0.0})]
+    assert best(near).step == 55  # within the margin of the best: the last, trained the most
+    tied = [
+        ProbeResult(1, 10, [], {"fuzzy_match": 0.6, "rouge_l": 0.3}),
+        ProbeResult(2, 20, [], {"fuzzy_match": 0.6, "rouge_l": 0.1}),
+        ProbeResult(3, 30, [], {"fuzzy_match": 0.4, "rouge_l": 0.1}),
+    ]
+    assert best(tied).step == 10  # fuzzy_match first, rouge_l breaks ties
     assert [probed(s, 100) for s in (10, 49, 50, 100)] == [False, False, True, True]
 
 
 def test_the_verdict_says_better_worse_or_no_clear_difference(valid):
     held = held_out(valid, seed=0)
-    prompts = held.verdict
+    prompts = held.rest
     references = [p.reference for p in prompts]
     nonsense = ["I cannot help with that today." for _ in prompts]
     better = verdict("base", prompts, nonsense, references, shared=False)

@@ -142,8 +142,10 @@ def verdict_line(verdict: dict) -> str:
         parts.append(f"{g['grader']} {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]")
     word = verdict["graders"][0]["verdict"]
     colour = {"better": "green", "worse": "red"}.get(word, "yellow")
+    said = {"better": "better than", "worse": "worse than"}.get(word, "no clear difference from")
     prompts = verdict["prompts"]
     return (
-        f"[bold]Did it learn?[/] [{colour}]{word}[/] than {escape(verdict['base_model'])}:"
-        f" {', '.join(parts)} ({prompts} validation prompt{'s' if prompts != 1 else ''})"
+        f"[bold]Did it learn?[/] [{colour}]{said}[/] {escape(verdict['base_model'])}:"
+        f" {', '.join(parts)} (95% intervals, {prompts} validation"
+        f" prompt{'s' if prompts != 1 else ''})"
     )

@@ -70,15 +70,12 @@ class AnswerCheck:
         return check
 
     def _base_prompts(self) -> list:
-        """The prompts the base model answers: the probe (when checkpoints are chosen) and the
-        verdict's (when there is a verdict), each once."""
+        """The prompts the base model answers: the probe's (when checkpoints are chosen) and the
+        verdict's (when there is a verdict: which ones depends on the choice), each once."""
         options = self.run.options
-        chosen = {}
-        if not options.keep_last:
-            chosen.update({p.index: p for p in self.held.probe})
         if options.learning_check:
-            chosen.update({p.index: p for p in self.held.verdict})
-        return [chosen[i] for i in sorted(chosen)]
+            return self.held.answered
+        return list(self.held.probe)
 
     def _answer(self, model: Any, prompts: list) -> list[str]:
         chat = LocalChat(model, self.tokenizer, self.fmt, self.actors, max_batch=BATCH)
@@ -127,11 +124,12 @@ class AnswerCheck:
         if not keep_last and not any(r.step == step for r in self.results):
             with self._answering(model):
                 self._record(epoch, step, self._answer(model, self.held.probe))
+        chosen = False
         if self.results and not keep_last:
-            self._keep_best(model, step)
+            chosen = self._keep_best(model, step)
         if verdict:
             with self._answering(model):
-                self._verdict(model)
+                self._verdict(model, chosen=chosen)
 
     @staticmethod
     @contextmanager
@@ -146,15 +144,19 @@ class AnswerCheck:
         with torch.no_grad():
             yield
 
-    def _keep_best(self, model: Any, last_step: int) -> None:
+    def _keep_best(self, model: Any, last_step: int) -> bool:
+        """Load the best probe's checkpoint into `model`; whether it is not the last step's."""
         from .training import load_checkpoint
 
         last = next(r for r in self.results if r.step == last_step)
         chosen = best(self.results)
         score = f"{GRADERS[0]} {chosen.means[GRADERS[0]]:.3f}"
         if chosen is last:
-            self.run.event(f"Keeping the model of the last step ({last_step}): its answers scored best ({score})")
-            return
+            self.run.event(
+                f"Keeping the model of the last step ({last_step}): no earlier epoch's answers"
+                f" scored better ({score} at the last)"
+            )
+            return False
         folder = self.run.folder / "checkpoints" / f"step-{chosen.step}"
         load_checkpoint(model, None, folder)
         self.run.event(
@@ -163,16 +165,17 @@ class AnswerCheck:
             " --keep-last keeps the last",
             data={"kept": {"epoch": chosen.epoch, "step": chosen.step}},
         )
+        return True
 
-    def _verdict(self, model: Any) -> None:
-        prompts = self.held.verdict
+    def _verdict(self, model: Any, *, chosen: bool) -> None:
+        prompts, shared = self.held.verdict_prompts(chosen=chosen)
         tuned = self._answer(model, prompts)
         result = verdict(
             self.run.base_name,
             prompts,
             [self.base[p.index] for p in prompts],
             tuned,
-            shared=self.held.shared,
+            shared=shared,
             seed=self.run.job.seed,
         )
         self.run.event(result.message(), data={"verdict": result.to_dict()})

@@ -8,12 +8,13 @@ of a modest size does two things with the file's prompts (`HeldOut`):
 
 - **chooses its checkpoint**: at each epoch end from the middle of the run on, and at its last
   step, the model answers a small *probe* of the prompts (greedy, as `convtune eval` asks them),
-  and the one whose answers score best (fuzzy_match, then rouge_l, then the later one) is the
-  model kept;
-- **gives a verdict**: the base model's answers and the kept model's, on the *other* prompts (up
-  to `VERDICT_LIMIT`), compared by a paired bootstrap interval ("fuzzy_match +0.21 [+0.15, +0.27]:
-  better"). When the file is too small for two sets, the verdict uses the probe too and says so:
-  prompts that chose the checkpoint read a little in its favour.
+  and the last model is kept unless an earlier one's answers score better by `MARGIN`
+  (fuzzy_match): eight prompts are noisy, and a full fine-tune that starts to mix its facts up
+  loses far more than that;
+- **gives a verdict**: the base model's answers and the kept model's, on up to `VERDICT_LIMIT`
+  prompts, compared by a paired bootstrap interval ("fuzzy_match +0.21 [+0.15, +0.27]: better").
+  When the probe chose an earlier checkpoint, the verdict leaves its prompts out (they would read
+  in that checkpoint's favour); a file too small for that uses them and says so.
 
 Answers come from the batch engine of `chat` (every prompt of a set in one batch), on the model in
 memory: no checkpoint is loaded to be asked.
@@ -39,29 +40,52 @@ MIN_VERDICT = 8  # fewer prompts left beside the probe: the verdict reuses the p
 MAX_TOKENS = 48  # the length of an answer, as `make demo`'s eval asks them
 GRADERS = ("fuzzy_match", "rouge_l")  # the first one decides; the second breaks ties
 EXAMPLE_CHARS = 300  # of each text of the examples a verdict keeps
+MARGIN = 0.02  # how much better (fuzzy_match) an earlier probe must be to be kept over the last
 
 
 @dataclass
 class HeldOut:
-    """The validation prompts a job answers: `probe` chooses the checkpoint, `verdict` judges it."""
+    """The validation prompts a job answers: `probe` chooses the checkpoint; the verdict judges
+    the kept model on `whole` (up to `VERDICT_LIMIT`, the probe's among them) when the probe chose
+    nothing (the last model is kept), else on `rest` (the others), so that prompts that chose
+    a checkpoint never vouch for it."""
 
     probe: list[Prompt]
-    verdict: list[Prompt]
-    shared: bool  # the verdict's prompts include the probe's (too few prompts for two sets)
+    whole: list[Prompt]
+    rest: list[Prompt]
     total: int  # prompts in the file
+
+    def verdict_prompts(self, *, chosen: bool) -> tuple[list[Prompt], bool]:
+        """The verdict's prompts, and whether they include some that chose the checkpoint (a
+        file too small for a verdict of its own beside the probe)."""
+        if not chosen:
+            return self.whole, False
+        if len(self.rest) >= MIN_VERDICT:
+            return self.rest, False
+        return self.whole, True
+
+    @property
+    def answered(self) -> list[Prompt]:
+        """Every prompt the base model answers, each once, in file order."""
+        found = {p.index: p for p in [*self.probe, *self.whole, *self.rest]}
+        return [found[i] for i in sorted(found)]
 
 
 def held_out(path: Path, *, seed: int) -> HeldOut:
-    """A seeded sample of the validation file's prompts: the probe, and the verdict's others."""
+    """A seeded sample of the validation file's prompts: the probe, and the verdict's."""
     prompts = read_prompts(path).prompts
     order = list(prompts)
     random.Random(seed).shuffle(order)
-    probe = sorted(order[:PROBE_SIZE], key=lambda p: p.index)
-    rest = order[PROBE_SIZE:]
-    shared = len(rest) < MIN_VERDICT
-    chosen = order if shared else rest
-    verdict = sorted(chosen[:VERDICT_LIMIT], key=lambda p: p.index)
-    return HeldOut(probe, verdict, shared, len(prompts))
+
+    def in_order(chosen: list[Prompt]) -> list[Prompt]:
+        return sorted(chosen, key=lambda p: p.index)
+
+    return HeldOut(
+        in_order(order[:PROBE_SIZE]),
+        in_order(order[:VERDICT_LIMIT]),
+        in_order(order[PROBE_SIZE : PROBE_SIZE + VERDICT_LIMIT]),
+        len(prompts),
+    )
 
 
 def answer(chat: Any, prompts: Sequence[Prompt], *, max_tokens: int = MAX_TOKENS) -> list[str]:
@@ -104,8 +128,12 @@ def probe_result(epoch: int, step: int, answers: list[str], prompts: Sequence[Pr
 
 
 def best(results: Sequence[ProbeResult]) -> ProbeResult:
-    """The epoch whose answers scored best (ties: the later one)."""
-    return max(results, key=ProbeResult.rank)
+    """The probe whose answers scored best; the last one unless an earlier one beats it by
+    `MARGIN` (a few prompts' noise is no reason to keep less training), ties to the later."""
+    last = max(results, key=lambda r: r.step)
+    top = max(results, key=ProbeResult.rank)
+    first = GRADERS[0]
+    return top if top.means[first] >= last.means[first] + MARGIN else last
 
 
 def probed(step: int, total_steps: int) -> bool:

@@ -174,9 +174,10 @@ function verdict(found) {
   });
   const prompts = `${found.prompts} validation prompt${found.prompts === 1 ? "" : "s"}`;
   const note = found.includes_probe ? ", including those that chose the checkpoint" : "";
+  const said = { better: "Better than", worse: "Worse than" }[word] || "No clear difference from";
   $("#job-verdict-text").replaceChildren(
-    h("strong", { class: { better: "good", worse: "bad" }[word] || "" }, word[0].toUpperCase() + word.slice(1)),
-    ` than ${found.base_model}: ${parts.join(", ")} (95% intervals, on ${prompts}${note}).`);
+    h("strong", { class: { better: "good", worse: "bad" }[word] || "" }, said),
+    ` ${found.base_model}: ${parts.join(", ")} (95% intervals, on ${prompts}${note}).`);
   $("#job-verdict-examples tbody").replaceChildren(...found.examples.map((e) => h("tr", {},
     h("td", {}, e.question), h("td", {}, e.base), h("td", {}, e.fine_tuned), h("td", {}, e.reference))));
 }
