@@ -82,8 +82,15 @@ def trained(tmp_path_factory, data) -> dict:
         *_, done = follow(service, job.id, poll=0.2)
     assert done.status == "succeeded", done.error
     examples = len(data["train"].read_text(encoding="utf-8").splitlines())
-    per_epoch = math.ceil(examples / BATCH)
-    return {"home": home, "job": done, "per_epoch": per_epoch, "steps": per_epoch * EPOCHS}
+    # a step takes about BATCH examples; examples that share a prefix share a row, so an epoch
+    # has at most ceil(examples / BATCH) steps (its metrics say how many)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CONVTUNE_HOME", str(home))
+        events = LocalService(home).list_events(job.id, limit=10_000)
+    [steps] = {e.data["total_steps"] for e in events if e.type == "metrics"}
+    per_epoch = steps // EPOCHS
+    assert per_epoch * EPOCHS == steps and 0 < per_epoch <= math.ceil(examples / BATCH)
+    return {"home": home, "job": done, "per_epoch": per_epoch, "steps": steps}
 
 
 @pytest.fixture

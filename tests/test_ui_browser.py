@@ -6,19 +6,19 @@ a phone-sized screen.
 
 These tests are never skipped: without chromium or playwright they fail and say how to install
 them (`.ci/run` installs chromium; Playwright's own browser download needs a network, and is
-never used). With CONVTUNE_SCREENSHOTS=1 they write the pictures of the README into docs/.
+never used). Their screenshots go to a temporary folder: the README's pictures, on the real
+SmolLM2, are docs/screenshots.py's.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from .conftest import EXAMPLE, ROOT
+from .conftest import EXAMPLE
 from .servers import serve
 from .tiny_models import make_tiny_model
 
@@ -69,7 +69,7 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    return ROOT / "docs" if os.environ.get("CONVTUNE_SCREENSHOTS") else tmp_path_factory.mktemp("shots")
+    return tmp_path_factory.mktemp("shots")
 
 
 class Page:
@@ -177,6 +177,12 @@ def test_the_whole_flow_in_a_browser(tab, served, tiny, shots):
     expect(chart).to_have_attribute("data-points", str(STEPS))
     expect(page.locator("#job-progress-text")).to_have_text("Done.")
     expect(page.locator("#events")).to_contain_text("New fine-tuned model created")
+    # the job answered held-out validation prompts: its verdict, and answers side by side
+    expect(page.locator("#job-verdict")).to_be_visible()
+    verdict = re.compile(r"^(Better than|Worse than|No clear difference from) ")
+    expect(page.locator("#job-verdict-text")).to_have_text(verdict)
+    expect(page.locator("#job-verdict-text")).to_contain_text("fuzzy_match")
+    expect(page.locator("#job-verdict-examples tbody tr")).to_have_count(3)
     expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
     assert page.locator("#loss-chart .series.train circle").count() == STEPS
     shot(page, shots, "job")

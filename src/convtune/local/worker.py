@@ -181,7 +181,7 @@ class JobRun:
             resume_from = checkpoints[0][1]
         self.event(
             f"Training {self.job.model} on {counted(n, 'example')}"
-            f" ({train_stats.trained_tokens:,} trained tokens), {counted(n_epochs, 'epoch')},"
+            f" ({train_stats.trained_tokens:,} tokens with a loss), {counted(n_epochs, 'epoch')},"
             f" batch size {batch_size}, "
             + ("LoRA" if config.lora else "full fine-tune")
             + (f", resuming from step {checkpoints[0][0].step_number}" if resume_from else "")

@@ -237,7 +237,9 @@ export function jobPage() {
       }
     } else {
       progress.removeAttribute("value"); // indeterminate while validating or queued
-      text = { validating_files: "Checking the files…", queued: "Waiting for a free slot…" }[job.status] || "";
+      const said = events.find((e) => e.type === "message")?.message; // loading, base answers
+      text = { validating_files: "Checking the files…", queued: "Waiting for a free slot…" }[job.status]
+        || (job.status === "running" && said ? `${said}…` : "");
     }
     if (TERMINAL.includes(job.status) && job.status !== "succeeded") text = job.status === "failed" ? "Failed." : "Cancelled.";
     $("#job-progress-text").textContent = text;
