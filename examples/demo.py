@@ -107,12 +107,14 @@ def main() -> None:
     table.add_column("in the data", ratio=3)
     asked = questions(valid)
     asked += [([{"role": "user", "content": q}], fact) for q, fact in FACT_QUESTIONS]
-    for context, expected in asked:
-        answers = []
-        for model in ("SmolLM2-135M-Instruct", finished.fine_tuned_model):
-            request = ChatRequest(model, context, max_tokens=80, temperature=0)
-            answers.append("".join(service.chat(request)).strip())
-        table.add_row(context[-1]["content"], *answers, expected)
+    models = ("SmolLM2-135M-Instruct", finished.fine_tuned_model)
+    # every question at once: a local model answers concurrent chats in one batch
+    replies = [
+        [service.chat(ChatRequest(m, context, max_tokens=80, temperature=0)) for m in models]
+        for context, _ in asked
+    ]
+    for (context, expected), pair in zip(asked, replies, strict=True):
+        table.add_row(context[-1]["content"], *("".join(r).strip() for r in pair), expected)
     console.print(table)
 
     console.rule("5. does the fine-tune work? base vs fine-tuned on the validation file")
@@ -126,6 +128,7 @@ def main() -> None:
         lambda target: service,
         AnswerCache(OUT / "eval-answers.jsonl"),
         settings=Settings(max_tokens=48),
+        concurrency=len(data.prompts),  # every prompt in one batch
     )
     show_result(result)
     page = OUT / "eval.html"

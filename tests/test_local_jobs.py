@@ -307,7 +307,7 @@ def test_a_job_with_a_validation_file_keeps_its_best_answers_and_says_whether_it
     )
     # epochs and batch were given: auto chose the learning rate alone, and said so
     [auto] = [m for m in messages if m.startswith("auto chose")]
-    assert auto.startswith("auto chose learning_rate_multiplier 5 (LoRA") and "n_epochs" not in auto
+    assert auto.startswith("auto chose learning_rate_multiplier 10 (LoRA") and "n_epochs" not in auto
 
     quiet = convtune(
         "train", data["train"], "--validation-file", data["valid"], "--model", untied,

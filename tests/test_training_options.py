@@ -61,11 +61,12 @@ def test_every_option_changes_what_the_trainer_is_given():
     }  # fmt: skip
     auto = TrainConfig.from_options(TrainOptions(), 40)
     assert auto.hyperparameters() == {
-        "n_epochs": 8, "batch_size": 2, "learning_rate_multiplier": 5.0,
+        "n_epochs": 8, "batch_size": 2, "learning_rate_multiplier": 10.0,
     } and auto.lora  # fmt: skip
     assert TrainConfig.from_options(TrainOptions(), 100).hyperparameters() == {
-        "n_epochs": 6, "batch_size": 4, "learning_rate_multiplier": 5.0,
+        "n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 10.0,
     }  # fmt: skip
+    assert TrainConfig.from_options(TrainOptions(), 100).learning_rate == pytest.approx(2e-3)
     big = TrainConfig.from_options(TrainOptions(full=True), 5000)
     assert (big.n_epochs, big.batch_size, big.learning_rate) == (3, 8, pytest.approx(2e-5))
 

@@ -83,7 +83,7 @@ class TrainOptions:
 
     n_epochs: int | str = _option(
         AUTO,
-        "Epochs, or auto: locally about 600 examples' worth of passes, 3 to 8 epochs (6 for 100"
+        "Epochs, or auto: locally about 400 examples' worth of passes, 3 to 8 epochs (4 for 100"
         " examples); on OpenAI, its own rule.",
         int,
         low=1,
@@ -102,7 +102,7 @@ class TrainOptions:
     )
     learning_rate_multiplier: float | str = _option(
         AUTO,
-        "Times the base learning rate (2e-4 LoRA, 2e-5 full), or auto: locally 5 with LoRA (1e-3),"
+        "Times the base learning rate (2e-4 LoRA, 2e-5 full), or auto: locally 10 with LoRA (2e-3),"
         " 1 for a full fine-tune.",
         float,
         low=1e-9,
