@@ -32,6 +32,7 @@ from convtune.evaluation import (
     read_prompts,
     render_html,
 )
+from convtune.evaluation.answers import default_cache_path
 from convtune.local.local_service import LocalService
 from convtune.training_options import TrainOptions
 
@@ -126,7 +127,9 @@ def main() -> None:
         targets,
         graders,
         lambda target: service,
-        AnswerCache(OUT / "eval-answers.jsonl"),
+        # the data folder's cache, where the job left its own answers to these prompts (asked
+        # the same way: greedy, 48 tokens): only what the job did not ask is asked here
+        AnswerCache(default_cache_path(service.home)),
         settings=Settings(max_tokens=48),
         concurrency=len(data.prompts),  # every prompt in one batch
     )

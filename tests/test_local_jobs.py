@@ -309,6 +309,17 @@ def test_a_job_with_a_validation_file_keeps_its_best_answers_and_says_whether_it
     [auto] = [m for m in messages if m.startswith("auto chose")]
     assert auto.startswith("auto chose learning_rate_multiplier 10 (LoRA") and "n_epochs" not in auto
 
+    # the job's answers are in eval's cache: `convtune eval BASE FT --max-tokens 48` asks nothing
+    from convtune.evaluation import AnswerCache, Settings, Target, ask, read_prompts
+    from convtune.evaluation.answers import default_cache_path
+
+    cache = AnswerCache(default_cache_path(isolated_home))
+    prompts = read_prompts(data["valid"]).prompts
+    assert job.model == "untied"  # the base model's id here (as models list names it)
+    for model in (job.model, job.fine_tuned_model):
+        answers = ask(service, Target(model, model), prompts, Settings(max_tokens=48), cache)
+        assert all(a.cached for a in answers) and len(answers) == 25, model
+
     quiet = convtune(
         "train", data["train"], "--validation-file", data["valid"], "--model", untied,
         "--n-epochs", "2", "--batch-size", "8", "--keep-last", "--no-learning-check",

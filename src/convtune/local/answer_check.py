@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from ..dataset.findings import counted
+from ..evaluation.answers import AnswerCache, default_cache_path
+from ..evaluation.prompts import Prompt
 from .chat import LocalChat
 from .learning_check import (
     GRADERS,
+    Answer,
     HeldOut,
     ProbeResult,
     answer,
     best,
+    cache_answers,
     graders,
     held_out,
     probe_result,
@@ -43,7 +47,7 @@ class AnswerCheck:
         self.tokenizer = tokenizer
         self.fmt = fmt
         self.actors = actors
-        self.base: dict[int, str] = {}  # prompt index -> the base model's answer
+        self.base: dict[int, Answer] = {}  # prompt index -> the base model's answer
         self.results: list[ProbeResult] = []
 
     @classmethod
@@ -59,9 +63,9 @@ class AnswerCheck:
             return None
         check = cls(run, held_out(valid_path, seed=run.job.seed), tokenizer, fmt, actors)
         prompts = check._base_prompts()
-        check.base = dict(
-            zip([p.index for p in prompts], check._answer(model, prompts), strict=True)
-        )
+        answers = check._answer(model, prompts)
+        check.base = dict(zip([p.index for p in prompts], answers, strict=True))
+        check._cache(run.job.model, prompts, answers)
         check.results = check._earlier()
         run.event(
             f"Answered {counted(len(prompts), 'held-out validation prompt')} with the base model,"
@@ -77,7 +81,12 @@ class AnswerCheck:
             return self.held.answered
         return list(self.held.probe)
 
-    def _answer(self, model: Any, prompts: list) -> list[str]:
+    def _cache(self, model: str, prompts: list[Prompt], answers: list[Answer]) -> None:
+        """Where `convtune eval ... --max-tokens 48` finds them: not asked again."""
+        if self.run.options.learning_check:
+            cache_answers(AnswerCache(default_cache_path(self.run.home)), model, prompts, answers)
+
+    def _answer(self, model: Any, prompts: list) -> list[Answer]:
         chat = LocalChat(model, self.tokenizer, self.fmt, self.actors, max_batch=BATCH)
         try:
             return answer(chat, prompts)
@@ -100,9 +109,9 @@ class AnswerCheck:
         with answering() as model:
             self._record(epoch, step, self._answer(model, self.held.probe))
 
-    def _record(self, epoch: int, step: int, answers: list[str]) -> None:
+    def _record(self, epoch: int, step: int, answers: list[Answer]) -> None:
         prompts = self.held.probe
-        result = probe_result(epoch, step, answers, prompts)
+        result = probe_result(epoch, step, [a.text for a in answers], prompts)
         self.results = [r for r in self.results if r.step != step] + [result]
         base = self._base_means(prompts)
         shown = ", ".join(f"{g} {result.means[g]:.2f} (base {base[g]:.2f})" for g in GRADERS)
@@ -113,23 +122,27 @@ class AnswerCheck:
         )
 
     def _base_means(self, prompts: list) -> dict[str, float]:
-        answers = [self.base[p.index] for p in prompts]
+        answers = [self.base[p.index].text for p in prompts]
         return {g.name: sum(scores(answers, prompts, g)) / len(prompts) for g in graders()}
 
     def finish(
         self, model: Any, step: int, epoch: int, *, keep_last: bool, verdict: bool
     ) -> None:
         """Keep the model whose answers scored best (a checkpoint loaded into `model`; the last
-        step is probed too when it is not an epoch end), then the verdict."""
+        step is probed too when it is not an epoch end), then the verdict. The last step's
+        answers to the probe and to the verdict's prompts are one batch."""
+        final: dict[int, Answer] = {}
         if not keep_last and not any(r.step == step for r in self.results):
+            prompts = self.held.answered if verdict else self.held.probe
             with self._answering(model):
-                self._record(epoch, step, self._answer(model, self.held.probe))
+                final = dict(zip([p.index for p in prompts], self._answer(model, prompts), strict=True))
+            self._record(epoch, step, [final[p.index] for p in self.held.probe])
         chosen = False
         if self.results and not keep_last:
             chosen = self._keep_best(model, step)
         if verdict:
             with self._answering(model):
-                self._verdict(model, chosen=chosen)
+                self._verdict(model, {} if chosen else final, chosen=chosen)
 
     @staticmethod
     @contextmanager
@@ -167,14 +180,19 @@ class AnswerCheck:
         )
         return True
 
-    def _verdict(self, model: Any, *, chosen: bool) -> None:
+    def _verdict(self, model: Any, known: dict[int, Answer], *, chosen: bool) -> None:
+        """The kept model's answers (those of `known` not asked again) against the base's."""
         prompts, shared = self.held.verdict_prompts(chosen=chosen)
-        tuned = self._answer(model, prompts)
+        missing = [p for p in prompts if p.index not in known]
+        if missing:
+            known = {**known, **dict(zip([p.index for p in missing], self._answer(model, missing), strict=True))}
+        tuned = [known[p.index] for p in prompts]
+        self._cache(self.run.model_id(), prompts, tuned)
         result = verdict(
             self.run.base_name,
             prompts,
-            [self.base[p.index] for p in prompts],
-            tuned,
+            [self.base[p.index].text for p in prompts],
+            [a.text for a in tuned],
             shared=shared,
             seed=self.run.job.seed,
         )

@@ -24,15 +24,18 @@ from __future__ import annotations
 
 import random
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..contract import ChatRequest
+from ..evaluation.answers import Answer, AnswerCache, Settings, answer_key
 from ..evaluation.graders import Grader, parse_graders
 from ..evaluation.prompts import Prompt, read_prompts
 from ..evaluation.stats import Interval, paired_difference
+from ..evaluation.targets import Target
 
 PROBE_SIZE = 8  # prompts answered at each probed epoch end: enough to rank a few checkpoints
 VERDICT_LIMIT = 32  # prompts of the verdict, at most: "a validation file of a modest size"
@@ -88,13 +91,32 @@ def held_out(path: Path, *, seed: int) -> HeldOut:
     )
 
 
-def answer(chat: Any, prompts: Sequence[Prompt], *, max_tokens: int = MAX_TOKENS) -> list[str]:
-    """Every prompt's greedy answer by a `LocalChat`, generated together (its batch engine)."""
+def answer(chat: Any, prompts: Sequence[Prompt], *, max_tokens: int = MAX_TOKENS) -> list[Answer]:
+    """Every prompt's greedy answer by a `LocalChat`, generated together (its batch engine), as
+    `convtune eval` keeps them (`seconds` is the batch's: they were generated together)."""
+    started = time.perf_counter()
     replies = [
         chat.reply(ChatRequest("check", p.chat_messages(), max_tokens=max_tokens, temperature=0))
         for p in prompts
     ]
-    return ["".join(reply).strip() for reply in replies]
+    texts = ["".join(reply).strip() for reply in replies]
+    seconds = time.perf_counter() - started
+    return [
+        Answer(text, seconds, r.prompt_tokens, r.completion_tokens, r.finish_reason)
+        for text, r in zip(texts, replies, strict=True)
+    ]
+
+
+SETTINGS = Settings(max_tokens=MAX_TOKENS)  # how eval asks what a job asks: greedy, 48 tokens
+
+
+def cache_answers(cache: AnswerCache, model: str, prompts: Sequence[Prompt], answers: Sequence[Answer]) -> None:
+    """Keep a job's answers where `convtune eval` finds them: the same model asked the same
+    prompt the same way (`--max-tokens 48`, greedy) is not asked again."""
+    target = Target(model, model)
+    for prompt, given in zip(prompts, answers, strict=True):
+        if given.text:
+            cache.put(answer_key(target, prompt, SETTINGS), given)
 
 
 def graders() -> list[Grader]:
