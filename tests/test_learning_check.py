@@ -78,7 +78,7 @@ def test_the_best_answers_win_and_a_tie_goes_to_the_later_step():
         ProbeResult(3, 30, [], {"fuzzy_match": 0.4, "rouge_l": 0.1}),
     ]
     assert best(tied).step == 10  # fuzzy_match first, rouge_l breaks ties
-    assert [probed(s, 100) for s in (10, 49, 50, 100)] == [False, False, True, True]
+    assert [probed(s, 100) for s in (10, 50, 51, 100)] == [False, False, True, True]
 
 
 def test_the_verdict_says_better_worse_or_no_clear_difference(valid):

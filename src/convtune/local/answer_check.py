@@ -103,8 +103,9 @@ class AnswerCheck:
         return found
 
     def probe(self, epoch: int, step: int, total_steps: int, answering: Callable[[], Any]) -> None:
-        """At an epoch end in the run's second half: the model as it is answers the probe."""
-        if self.run.options.keep_last or not probed(step, total_steps):
+        """At an epoch end in the run's second half: the model as it is answers the probe (the
+        last step's answers are `finish`'s, in one batch with the verdict's)."""
+        if self.run.options.keep_last or not probed(step, total_steps) or step >= total_steps:
             return
         with answering() as model:
             self._record(epoch, step, self._answer(model, self.held.probe))

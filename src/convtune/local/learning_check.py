@@ -159,8 +159,9 @@ def best(results: Sequence[ProbeResult]) -> ProbeResult:
 
 
 def probed(step: int, total_steps: int) -> bool:
-    """Whether an epoch end at `step` is probed: in the second half of the run."""
-    return 2 * step >= total_steps
+    """Whether an epoch end at `step` is probed: past the middle of the run (the epochs of its
+    first half are rarely the best, and each probe costs a batch of answers)."""
+    return 2 * step > total_steps
 
 
 @dataclass

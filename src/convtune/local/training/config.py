@@ -80,8 +80,8 @@ class TrainConfig:
     eval_every: int | None = field(
         default=None,
         metadata={
-            "help": "steps between validation losses (on one batch of validation examples; the"
-            " whole set at each epoch end); default: about 10 times per run"
+            "help": "steps between validation losses (on one batch of validation examples, also"
+            " at each epoch end; the whole set at the last step); default: about 10 times per run"
         },
     )
     precision: str = _option("precision")

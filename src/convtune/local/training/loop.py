@@ -202,10 +202,13 @@ class TrainingLoop:
             epoch_end = step % self.steps_per_epoch == 0
             valid = (None, None)
             if self.valid_set is not None:
-                if epoch_end or step == self.total_steps:
+                # the whole set at the end (OpenAI's full validation loss); a batch at each
+                # epoch end and every `eval_every` steps: the whole set each epoch cost a tenth
+                # of a short run's time on a CPU, and the answers, not the loss, choose the model
+                if step == self.total_steps:
                     valid = _evaluate(self.model, self.valid_set, self.valid_set.all(), self.ctx)
                     valid_loss = valid[0]
-                elif step % self.eval_every == 0:
+                elif epoch_end or step % self.eval_every == 0:
                     valid = _evaluate(self.model, self.valid_set, self._valid_batch(), self.ctx)
             if dist.rank == 0:
                 on_metrics(
