@@ -2,8 +2,8 @@
 
 Prepare the spreadsheet, check the result, fine-tune SmolLM2-135M-Instruct locally with the
 default recipe (every option auto; the job ends by saying whether it learned), ask the base model
-and the fine-tuned one three validation questions and two questions whose answers are facts of
-the training data, side by side, then evaluate both on the whole validation file (`convtune
+and the fine-tuned one three validation questions and three questions whose answers are facts of
+the training data (two asked as the training data asks them, one in new words), side by side, then evaluate both on the whole validation file (`convtune
 eval`: scores with their intervals, and a report page). Everything goes through the library; the
 CLI would do the same in five commands.
 """
@@ -41,11 +41,13 @@ OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("out/demo")
 console = Console(soft_wrap=True)  # paths and ids stay whole
 
 
-# Facts the training conversations state several times, asked in words of our own: the rental
-# price (two conversations), and the Sunday closing (three, one of them in Spanish).
+# Facts the training conversations state several times: two asked as a training conversation
+# asks them (did it learn its data?), one in words of our own (does it carry over? on a 135M
+# model, often not: the README says what it answers).
 FACT_QUESTIONS = [
-    ("How much is it to rent an e-bike for one day?", "25 EUR per day (Rentals are 25 EUR per day)"),
-    ("Are you open on Sundays?", "No (We're closed on Sundays)"),
+    ("What time do you open on Saturday?", "as in training", "9:00 (We're open Monday to Saturday from 9:00 to 18:00)"),
+    ("How much does it cost to rent an e-bike?", "as in training", "25 EUR per day (Rentals are 25 EUR per day)"),
+    ("Are you open on Sundays?", "in new words", "No (We're closed on Sundays)"),
 ]
 
 
@@ -107,7 +109,8 @@ def main() -> None:
     table.add_column("fine-tuned", ratio=3)
     table.add_column("in the data", ratio=3)
     asked = questions(valid)
-    asked += [([{"role": "user", "content": q}], fact) for q, fact in FACT_QUESTIONS]
+    asked += [([{"role": "user", "content": q}], fact) for q, _, fact in FACT_QUESTIONS]
+    how = {q: how for q, how, _ in FACT_QUESTIONS}
     models = ("SmolLM2-135M-Instruct", finished.fine_tuned_model)
     # every question at once: a local model answers concurrent chats in one batch
     replies = [
@@ -115,7 +118,9 @@ def main() -> None:
         for context, _ in asked
     ]
     for (context, expected), pair in zip(asked, replies, strict=True):
-        table.add_row(context[-1]["content"], *("".join(r).strip() for r in pair), expected)
+        question = context[-1]["content"]
+        shown = f"{question} ({how[question]})" if question in how else question
+        table.add_row(shown, *("".join(r).strip() for r in pair), expected)
     console.print(table)
 
     console.rule("5. does the fine-tune work? base vs fine-tuned on the validation file")
