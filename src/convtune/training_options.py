@@ -137,8 +137,9 @@ class TrainOptions:
     )
     keep_last: bool = _option(
         False,
-        "Keep the last epoch's model. Default: with a validation file, the epoch whose answers to"
-        " a few of its prompts score best (fuzzy_match), from the middle of the run on.",
+        "Keep the last epoch's model, without probing. Default: with a validation file, 8 of its"
+        " prompts are answered at each epoch end past the middle, and an earlier epoch is kept"
+        " only if its answers score 0.02 better (fuzzy_match) than the last's.",
         bool,
     )
     learning_check: bool = _option(
