@@ -75,8 +75,11 @@ def test_every_reply_becomes_exactly_one_example(tmp_path_factory, rows, fmt, co
             targets.append(record["conversations"][-1]["value"].split("\n")[-1])
         else:
             targets.append(record["completion"][1:].removesuffix("\nHuman: "))
+    # a line break inside a cell reads as "\n", a lone CR included (that one with a warning)
     want = [
-        b.replace("\r\n", "\n").strip() for a, b in rows if b.strip() and (a, b) != ("###", "###")
+        b.replace("\r\n", "\n").replace("\r", "\n").strip()
+        for a, b in rows
+        if b.strip() and (a, b) != ("###", "###")
     ]
     if fmt != "sharegpt":
         assert sorted(targets) == sorted(want)
