@@ -49,13 +49,14 @@ def prompts_of(recs: list[dict]) -> list[tuple[list[dict], str]]:
 
 def answer(model, tokenizer, prompts, max_tokens: int = 48) -> list[str]:
     """Every prompt's greedy answer, generated together by the chat's batch engine."""
-    from convtune.contract import ChatRequest
     from convtune.local.chat import LocalChat
+    from convtune.service.contract import ChatRequest
 
     chat = LocalChat(model, tokenizer, "chat", None, max_batch=32)
     try:
         replies = [
-            chat.reply(ChatRequest("m", p, max_tokens=max_tokens, temperature=0)) for p, _ in prompts
+            chat.reply(ChatRequest("m", p, max_tokens=max_tokens, temperature=0))
+            for p, _ in prompts
         ]
         return ["".join(r).strip() for r in replies]
     finally:
@@ -118,7 +119,10 @@ def main() -> None:
         report = prepare(sheet, work, PrepareOptions(valid_ratio=0))
         train_recs = records(Path(report.outputs[0]))
         questions = records(ROOT / "bench" / "data" / "fernhill_questions.jsonl")
-        sets = {"facts": (prompts_of(questions), "fact"), "train": (prompts_of(train_recs[:12]), "text")}
+        sets = {
+            "facts": (prompts_of(questions), "fact"),
+            "train": (prompts_of(train_recs[:12]), "text"),
+        }
 
     torch.manual_seed(0)
     model, tokenizer, _ = load_base_model(resolve_base_model("SmolLM2-135M-Instruct"))

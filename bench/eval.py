@@ -57,8 +57,17 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="convtune-bench-eval-"))
     os.environ.setdefault("CONVTUNE_HOME", str(work / "home"))
-    valid = Path(prepare(ROOT / "examples" / "conversations.csv", work, PrepareOptions()).outputs[1])
-    common = ["--data", str(valid), "--limit", str(args.limit), "--max-tokens", str(args.max_tokens)]
+    valid = Path(
+        prepare(ROOT / "examples" / "conversations.csv", work, PrepareOptions()).outputs[1]
+    )
+    common = [
+        "--data",
+        str(valid),
+        "--limit",
+        str(args.limit),
+        "--max-tokens",
+        str(args.max_tokens),
+    ]
 
     run(["eval", args.model, "--data", str(valid), "--limit", "1", "--max-tokens", "1"])  # warm
     local_s, local = run(["eval", args.model, *common, "--concurrency", str(args.concurrency)])
@@ -78,7 +87,11 @@ def main() -> None:
     n = local["examples"]
     rows = [
         ("local backend", local_s, local["models"][0]),
-        (f"through convtune serve (concurrency {args.concurrency})", served_s, through["models"][0]),
+        (
+            f"through convtune serve (concurrency {args.concurrency})",
+            served_s,
+            through["models"][0],
+        ),
     ]
     print(f"{n} examples of {valid.name}, {args.model}, --max-tokens {args.max_tokens}")
     print(f"{'path':48} {'wall s':>8} {'examples/s':>11} {'p50 s':>7} {'p90 s':>7} {'tok/s':>7}")

@@ -72,8 +72,12 @@ def recipes() -> dict[str, dict]:
     """Each recipe's TrainOptions fields (what `convtune train` flags would set)."""
     return {
         "default": {},
-        "before": {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0,
-                   "keep_last": True},
+        "before": {
+            "n_epochs": 3,
+            "batch_size": 4,
+            "learning_rate_multiplier": 1.0,
+            "keep_last": True,
+        },
         "full": {"full": True, "learning_rate_multiplier": 5.0},
         "6-epochs": {"n_epochs": 6},  # the default's rate and batch, half again as long
     }
@@ -133,7 +137,14 @@ def datasets(work: Path, names: list[str]) -> list[DataSet]:
         elif name == "facts":
             report = prepare(DATA / "fernhill_facts.csv", folder, PrepareOptions(valid_ratio=0))
             train = Path(report.outputs[0])
-            found.append(DataSet(name, train, DATA / "fernhill_questions.jsonl", facts=DATA / "fernhill_questions.jsonl"))
+            found.append(
+                DataSet(
+                    name,
+                    train,
+                    DATA / "fernhill_questions.jsonl",
+                    facts=DATA / "fernhill_questions.jsonl",
+                )
+            )
         else:
             source = {"sgd": "sgd_taskoriented_small.csv", "tm4": "tm4_coffee_small.csv"}[name]
             folder.mkdir(parents=True, exist_ok=True)
@@ -171,8 +182,8 @@ def sampled(path: Path, dst: Path, n: int) -> Path:
 
 
 def train(service, data: DataSet, recipe: str) -> Outcome:
-    from convtune.contract import JobRequest
-    from convtune.training_options import TrainOptions
+    from convtune.service.contract import JobRequest
+    from convtune.service.training_options import TrainOptions
 
     outcome = Outcome(data.name, recipe)
     request = JobRequest(
@@ -221,13 +232,20 @@ def table(outcomes: list[Outcome], base_recall: dict[str, float]) -> str:
         "|---|---|---|---:|---|---|---|---:|---:|---|",
     ]
     for o in outcomes:
-        hp = ", ".join(f"{k.replace('learning_rate_multiplier', 'lr x')} {v}" for k, v in o.hyperparameters.items())
+        hp = ", ".join(
+            f"{k.replace('learning_rate_multiplier', 'lr x')} {v}"
+            for k, v in o.hyperparameters.items()
+        )
         timing = f"{o.job_seconds / 60:.1f} min ({(o.train_seconds or 0) / 60:.1f})"
         if o.recall is not None:
             cells = ["—", "—", "—"]
-            recall = f"{round(o.recall * 12)} / 12 (base {round(base_recall.get(o.dataset, 0) * 12)})"
+            recall = (
+                f"{round(o.recall * 12)} / 12 (base {round(base_recall.get(o.dataset, 0) * 12)})"
+            )
         else:
-            cells = [fmt_interval(difference(o.valid, m)) for m in ("fuzzy_match", "rouge_l", "bleu")]
+            cells = [
+                fmt_interval(difference(o.valid, m)) for m in ("fuzzy_match", "rouge_l", "bleu")
+            ]
             recall = "—"
         median = "—" if o.train_median is None else f"{o.train_median:.2f}"
         verdict = o.verdict or "—"
@@ -280,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  job {outcome.job_seconds:.0f} s; evaluating ...", file=sys.stderr, flush=True)
             evaluate(data, outcome, work)
             outcomes.append(outcome)
-            print("  " + table([outcome], base_recall).splitlines()[-1], file=sys.stderr, flush=True)
+            print(
+                "  " + table([outcome], base_recall).splitlines()[-1], file=sys.stderr, flush=True
+            )
     given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--write"]
     command = " ".join([".venv/bin/python bench/quality.py", *given])
     section = "\n".join([
@@ -315,7 +335,9 @@ def evaluate(data: DataSet, outcome: Outcome, work: Path) -> None:
         outcome.recall = result["models"][0]["metrics"]["string_check_ilike"]["mean"]
     else:
         outcome.valid = eval_json([BASE, model], data.valid, ["fuzzy_match", "rouge_l", "bleu"])
-    prompts = sampled(data.train, work / f"{data.name}-{outcome.recipe}-prompts.jsonl", TRAIN_PROMPTS)
+    prompts = sampled(
+        data.train, work / f"{data.name}-{outcome.recipe}-prompts.jsonl", TRAIN_PROMPTS
+    )
     result = eval_json_examples([model], prompts)
     scores = [r["answers"][model]["scores"]["fuzzy_match"] for r in result["results"]]
     outcome.train_median = statistics.median(scores)

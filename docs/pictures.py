@@ -42,8 +42,17 @@ def draw(path: Path) -> None:
     def cell(x, y, w, text, *, fill="white", bold=False, color="black", align="left"):
         ax.add_patch(Rectangle((x, y), w, height, facecolor=fill, edgecolor=border, lw=0.8))
         tx = x + (w / 2 if align == "center" else 0.08)
-        ax.text(tx, y + height / 2, text, va="center", ha=align, fontsize=10.5,
-                fontweight="bold" if bold else "normal", color=color, family="DejaVu Sans")
+        ax.text(
+            tx,
+            y + height / 2,
+            text,
+            va="center",
+            ha=align,
+            fontsize=10.5,
+            fontweight="bold" if bold else "normal",
+            color=color,
+            family="DejaVu Sans",
+        )
 
     x0 = 0.1
     y = top - height
@@ -60,9 +69,13 @@ def draw(path: Path) -> None:
         cell(x0 + widths[0] + widths[1], y, widths[2], b, fill=fill, bold=header)
         if note:
             ax.annotate(
-                note, xy=(x0 + sum(widths) + 0.05, y + height / 2),
-                xytext=(x0 + sum(widths) + 0.35, y + height / 2), va="center", fontsize=9.5,
-                color="#444444", arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.8},
+                note,
+                xy=(x0 + sum(widths) + 0.05, y + height / 2),
+                xytext=(x0 + sum(widths) + 0.35, y + height / 2),
+                va="center",
+                fontsize=9.5,
+                color="#444444",
+                arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.8},
             )
     fig.savefig(path)
     plt.close(fig)

@@ -20,7 +20,6 @@ from rich.table import Table
 import convtune
 from convtune.cli.eval_cmd import show_result
 from convtune.cli.follow_view import follow_job, summary
-from convtune.contract import ChatRequest, JobRequest
 from convtune.dataset.jsonl import AtomicWriter
 from convtune.evaluation import (
     DEFAULT_GRADERS,
@@ -34,7 +33,8 @@ from convtune.evaluation import (
 )
 from convtune.evaluation.answers import default_cache_path
 from convtune.local.local_service import LocalService
-from convtune.training_options import TrainOptions
+from convtune.service.contract import ChatRequest, JobRequest
+from convtune.service.training_options import TrainOptions
 
 ROOT = Path(__file__).resolve().parent
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("out/demo")
@@ -45,8 +45,16 @@ console = Console(soft_wrap=True)  # paths and ids stay whole
 # asks them (did it learn its data?), one in words of our own (does it carry over? on a 135M
 # model, often not: the README says what it answers).
 FACT_QUESTIONS = [
-    ("What time do you open on Saturday?", "as in training", "9:00 (We're open Monday to Saturday from 9:00 to 18:00)"),
-    ("How much does it cost to rent an e-bike?", "as in training", "25 EUR per day (Rentals are 25 EUR per day)"),
+    (
+        "What time do you open on Saturday?",
+        "as in training",
+        "9:00 (We're open Monday to Saturday from 9:00 to 18:00)",
+    ),
+    (
+        "How much does it cost to rent an e-bike?",
+        "as in training",
+        "25 EUR per day (Rentals are 25 EUR per day)",
+    ),
     ("Are you open on Sundays?", "in new words", "No (We're closed on Sundays)"),
 ]
 
@@ -102,7 +110,9 @@ def main() -> None:
     if finished.status != "succeeded":
         sys.exit(1)
 
-    console.rule("4. base model vs fine-tuned: validation questions, then facts of the training data")
+    console.rule(
+        "4. base model vs fine-tuned: validation questions, then facts of the training data"
+    )
     table = Table(show_lines=True)
     table.add_column("question", ratio=2)
     table.add_column("SmolLM2-135M-Instruct", ratio=3)

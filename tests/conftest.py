@@ -117,6 +117,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     reporter.write_line("")
     for kind, report in found:
         where, _, reason = report.longrepr if isinstance(report.longrepr, tuple) else ("", 0, "")
-        reporter.write_line(f"not allowed under make test: {report.nodeid or where} {kind}: {reason}")
+        reporter.write_line(
+            f"not allowed under make test: {report.nodeid or where} {kind}: {reason}"
+        )
     if session.exitstatus == pytest.ExitCode.OK:  # an interrupted or broken run says so itself
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

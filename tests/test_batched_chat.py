@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from convtune.contract import ChatRequest
 from convtune.errors import ConvtuneError, OptionError
 from convtune.local.chat import LocalChat
 from convtune.local.local_service import LocalService
+from convtune.service.contract import ChatRequest
 
 from .servers import serve
 from .tiny_models import make_tiny_model

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from convtune.contract import Capabilities, FineTuningService, Unsupported
 from convtune.local.local_service import LocalService
 from convtune.openai_backend import OpenAIService
+from convtune.service.contract import Capabilities, FineTuningService, Unsupported
 
 from .conftest import ROOT
 
@@ -64,7 +64,12 @@ def _probes(path: Path) -> list[str]:
 
 
 def test_front_ends_never_probe_a_service():
-    fronts = [*SRC.glob("cli/*.py"), *SRC.glob("server/*.py"), SRC / "follow.py", SRC / "metrics.py"]
+    fronts = [
+        *SRC.glob("cli/*.py"),
+        *SRC.glob("server/*.py"),
+        SRC / "service/follow.py",
+        SRC / "metrics/job_metrics.py",
+    ]
     assert [p for path in fronts for p in _probes(path)] == []
 
 
@@ -85,7 +90,7 @@ def test_imports_run_downward():
     for path in SRC.glob("server/*.py"):
         assert not any(m.startswith("..local") for m in imports(path)), path.name
     for path in SRC.glob("dataset/*.py"):
-        above = ("..local", "..server", "..cli", "..openai_backend", "..contract")
+        above = ("..local", "..server", "..cli", "..openai_backend", "..service", "..metrics")
         assert not any(m.startswith(above) for m in imports(path)), path.name
 
 

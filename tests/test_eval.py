@@ -23,7 +23,7 @@ from convtune.errors import InputError, OptionError
 from convtune.evaluation.answers import Answer, AnswerCache, Settings, answer_key
 from convtune.evaluation.prompts import read_prompts
 from convtune.evaluation.targets import Target, parse_target
-from convtune.home import data_dir
+from convtune.state.home import data_dir
 
 from .conftest import EXAMPLE, ROOT, SEED_SHEET
 from .fake_openai import FakeOpenAI
@@ -102,7 +102,10 @@ def test_legacy_prompts_become_messages_again(tmp_path):
     data = read_prompts(report.outputs[0])
     last = data.prompts[-1]  # the seed's own example: ... Oh okey -> Yeah
     assert last.reference == "Yeah"
-    assert last.messages[-1] == ("user", "Oh okey") and last.messages[0] == ("user", "Can you read me the news?")
+    assert last.messages[-1] == ("user", "Oh okey") and last.messages[0] == (
+        "user",
+        "Can you read me the news?",
+    )
     assert [r for r, _ in last.messages] == ["user", "assistant", "user", "assistant", "user"]
 
 
@@ -113,7 +116,10 @@ def test_plain_prompts_are_asked_as_their_text(tmp_path):
         tmp_path / "plain.jsonl",
         [
             {"prompt": "Hello there", "completion": " Hi!"},
-            {"prompt": "Summarize: the cat sat on the mat.\n\n###\n\n", "completion": " A cat sat."},
+            {
+                "prompt": "Summarize: the cat sat on the mat.\n\n###\n\n",
+                "completion": " A cat sat.",
+            },
             {"prompt": "Great product!\n\n###\n\n", "completion": " positive\n"},  # a "\n" stop
         ],
     )
@@ -141,9 +147,14 @@ def test_a_preamble_above_the_dialogue_opens_the_first_user_message(tmp_path):
     )
     legacy = LocalChat(None, None, "prompt-completion", ("Human", "AI"))
     rendered, _ = legacy.prompt(prompt.chat_messages())
-    assert rendered == "Human: You are the shop's assistant.\nPrice?\nAI: 89 EUR\nHuman: Sunday?\nAI:"
+    assert (
+        rendered == "Human: You are the shop's assistant.\nPrice?\nAI: 89 EUR\nHuman: Sunday?\nAI:"
+    )
     # before an assistant turn, the preamble is a user message of its own
-    path = _jsonl(tmp_path / "w.jsonl", [{"prompt": "Be kind.\nAI: Welcome!\nHuman: Hi\nAI:", "completion": " Hello"}])
+    path = _jsonl(
+        tmp_path / "w.jsonl",
+        [{"prompt": "Be kind.\nAI: Welcome!\nHuman: Hi\nAI:", "completion": " Hello"}],
+    )
     (prompt,) = read_prompts(path).prompts
     assert prompt.messages == (("user", "Be kind."), ("assistant", "Welcome!"), ("user", "Hi"))
 
@@ -184,9 +195,14 @@ def test_model_names_carry_their_backend(tmp_path, capsys):
     odd = tmp_path / "runs@best"  # a model folder whose name holds an @: a path, whole
     odd.mkdir()
     assert parse_target(str(odd)) == Target(str(odd), str(odd), "local")
-    with pytest.raises(OptionError, match=r"unknown backend 'bogus' in 'm@bogus' \(local, openai or an http\(s\) URL\)"):
+    with pytest.raises(
+        OptionError,
+        match=r"unknown backend 'bogus' in 'm@bogus' \(local, openai or an http\(s\) URL\)",
+    ):
         parse_target("m@bogus")
-    assert main(["eval", "SmolLM2-135M-Instruct@bogus", "--data", str(tmp_path / "none.jsonl")]) == 1
+    assert (
+        main(["eval", "SmolLM2-135M-Instruct@bogus", "--data", str(tmp_path / "none.jsonl")]) == 1
+    )
     assert "unknown backend 'bogus'" in capsys.readouterr().err
     assert parse_target("m", backend="openai", base_url="http://h/v1").base_url == "http://h/v1"
     assert parse_target("m@local", base_url="http://h/v1").backend == "local"
@@ -199,7 +215,12 @@ def _questions(tmp_path: Path, n: int) -> Path:
     return _jsonl(
         tmp_path / "v.jsonl",
         [
-            {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"echo q{i}"}]}
+            {
+                "messages": [
+                    {"role": "user", "content": f"q{i}"},
+                    {"role": "assistant", "content": f"echo q{i}"},
+                ]
+            }
             for i in range(n)
         ],
     )
@@ -290,7 +311,9 @@ def test_failed_answers_say_why_once_per_reason(tmp_path, capsys):
     assert code == 1
     model = json.loads(out)["models"][0]
     assert model["errors"] == 2
-    assert model["error_messages"] == [{"message": f"chat with {MODEL}: injected 400 (400)", "examples": 2}]
+    assert model["error_messages"] == [
+        {"message": f"chat with {MODEL}: injected 400 (400)", "examples": 2}
+    ]
     assert f"convtune: {MODEL}@{fake.url}: 2 of 4 examples failed:" in err
     assert err.count("injected 400") == 1
 
@@ -365,7 +388,9 @@ def test_a_changed_model_file_gets_new_answers(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"weights")
-    prompt = read_prompts(_jsonl(tmp_path / "v.jsonl", [{"prompt": "Hi", "completion": " Yo"}])).prompts[0]
+    prompt = read_prompts(
+        _jsonl(tmp_path / "v.jsonl", [{"prompt": "Hi", "completion": " Yo"}])
+    ).prompts[0]
     keys = {m: answer_key(parse_target(str(m)), prompt, Settings()) for m in (gguf, folder)}
     assert keys == {m: answer_key(parse_target(str(m)), prompt, Settings()) for m in (gguf, folder)}
     gguf.write_bytes(b"GGUF second, exported again")
@@ -374,16 +399,24 @@ def test_a_changed_model_file_gets_new_answers(tmp_path):
     for model, before in keys.items():
         assert answer_key(parse_target(str(model)), prompt, Settings()) != before
     # names that are no path keep their key: a hub id, a fine-tuned model's id
-    assert parse_target("ft:SmolLM2-135M-Instruct::ftjob-1").key() == "local||ft:SmolLM2-135M-Instruct::ftjob-1"
+    assert (
+        parse_target("ft:SmolLM2-135M-Instruct::ftjob-1").key()
+        == "local||ft:SmolLM2-135M-Instruct::ftjob-1"
+    )
 
 
 def test_the_cache_is_never_an_input_file_or_a_foreign_one(tmp_path, capsys):
     valid = _jsonl(tmp_path / "v.jsonl", [{"prompt": "Hi", "completion": " Yo"}])
     before = valid.read_bytes()
     for command in (["eval", "m"], ["record", "m", "-o", str(tmp_path / "g.jsonl")]):
-        assert main([*command, "--data", str(valid), "--cache", str(tmp_path / "." / "v.jsonl")]) == 1
+        assert (
+            main([*command, "--data", str(valid), "--cache", str(tmp_path / "." / "v.jsonl")]) == 1
+        )
         assert "is the --data file" in capsys.readouterr().err
-    golden = _jsonl(tmp_path / "golden.jsonl", [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}])
+    golden = _jsonl(
+        tmp_path / "golden.jsonl",
+        [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}],
+    )
     assert main(["eval", "m", "--reference", str(golden), "--cache", str(golden)]) == 1
     assert "is the --reference file" in capsys.readouterr().err
     notes = tmp_path / "notes.jsonl"
@@ -395,7 +428,9 @@ def test_the_cache_is_never_an_input_file_or_a_foreign_one(tmp_path, capsys):
 
 def test_an_answer_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
     path = tmp_path / "answers.jsonl"
-    path.write_text(_entry("a", "kept") + "\n" + _entry("b", "cut")[:30], encoding="utf-8")  # killed
+    path.write_text(
+        _entry("a", "kept") + "\n" + _entry("b", "cut")[:30], encoding="utf-8"
+    )  # killed
     cache = AnswerCache(path)
     assert len(cache) == 1
     cache.put("c", Answer("new", 0.2))
@@ -469,7 +504,12 @@ def test_remote_faults_are_retried_and_answers_are_never_asked_twice(tmp_path, c
     valid = _jsonl(
         tmp_path / "v.jsonl",
         [
-            {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"echo q{i}"}]}
+            {
+                "messages": [
+                    {"role": "user", "content": f"q{i}"},
+                    {"role": "assistant", "content": f"echo q{i}"},
+                ]
+            }
             for i in range(8)
         ],
     )
@@ -496,7 +536,12 @@ def test_a_killed_eval_resumes_from_its_cache(tmp_path):
     valid = _jsonl(
         tmp_path / "v.jsonl",
         [
-            {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"echo q{i}"}]}
+            {
+                "messages": [
+                    {"role": "user", "content": f"q{i}"},
+                    {"role": "assistant", "content": f"echo q{i}"},
+                ]
+            }
             for i in range(12)
         ],
     )
@@ -520,7 +565,15 @@ def test_a_killed_eval_resumes_from_its_cache(tmp_path):
 
     with FakeOpenAI() as fake:
         fake.answer = answer
-        args = [CONVTUNE, "eval", f"{MODEL}@{fake.url}", "--data", str(valid), "--cache", str(cache)]
+        args = [
+            CONVTUNE,
+            "eval",
+            f"{MODEL}@{fake.url}",
+            "--data",
+            str(valid),
+            "--cache",
+            str(cache),
+        ]
         args += ["--concurrency", "2", "--json"]
         env = dict(os.environ, OPENAI_API_KEY=fake.key)
         run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -653,11 +706,31 @@ def test_record_never_writes_over_its_input(tmp_path, capsys):
     valid = _questions(tmp_path, 2)
     before = valid.read_bytes()
     for extra in ([], ["--force"]):
-        assert main(["record", "m", "--data", str(valid), "-o", str(tmp_path / "." / "v.jsonl"), *extra]) == 1
+        assert (
+            main(
+                ["record", "m", "--data", str(valid), "-o", str(tmp_path / "." / "v.jsonl"), *extra]
+            )
+            == 1
+        )
         assert "is the --data file: writing there would replace it" in capsys.readouterr().err
     cache = tmp_path / "answers.jsonl"
     cache.write_text("", encoding="utf-8")
-    assert main(["record", "m", "--data", str(valid), "-o", str(cache), "--cache", str(cache), "--force"]) == 1
+    assert (
+        main(
+            [
+                "record",
+                "m",
+                "--data",
+                str(valid),
+                "-o",
+                str(cache),
+                "--cache",
+                str(cache),
+                "--force",
+            ]
+        )
+        == 1
+    )
     assert "is the --cache file" in capsys.readouterr().err
     # the default cache in the data folder too: replacing it would lose every answer paid for
     default = data_dir() / "eval" / "answers.jsonl"

@@ -66,8 +66,12 @@ def test_summary_means_errors_latency_and_json_shape(result):
 
 def test_a_score_a_grader_could_not_give_is_an_error_with_its_reason():
     judged = [
-        ModelAnswer("a", {"bleu": 0.5}, 1.0, grader_errors={"score_model": "the judge j failed: gone"}),
-        ModelAnswer("b", {"bleu": 0.7}, 1.0, grader_errors={"score_model": "the judge j failed: gone"}),
+        ModelAnswer(
+            "a", {"bleu": 0.5}, 1.0, grader_errors={"score_model": "the judge j failed: gone"}
+        ),
+        ModelAnswer(
+            "b", {"bleu": 0.7}, 1.0, grader_errors={"score_model": "the judge j failed: gone"}
+        ),
         ModelAnswer("c", {"bleu": 0.9, "score_model": 0.8}, 1.0),
         ModelAnswer(error="timed out"),
     ]

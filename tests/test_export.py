@@ -25,7 +25,7 @@ from convtune.export.gotemplate import render as render_go
 from convtune.export.modelfile import chatml_template, ollama_template, ollama_values
 from convtune.export.tensor_names import permute_qk, unpermute_qk
 from convtune.local.store import Store, database_path
-from convtune.objects import Job, now
+from convtune.service.objects import Job, now
 
 from .conftest import EXAMPLE
 from .tiny_models import CHAT_TEMPLATE, make_tiny_model
@@ -108,7 +108,7 @@ def register(
     base_source: Path | None = None,
 ) -> str:
     """Record a fine-tuned model in this test's store, as the worker does after training."""
-    from convtune.home import data_dir
+    from convtune.state.home import data_dir
 
     store = Store(database_path(data_dir()))
     job_id = None
@@ -430,7 +430,7 @@ def smollm2_export(tmp_path_factory, smollm2_converted):
     out = tmp_path_factory.mktemp("smollm2-export") / "f16"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CONVTUNE_HOME", str(home))
-        from convtune.home import base_models_dir
+        from convtune.state.home import base_models_dir
 
         export_model("SmolLM2-135M-Instruct", out, quantize="f16")
         cache = base_models_dir() / "SmolLM2-135M-Instruct"

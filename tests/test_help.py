@@ -21,11 +21,22 @@ COMMANDS = list(_commands(cli))
 
 def test_every_command_is_covered():
     names = {" ".join(path) for path, _ in COMMANDS}
-    assert {"prepare", "check", "train", "follow", "jobs pause", "files delete", "serve", "plot"} <= names
+    assert {
+        "prepare",
+        "check",
+        "train",
+        "follow",
+        "jobs pause",
+        "files delete",
+        "serve",
+        "plot",
+    } <= names
     assert len(COMMANDS) > 20
 
 
-@pytest.mark.parametrize("path,command", COMMANDS, ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+@pytest.mark.parametrize(
+    "path,command", COMMANDS, ids=lambda v: " ".join(v) if isinstance(v, tuple) else ""
+)
 def test_one_line_summary_and_an_example(path, command, capsys):
     summary = command.get_short_help_str(limit=80)
     assert summary and not summary.endswith("..."), summary  # whole, in the command list too

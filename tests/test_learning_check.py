@@ -31,7 +31,12 @@ def valid(tmp_path_factory):
 def write(tmp_path, n: int):
     path = tmp_path / "valid.jsonl"
     lines = [
-        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": f"a{i}"},
+            ]
+        }
         for i in range(n)
     ]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
@@ -91,7 +96,9 @@ def test_the_verdict_says_better_worse_or_no_clear_difference(valid):
     [fuzzy, rouge] = better.graders
     assert fuzzy.grader == "fuzzy_match" and fuzzy.tuned == 1.0 and fuzzy.difference.low > 0
     assert rouge.grader == "rouge_l" and rouge.word == "better"
-    assert better.message().startswith(f"Did it learn? The fine-tune against base on {len(prompts)}")
+    assert better.message().startswith(
+        f"Did it learn? The fine-tune against base on {len(prompts)}"
+    )
     assert "fuzzy_match +" in better.message() and ": better" in better.message()
     assert verdict("base", prompts, references, nonsense, shared=False).word == "worse"
     same = verdict("base", prompts, nonsense, nonsense, shared=True)
@@ -119,7 +126,12 @@ def test_the_kept_checkpoint_is_loaded_into_the_model(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     records = [
-        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": f"a{i}"},
+            ]
+        }
         for i in range(8)
     ]
     examples, _ = tokenize_records(list(enumerate(records, 1)), tokenizer, max_length=64)
@@ -138,6 +150,7 @@ def test_the_kept_checkpoint_is_loaded_into_the_model(tmp_path):
         ProbeResult(1, steps[1], [], {"fuzzy_match": 0.9, "rouge_l": 0.5}),
         ProbeResult(3, steps[3], [], {"fuzzy_match": 0.2, "rouge_l": 0.5}),
     ]
+
     def lora_b() -> dict[str, torch.Tensor]:
         return {
             n.replace(".default", ""): p.detach().clone()
@@ -148,7 +161,9 @@ def test_the_kept_checkpoint_is_loaded_into_the_model(tmp_path):
     last = lora_b()
     check._keep_best(result.model, steps[3])
     kept = lora_b()
-    adapter = tmp_path / "checkpoints" / f"step-{steps[1]}" / "adapter" / "adapter_model.safetensors"
+    adapter = (
+        tmp_path / "checkpoints" / f"step-{steps[1]}" / "adapter" / "adapter_model.safetensors"
+    )
     saved = {n: w for n, w in load_file(str(adapter)).items() if "lora_B" in n}
     assert saved and set(saved) == set(kept)
     for name, weight in saved.items():

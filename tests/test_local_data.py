@@ -197,12 +197,16 @@ def test_overlong_examples_keep_their_end(tiny, tmp_path):
             {"role": "assistant", "content": "You should know"},
         ]
     }
-    short = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]}
+    short = {
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]
+    }
     examples, stats = tokenize_file(jsonl(tmp_path, record, short), tiny, max_length=48)
     assert stats.truncated == 1 and stats.examples == 2
     assert len(examples[0].input_ids) == 48
     assert trained_spans(tiny, examples[0]) == ["You should know<|im_end|>"]
-    assert tiny.decode(examples[0].input_ids).endswith("<|im_start|>assistant\nYou should know<|im_end|>\n")
+    assert tiny.decode(examples[0].input_ids).endswith(
+        "<|im_start|>assistant\nYou should know<|im_end|>\n"
+    )
 
 
 LLAMA2_TEMPLATE = (  # another family of template: no header tokens, the system inside [INST]

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from convtune import ExampleOptions, PrepareOptions, prepare
-from convtune.contract import ChatRequest, JobRequest
 from convtune.local.local_service import LocalService
-from convtune.training_options import TrainOptions
+from convtune.service.contract import ChatRequest, JobRequest
+from convtune.service.training_options import TrainOptions
 
 from .conftest import EXAMPLE, ROOT
 from .processes import popen_ctrl_c
@@ -307,7 +307,9 @@ def test_a_job_with_a_validation_file_keeps_its_best_answers_and_says_whether_it
     )
     # epochs and batch were given: auto chose the learning rate alone, and said so
     [auto] = [m for m in messages if m.startswith("auto chose")]
-    assert auto.startswith("auto chose learning_rate_multiplier 10 (LoRA") and "n_epochs" not in auto
+    assert (
+        auto.startswith("auto chose learning_rate_multiplier 10 (LoRA") and "n_epochs" not in auto
+    )
 
     # the job's answers are in eval's cache: `convtune eval BASE FT --max-tokens 48` asks nothing
     from convtune.evaluation import AnswerCache, Settings, Target, ask, read_prompts

@@ -9,11 +9,11 @@ import signal
 
 import pytest
 
-from convtune.contract import JobRequest
 from convtune.errors import Conflict
 from convtune.local.local_service import LocalService
 from convtune.local.process import process_alive
-from convtune.training_options import TrainOptions
+from convtune.service.contract import JobRequest
+from convtune.service.training_options import TrainOptions
 
 from .servers import wait_for_job
 from .test_local_jobs import convtune, data, tiny, training, wait_for  # noqa: F401  (module fixtures)
@@ -194,7 +194,7 @@ def test_a_job_being_launched_is_not_taken_for_crashed(tiny, data):  # noqa: F81
     """Between the job's row and its worker's pid there is a moment with no worker to see: a
     reader in that moment (another thread of the server, `jobs list`) must not fail the job."""
     from convtune.local.store import new_id, now
-    from convtune.objects import Job
+    from convtune.service.objects import Job
 
     service = LocalService()
     job = Job(id=new_id("ftjob-"), created_at=now(), model="m", training_file="file-x")
@@ -266,7 +266,7 @@ def test_events_after_an_unknown_id_is_an_error(tiny, data):  # noqa: F811
 
 
 def test_chat_keeps_one_copy_per_model_however_it_is_spelled(tiny):  # noqa: F811
-    from convtune.contract import ChatRequest
+    from convtune.service.contract import ChatRequest
 
     service = LocalService()
     spellings = [str(tiny), str(tiny).replace("/", "//", 1), f"{tiny.parent}/./{tiny.name}"]

@@ -206,7 +206,9 @@ def test_merge_and_save_gives_a_plain_transformers_model(tiny, tmp_path):
     ids = torch.tensor([examples[0].input_ids])
     with torch.no_grad():
         expected = result.model(input_ids=ids).logits
-    merge_and_save(result.model, tokenizer, tmp_path / "merged", adapter_folder=tmp_path / "adapter")
+    merge_and_save(
+        result.model, tokenizer, tmp_path / "merged", adapter_folder=tmp_path / "adapter"
+    )
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     assert not list(tmp_path.glob(".merged-*"))  # no staging folder left behind
@@ -408,7 +410,9 @@ def test_shared_prefixes_train_each_reply_on_the_same_context(tiny, tmp_path):
     assert sum(sum(1 for x in r.labels if x != -100) for r in rows) == trained
 
     config = TrainConfig(**FAST)
-    ctx = _Context.make(model, config, Distributed.start(), torch.device("cpu"), None, training=False)
+    ctx = _Context.make(
+        model, config, Distributed.start(), torch.device("cpu"), None, training=False
+    )
     merged, plain = Examples(examples), Examples(examples, share=False)
     assert merged.examples == plain.examples == len(examples) and len(merged) == len(rows)
     loss_merged, accuracy_merged = _evaluate(model, merged, merged.all(), ctx)

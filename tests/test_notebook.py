@@ -115,5 +115,7 @@ def test_section_9_records_and_evaluates(executed):
     assert (out / "golden.jsonl").is_file() and (out / "eval.html").is_file()
     table = "".join(o.get("data", {}).get("text/plain", "") for o in outputs(cell(nb, "eval")))
     assert "fuzzy_match" in table and "valid loss" in table
-    scores = "".join(o.get("data", {}).get("text/plain", "") for o in outputs(cell(nb, "reference")))
+    scores = "".join(
+        o.get("data", {}).get("text/plain", "") for o in outputs(cell(nb, "reference"))
+    )
     assert "'string_check_eq': 1.0" in scores  # the recording model matches its own answers

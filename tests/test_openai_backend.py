@@ -14,25 +14,25 @@ from pathlib import Path
 
 import pytest
 
-from convtune.backoff import MAX_BACKOFF
-from convtune.contract import ChatRequest, JobRequest
 from convtune.errors import Conflict, ConvtuneError, NotFound, OptionError, TransientError
-from convtune.follow import follow
-from convtune.objects import Job
 from convtune.openai_backend import OpenAIService, wind_down_warning
-from convtune.training_options import TrainOptions
+from convtune.service.backoff import MAX_BACKOFF
+from convtune.service.contract import ChatRequest, JobRequest
+from convtune.service.follow import follow
+from convtune.service.objects import Job
+from convtune.service.training_options import TrainOptions
 
 from .fake_openai import FakeOpenAI
 
 MODEL = "gpt-4.1-mini-2025-04-14"
 
 
-
 def tag(**extra: str) -> dict[str, str]:
     """The metadata convtune sends: the user's, its tag and this data directory's id."""
-    from convtune.home import installation_id
+    from convtune.state.home import installation_id
 
     return {**extra, "created_by": "convtune", "convtune_installation": installation_id()}
+
 
 def chat_lines(n: int, reply: str = "Sure") -> str:
     return "".join(
@@ -412,7 +412,9 @@ def test_wind_down_warning():
 
 
 def test_a_base_url_without_v1_gets_a_hint(fake):
-    service = OpenAIService(api_key=fake.key, base_url=fake.url.replace("/v1", "/api"), max_retries=0)
+    service = OpenAIService(
+        api_key=fake.key, base_url=fake.url.replace("/v1", "/api"), max_retries=0
+    )
     with pytest.raises(NotFound) as caught:
         service.list_jobs()
     assert "does --base-url end in /v1?" in str(caught.value)

@@ -19,7 +19,6 @@ from convtune.cli import render
 from convtune.cli.main import main
 from convtune.errors import ConvtuneError
 from convtune.local.local_service import LocalService
-from convtune.objects import ModelObject
 from convtune.openai_backend import WIND_DOWN, catalog
 from convtune.openai_backend.catalog import (
     ShutdownTable,
@@ -29,6 +28,7 @@ from convtune.openai_backend.catalog import (
     load_table,
     retirement,
 )
+from convtune.service.objects import ModelObject
 
 from .fake_openai import FakeOpenAI
 from .test_openai_cli import PROXY_VARS, _no_key, one_line_error

@@ -22,8 +22,8 @@ import pytest
 
 from convtune.cli.main import main
 from convtune.cli.tables import when
-from convtune.contract import JobRequest
 from convtune.openai_backend import OpenAIService
+from convtune.service.contract import JobRequest
 
 from .conftest import ROOT
 from .fake_openai import FakeOpenAI
@@ -37,10 +37,9 @@ PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_pro
 
 def tag(**extra: str) -> dict[str, str]:
     """The metadata convtune sends: the user's, its tag and this data directory's id."""
-    from convtune.home import installation_id
+    from convtune.state.home import installation_id
 
     return {**extra, "created_by": "convtune", "convtune_installation": installation_id()}
-
 
 
 @pytest.fixture
@@ -181,7 +180,9 @@ def test_train_follow_chat_results_through_the_cli(fake, files, tmp_path, cli, i
     uploads = len(fake.files)
     [earlier] = [f for f in fake.files.values() if f["filename"] == files["train"].name]
     earlier["created_at"] -= 3600
-    reused = convtune(fake, "train", files["train"], "--base-url", url, "--model", MODEL, "--detach")
+    reused = convtune(
+        fake, "train", files["train"], "--base-url", url, "--model", MODEL, "--detach"
+    )
     assert reused.returncode == 0, reused.stderr
     assert f"Training file support.train.jsonl: {earlier['id']} (reused: uploaded" in reused.stdout
     assert f"uploaded {when(earlier['created_at'])}; --no-reuse sends it again)" in reused.stdout

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from convtune import PrepareOptions, prepare
-from convtune.contract import ChatRequest, JobRequest
 from convtune.errors import Conflict, ConvtuneError, NotFound
-from convtune.follow import Progress, follow
-from convtune.objects import Job
 from convtune.openai_backend import OpenAIService
-from convtune.training_options import TrainOptions
+from convtune.service.contract import ChatRequest, JobRequest
+from convtune.service.follow import Progress, follow
+from convtune.service.objects import Job
+from convtune.service.training_options import TrainOptions
 
 from .conftest import EXAMPLE, ROOT
 from .servers import serve
@@ -34,10 +34,9 @@ KEY = "sk-serve-test-4b8e2d6f0a1c"
 
 def tag(**extra: str) -> dict[str, str]:
     """The metadata convtune sends: the user's, its tag and this data directory's id."""
-    from convtune.home import installation_id
+    from convtune.state.home import installation_id
 
     return {**extra, "created_by": "convtune", "convtune_installation": installation_id()}
-
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +149,11 @@ def cli(capsys, monkeypatch):
         capsys.readouterr()
         code = main([str(a) for a in args])
         out, err = capsys.readouterr()
-        assert KEY not in out + err and "4b8e2d6f0a1c" not in out + err and "Traceback" not in out + err
+        assert (
+            KEY not in out + err
+            and "4b8e2d6f0a1c" not in out + err
+            and "Traceback" not in out + err
+        )
         return subprocess.CompletedProcess(args, code, out, err)
 
     return run

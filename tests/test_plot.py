@@ -14,17 +14,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from convtune.metrics.results_csv import read_results
 from matplotlib.image import imread
 
 from convtune import PrepareOptions, check_file, prepare
-from convtune.charts import loss_figure, save_png, smoothing_window, tokens_figure
-from convtune.contract import JobRequest
-from convtune.follow import follow
 from convtune.local.local_service import LocalService
-from convtune.metrics import NoMetrics, job_metrics
-from convtune.objects import Job, JobEvent
-from convtune.results_csv import read_results
-from convtune.training_options import TrainOptions
+from convtune.metrics.charts import loss_figure, save_png, smoothing_window, tokens_figure
+from convtune.metrics.job_metrics import NoMetrics, job_metrics
+from convtune.service.contract import JobRequest
+from convtune.service.follow import follow
+from convtune.service.objects import Job, JobEvent
+from convtune.service.training_options import TrainOptions
 
 from .conftest import EXAMPLE, ROOT
 from .tiny_models import make_tiny_model
@@ -394,8 +394,8 @@ def test_help_says_what_it_does_with_an_example(command, cli):
 
 
 def test_a_picture_goes_to_a_png_in_a_folder_that_exists(tmp_path):
-    from convtune.charts import png_target
     from convtune.errors import ConvtuneError, OutputExistsError
+    from convtune.metrics.charts import png_target
 
     assert png_target(tmp_path / "loss.png") == tmp_path / "loss.png"
     with pytest.raises(ConvtuneError, match="no such folder"):

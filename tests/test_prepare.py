@@ -90,9 +90,7 @@ def test_max_tokens_drop_and_truncate(tmp_path):
     report = run(EXAMPLE, tmp_path / "d", max_tokens=80, valid_ratio=0)
     assert report.dropped > 0
     assert report.examples == report.replies - report.dropped
-    assert any(
-        f.code == "dropped_too_long" and f.count == report.dropped for f in report.findings
-    )
+    assert any(f.code == "dropped_too_long" and f.count == report.dropped for f in report.findings)
     assert report.train.tokens.max <= 80
     report = run(EXAMPLE, tmp_path / "t", max_tokens=80, valid_ratio=0, overlong="truncate")
     assert report.truncated > 0

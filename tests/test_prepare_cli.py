@@ -217,11 +217,15 @@ def test_the_flags_defaults_are_the_librarys():
     options = PrepareOptions()
     examples, sheet = options.examples, options.sheet
     assert (defaults["fmt"], defaults["layout"], defaults["stop"]) == (
-        examples.format, examples.layout, examples.stop
+        examples.format,
+        examples.layout,
+        examples.stop,
     )
     assert defaults["context"] == str(examples.context)
     assert (defaults["valid_ratio"], defaults["seed"], defaults["overlong"]) == (
-        options.valid_ratio, options.seed, options.overlong
+        options.valid_ratio,
+        options.seed,
+        options.overlong,
     )
     assert (defaults["encoding"], defaults["separator"]) == (sheet.encoding, sheet.separator)
     page = PrepareBody()

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import base64
 
-from convtune.results_csv import COLUMNS, decode_base64_results, read_results, write_results
+from convtune.metrics.results_csv import (
+    COLUMNS,
+    decode_base64_results,
+    read_results,
+    write_results,
+)
 
 
 def test_written_rows_read_back_with_openai_columns():

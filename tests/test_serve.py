@@ -128,7 +128,9 @@ def test_openai_sdk_end_to_end_every_operation(served, conformance, tiny, data):
     assert chunks[0].choices[0].delta.role == "assistant"
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text  # greedy decoding: the same reply, whole or streamed
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == usage.completion_tokens
+    assert (
+        chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == usage.completion_tokens
+    )
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == (
         whole.choices[0].finish_reason
     )

@@ -21,7 +21,9 @@ from convtune.server import create_app
 from .servers import CONVTUNE, Conformance, load_spec, operations, serve, wait_for
 from .tiny_models import make_tiny_model
 
-GOOD = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]}\n'
+GOOD = (
+    '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]}\n'
+)
 SECRET = "sk-wrong-S3CRET-never-logged"
 
 # a value for each path parameter of the spec, so that every operation can be called
@@ -210,7 +212,9 @@ def test_file_list_pagination_and_names(api):
     assert error(api.get("files", params={"after": "file-gone"}), 400)["param"] == "after"
     assert error(api.get("files", params={"order": "sideways"}), 400)["param"] == "order"
     again = api.post(
-        "files", data={"purpose": "fine-tune"}, files={"file": ("0.jsonl", GOOD.replace("Hey", "Hey 0"))}
+        "files",
+        data={"purpose": "fine-tune"},
+        files={"file": ("0.jsonl", GOOD.replace("Hey", "Hey 0"))},
     )
     assert again.json()["id"] == made[0]["id"]  # the same bytes and name: the same file
     for f in made:
@@ -256,7 +260,9 @@ def test_job_requests_are_checked_field_by_field(api, tiny):
     assert [j["id"] for j in listed["data"]] == [job["id"]]
     assert api.get("fine_tuning/jobs", params={"metadata": "null"}).json()["data"]
     assert error(api.get("fine_tuning/jobs", params={"after": "ftjob-gone"}), 400)
-    done = wait_for(lambda: (j := api.get(f"fine_tuning/jobs/{job['id']}").json())["finished_at"] and j)
+    done = wait_for(
+        lambda: (j := api.get(f"fine_tuning/jobs/{job['id']}").json())["finished_at"] and j
+    )
     assert done["status"] == "succeeded", done["error"]
     events = api.get(f"fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()
     steps = [e["data"]["step"] for e in events["data"] if e["type"] == "metrics"]
@@ -286,7 +292,10 @@ def test_chat_requests_are_checked(api, tiny):
         assert error(api.post("chat/completions", json=body), 400)["param"] == param, body
     missing = error(api.post("chat/completions", json={**base, "model": "ft:x:y:ftjob-none"}), 404)
     assert missing["code"] == "model_not_found"
-    parts = {"role": "user", "content": [{"type": "text", "text": "H"}, {"type": "text", "text": "i"}]}
+    parts = {
+        "role": "user",
+        "content": [{"type": "text", "text": "H"}, {"type": "text", "text": "i"}],
+    }
     developer = {"role": "developer", "content": "Be brief."}
     ok = api.post("chat/completions", json={**base, "messages": [developer, parts], "user": "u"})
     assert ok.status_code == 200, ok.text
@@ -343,9 +352,10 @@ def test_streaming_on_the_wire(served, conformance, tiny):
     # a client that leaves mid-stream: the server ends that generation and carries on (no
     # validating hook here: it would read the whole stream before the test could leave)
     headers = {"Authorization": f"Bearer {served.key}"}
-    with httpx.Client(base_url=served.url, headers=headers) as raw, raw.stream(
-        "POST", "chat/completions", json={**body, "max_tokens": 2000}
-    ) as stream:
+    with (
+        httpx.Client(base_url=served.url, headers=headers) as raw,
+        raw.stream("POST", "chat/completions", json={**body, "max_tokens": 2000}) as stream,
+    ):
         for _line in stream.iter_lines():
             break
     whole = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
@@ -357,7 +367,9 @@ def test_upload_limit_is_413(tmp_path, conformance):
     with serve(tmp_path / "home", "--max-upload-mb", "0.01") as small:  # 10 kB
         with conformance.client(small) as client:
             fits = GOOD * (10_000 // len(GOOD))
-            ok = client.post("files", data={"purpose": "fine-tune"}, files={"file": ("a.jsonl", fits)})
+            ok = client.post(
+                "files", data={"purpose": "fine-tune"}, files={"file": ("a.jsonl", fits)}
+            )
             assert ok.status_code == 200, ok.text
             big = (GOOD * 2000).encode()  # 170 kB
             refused = client.post(

@@ -88,8 +88,8 @@ def serial_replies(tiny: Path) -> list[tuple[str, int]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from convtune.contract import ChatRequest
     from convtune.local.chat import LocalChat
+    from convtune.service.contract import ChatRequest
 
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
     chat = LocalChat(model, AutoTokenizer.from_pretrained(tiny), max_batch=1)

@@ -15,12 +15,12 @@ from pathlib import Path
 import openai
 import pytest
 
-from convtune.contract import ChatRequest
 from convtune.errors import Conflict, NotFound
 from convtune.local.base_models import STAMP
 from convtune.local.local_service import BASE_OWNER, LocalService
 from convtune.local.store import new_id, now
-from convtune.objects import Job
+from convtune.service.contract import ChatRequest
+from convtune.service.objects import Job
 
 from .servers import Conformance, serve, wait_for
 from .tiny_models import make_tiny_model

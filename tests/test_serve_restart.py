@@ -69,7 +69,11 @@ def test_jobs_survive_restarts_of_the_server_and_of_the_machine(tmp_path, tiny, 
         ).json()["id"]
 
         def create(**hyperparameters) -> str:
-            body = {"model": str(tiny), "training_file": file_id, "hyperparameters": hyperparameters}
+            body = {
+                "model": str(tiny),
+                "training_file": file_id,
+                "hyperparameters": hyperparameters,
+            }
             response = client.post("fine_tuning/jobs", json=body)
             assert response.status_code == 200, response.text
             return response.json()["id"]
@@ -113,14 +117,16 @@ def test_jobs_survive_restarts_of_the_server_and_of_the_machine(tmp_path, tiny, 
         assert f"job {waiting} restarted after the restart" in log
         for job in (running, waiting):
             done = wait_for(
-                lambda job=job: (j := client.get(f"fine_tuning/jobs/{job}").json())["finished_at"]
-                and j,
+                lambda job=job: (
+                    (j := client.get(f"fine_tuning/jobs/{job}").json())["finished_at"] and j
+                ),
                 timeout=300,
             )
             assert done["status"] == "succeeded", done["error"]
             assert done["fine_tuned_model"]
         said = " ".join(messages(client, running))
         assert "resuming from checkpoint at step" in said
+
         # one at a time, still, oldest first: the waiting job started once the resumed one ended
         def when(job: str, text: str) -> int:
             events = client.get(f"fine_tuning/jobs/{job}/events", params={"limit": 1000}).json()

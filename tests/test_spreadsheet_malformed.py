@@ -78,8 +78,13 @@ def test_stray_quote_that_closes_cleanly_then_leaves_a_quote_in_an_unquoted_cell
 
 @pytest.mark.parametrize(
     ("swallowed", "kind"),
-    [("###;###", "a separator row"), ("###", "a separator row"), (" ### ;", "a separator row"),
-     ("Human;AI", "the header row"), ("Human;AI;;", "the header row")],
+    [
+        ("###;###", "a separator row"),
+        ("###", "a separator row"),
+        (" ### ;", "a separator row"),
+        ("Human;AI", "the header row"),
+        ("Human;AI;;", "the header row"),
+    ],
 )
 def test_quoted_cell_that_swallows_a_row_of_the_file_names_both_lines(write, swallowed, kind):
     # grammatical CSV, but the quote that opens on line 3 runs over line 5, plainly a row

@@ -55,14 +55,19 @@ FRAGMENTS = [
     "😀",
     "\xa0",
     '""',
-    "12\" screen",
+    '12" screen',
 ]
 cell = st.lists(st.sampled_from(FRAGMENTS), max_size=5).map("".join)
 separator_row = st.sampled_from(
     [(SEPARATOR, SEPARATOR), (SEPARATOR, ""), ("", SEPARATOR), (" ### ", "\n###\n")]
 )
 row = st.one_of(st.tuples(cell, cell), separator_row)
-ACTORS = [("Human", "AI"), ("Customer", "Agent"), ("Cliente", "Agente"), ("ユーザー", "アシスタント")]
+ACTORS = [
+    ("Human", "AI"),
+    ("Customer", "Agent"),
+    ("Cliente", "Agente"),
+    ("ユーザー", "アシスタント"),
+]
 ACTORS += [("Customer, Inc", "Agent; 2nd line")]  # a header that needs quotes itself
 
 

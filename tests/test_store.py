@@ -6,7 +6,7 @@ import sqlite3
 import threading
 
 from convtune.local.store import MIGRATIONS, Store, new_id
-from convtune.objects import Job, JobError
+from convtune.service.objects import Job, JobError
 
 
 def make_job(store: Store, **kw) -> Job:

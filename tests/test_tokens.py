@@ -12,7 +12,13 @@ from convtune.dataset import encodings, tokens
 def test_counts_agree_with_bpe_openai(encoding):
     counter = tokens.OpenAICounter(encoding)
     reference = bpe_openai.get_encoding(encoding)
-    for text in ["Hello world!", "¿Qué tal?\nBien.", "  spaces  and\ttabs ", "12345 678", "emoji 🚲✨"]:
+    for text in [
+        "Hello world!",
+        "¿Qué tal?\nBien.",
+        "  spaces  and\ttabs ",
+        "12345 678",
+        "emoji 🚲✨",
+    ]:
         assert counter.count(text) == len(reference.encode(text))
 
 

@@ -34,7 +34,7 @@ from convtune.local.training.runtime import (  # noqa: E402
     activation_bytes_per_token,
     default_micro_batch_tokens,
 )
-from convtune.training_options import TrainOptions  # noqa: E402
+from convtune.service.training_options import TrainOptions  # noqa: E402
 
 from .tiny_models import make_tiny_model  # noqa: E402
 

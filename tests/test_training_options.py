@@ -12,7 +12,7 @@ from convtune.cli.main import cli, main
 from convtune.errors import OptionError
 from convtune.local.training import WORKER_OPTIONS, TrainConfig
 from convtune.server.jobs_api import CreateJob, Hyperparameters, LocalOptions
-from convtune.training_options import TrainOptions, refuse_trainer_options, specs
+from convtune.service.training_options import TrainOptions, refuse_trainer_options, specs
 
 
 def _cli_options() -> set[str]:

@@ -21,7 +21,7 @@ import pytest
 from convtune import PrepareOptions, prepare
 from convtune.cli import ui_cmd
 from convtune.dataset.examples import FORMATS, LAYOUTS, ExampleOptions
-from convtune.training_options import default, specs
+from convtune.service.training_options import default, specs
 
 from .conftest import EXAMPLE
 from .servers import ERROR_SCHEMA, Conformance, serve, stop, wait_for
@@ -162,7 +162,10 @@ def test_prepare_reports_as_the_library_does_and_saves_nothing(api, served, tmp_
 
 def test_save_uploads_the_files_through_the_service(api, tmp_path):
     response = post_sheet(
-        api, EXAMPLE.read_bytes(), options={"save": True}, system="You are Nimbus, the shop's helper."
+        api,
+        EXAMPLE.read_bytes(),
+        options={"save": True},
+        system="You are Nimbus, the shop's helper.",
     )
     assert response.status_code == 200, response.text
     files = response.json()["files"]
@@ -202,9 +205,14 @@ def test_options_are_refused_with_the_parameter_they_belong_to(api, error):
     for options, param in cases:
         body = error(post_sheet(api, sheet, options=options), 400)
         assert body["param"] == param, (options, body)
-    body = error(post_sheet(api, sheet, options={"layout": "conversation", "format": "prompt-completion"}), 400)
+    body = error(
+        post_sheet(api, sheet, options={"layout": "conversation", "format": "prompt-completion"}),
+        400,
+    )
     assert "--" not in body["message"]  # the page has no flags: `layout`, not `--layout`
-    assert "'system' is too long" in error(post_sheet(api, sheet, system="x" * 2000), 400)["message"]
+    assert (
+        "'system' is too long" in error(post_sheet(api, sheet, system="x" * 2000), 400)["message"]
+    )
     assert error(post_sheet(api, sheet, options=None, other="1"), 400)["param"] == "other"
     assert error(api.post("convtune/prepare", data={"options": "{}"}, files={"x": ("a", b"")}), 400)
     bad_json = api.post("convtune/prepare", files={"file": ("a.csv", sheet)}, data={"options": "{"})
@@ -234,7 +242,9 @@ def test_a_workbook_lists_its_sheets_and_one_is_chosen(api, tmp_path):
     assert whole.status_code == 200, whole.text
     assert whole.json()["sheets"] == ["Notes", "Support"]
     assert whole.json()["report"]["actors"] == ["Human", "AI"]
-    chosen = post_sheet(api, content, name="book.xlsx", options={"sheet": "Support", "valid_ratio": 0})
+    chosen = post_sheet(
+        api, content, name="book.xlsx", options={"sheet": "Support", "valid_ratio": 0}
+    )
     assert chosen.json()["report"]["actors"] == ["Customer", "Agent"]
     assert chosen.json()["report"]["replies"] == 2
 
@@ -247,8 +257,12 @@ def test_compare_runs_eval_on_a_file_and_serves_its_report(api, served, error, t
     first = make_tiny_model(folder / "tiny-a", tied=False)
     second = make_tiny_model(folder / "tiny-b")
     saved = post_sheet(api, EXAMPLE.read_bytes(), options={"save": True}).json()["files"]
-    body = {"models": [str(first), str(second)], "file": saved["valid"]["id"], "limit": 2,
-            "max_tokens": 8}
+    body = {
+        "models": [str(first), str(second)],
+        "file": saved["valid"]["id"],
+        "limit": 2,
+        "max_tokens": 8,
+    }
     response = api.post("convtune/compare", json=body)
     assert response.status_code == 200, response.text
     result = response.json()
@@ -261,17 +275,31 @@ def test_compare_runs_eval_on_a_file_and_serves_its_report(api, served, error, t
     assert "<h1>convtune eval: conversations.valid.jsonl" in page.text
     assert page.headers["content-security-policy"] == "sandbox allow-scripts"
     assert api.post("convtune/compare", json=body).json() == result  # cached: the same answer
-    assert (served.home / "eval" / "answers.jsonl").is_file()  # the answers kept, as eval keeps them
+    assert (
+        served.home / "eval" / "answers.jsonl"
+    ).is_file()  # the answers kept, as eval keeps them
 
-    missing = error(api.post("convtune/compare", json={**body, "models": [str(first), "nope"]}), 404)
+    missing = error(
+        api.post("convtune/compare", json={**body, "models": [str(first), "nope"]}), 404
+    )
     assert missing["code"] == "model_not_found" and missing["param"] == "models"
     twice = error(api.post("convtune/compare", json={**body, "models": [str(first)] * 2}), 400)
     assert twice["param"] == "models"
-    assert error(api.post("convtune/compare", json={**body, "file": "../x"}), 400)["param"] == "file"
-    assert error(api.post("convtune/compare", json={**body, "file": "file-nope"}), 404)["param"] == "file"
+    assert (
+        error(api.post("convtune/compare", json={**body, "file": "../x"}), 400)["param"] == "file"
+    )
+    assert (
+        error(api.post("convtune/compare", json={**body, "file": "file-nope"}), 404)["param"]
+        == "file"
+    )
     assert error(api.post("convtune/compare", json={**body, "limit": 0}), 400)["param"] == "limit"
     # a model on another service is not a target here: MODEL@URL is a model name like any other
-    remote = error(api.post("convtune/compare", json={**body, "models": [str(first), "x@http://127.0.0.1:9/v1"]}), 404)
+    remote = error(
+        api.post(
+            "convtune/compare", json={**body, "models": [str(first), "x@http://127.0.0.1:9/v1"]}
+        ),
+        404,
+    )
     assert remote["code"] == "model_not_found"
     for bad in ("cmp-../../x", "cmp-0000", result["id"][:-1] + "z"):
         assert error(api.get(f"convtune/comparisons/{bad}"), 404)

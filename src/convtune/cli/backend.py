@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from ..contract import FineTuningService
+from ..service.contract import FineTuningService
 
 BACKENDS = ("local", "openai")
 

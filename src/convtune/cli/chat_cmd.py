@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..contract import ChatRequest
+from ..service.contract import ChatRequest
 from . import render
 from .backend import Backend, backend_option, service_for
 
@@ -20,7 +20,7 @@ Examples:
   convtune chat ft:SmolLM2-135M-Instruct:support:ftjob-abc123 --message "Hello"
   convtune chat SmolLM2-135M-Instruct --message "Hello"      # the base model, to compare
   convtune chat ft:gpt-4.1-mini-2025-04-14:acme:support:AbC123 --backend openai
-"""
+""",
 )
 @click.argument("model")
 @click.option("-m", "--message", default=None, help="One message: print the reply and exit.")

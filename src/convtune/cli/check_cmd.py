@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..charts import png_target, save_png, tokens_figure
 from ..dataset.check import check_file
 from ..errors import ConvtuneError
+from ..metrics.charts import png_target, save_png, tokens_figure
 from . import render
 from .options import token_options
 

@@ -16,8 +16,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ..contract import FineTuningService, Ownership
 from ..errors import Conflict, ConvtuneError
+from ..service.contract import FineTuningService, Ownership
 from . import render
 from .backend import Backend, backend_option, service_for
 from .tables import print_table, when
@@ -78,8 +78,9 @@ MODELS = Kind(
     get=lambda service, model_id: service.get_model(model_id),
     delete=lambda service, model_id: service.delete_model(model_id),
     owned=Ownership.has_model,
-    question=lambda service, m: f"Delete {m.id}"
-    + (" and its files?" if service.capabilities.deletes_model_files else "?"),
+    question=lambda service, m: (
+        f"Delete {m.id}" + (" and its files?" if service.capabilities.deletes_model_files else "?")
+    ),
     check=_not_a_base_model,
 )
 
@@ -156,9 +157,7 @@ def delete_command(
         render.out.print(f"Deleted {object_id}.", highlight=False)
         return
     found = kind.listing(service)
-    chosen = [
-        o for o in found if owned is None or include_foreign or kind.owned(owned, o.id)
-    ]
+    chosen = [o for o in found if owned is None or include_foreign or kind.owned(owned, o.id)]
     if len(chosen) < len(found):
         render.err.print(
             f"Leaving {_n(len(found) - len(chosen), kind.noun)} convtune did not {kind.made}"

@@ -10,7 +10,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..contract import FineTuningService
 from ..errors import OptionError, OutputExistsError, TransientError
 from ..evaluation.answers import AnswerCache, Settings, ask, default_cache_path
 from ..evaluation.golden import write_golden
@@ -20,7 +19,8 @@ from ..evaluation.results import EvalResult
 from ..evaluation.run import CachedJudge, evaluate, with_references
 from ..evaluation.run import Progress as RunProgress
 from ..evaluation.targets import Target, parse_target
-from ..home import data_dir
+from ..service.contract import FineTuningService
+from ..state.home import data_dir
 from . import render
 from .backend import Backend, backend_option, service_for
 from .tables import print_table
@@ -45,7 +45,9 @@ def generation_options(f):
         help="Prompts asked at once (a local model answers them in one batch).",
     )(f)
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
-    f = click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N examples.")(f)
+    f = click.option(
+        "--limit", type=click.IntRange(min=1), default=None, help="Only the first N examples."
+    )(f)
     f = click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)(f)
     f = click.option(
         "--temperature",
@@ -143,7 +145,9 @@ Examples:
     help="The model that grades a score_model grader (needed by it, refused without it).",
 )
 @generation_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (shape in the README).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (shape in the README)."
+)
 @click.option(
     "--report",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -151,7 +155,9 @@ Examples:
     help="Write a self-contained HTML page: summary, chart, every example side by side.",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing --report file.")
-@click.option("--no-teacher-forcing", is_flag=True, help="Skip the validation loss of local models.")
+@click.option(
+    "--no-teacher-forcing", is_flag=True, help="Skip the validation loss of local models."
+)
 @backend_option(mixed=True)
 def eval_command(
     models: tuple[str, ...],
@@ -235,7 +241,11 @@ def eval_command(
     failed = False
     for model in result.models:
         failed |= _report_errors(
-            model.model, model.errors, model.error_messages, len(prompts.prompts), "--json lists them"
+            model.model,
+            model.errors,
+            model.error_messages,
+            len(prompts.prompts),
+            "--json lists them",
         )
     if failed:
         raise click.exceptions.Exit(1)
@@ -285,8 +295,19 @@ Examples:
 """,
 )
 @click.argument("model", metavar="MODEL[@BACKEND]")
-@click.option("--data", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The prompts: a chat, prompt-completion or sharegpt JSONL.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The golden chat JSONL to write.")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The prompts: a chat, prompt-completion or sharegpt JSONL.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The golden chat JSONL to write.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @generation_options
 @backend_option
@@ -339,7 +360,9 @@ def record(
         + (f" ({_count(written.cached, 'answer')} from the cache)" if written.cached else ""),
         highlight=False,
     )
-    cut = [p.line for p, a in zip(prompts.prompts, answers, strict=True) if a.finish_reason == "length"]
+    cut = [
+        p.line for p, a in zip(prompts.prompts, answers, strict=True) if a.finish_reason == "length"
+    ]
     if cut:
         click.echo(
             f"warning: {_count(len(cut), 'answer')} of {len(answers)} stopped at --max-tokens"
@@ -392,7 +415,9 @@ class _progress:
             self.bar.advance(tasks[target.label])
 
         def retry(error: TransientError, delay: float) -> None:
-            render.err.print(f"[yellow]{escape(str(error))}; trying again in {delay:.0f} s[/]", soft_wrap=True)
+            render.err.print(
+                f"[yellow]{escape(str(error))}; trying again in {delay:.0f} s[/]", soft_wrap=True
+            )
 
         return RunProgress(model=model, answer=answer, retry=retry)
 

@@ -31,7 +31,9 @@ def files() -> None:
     """List, upload, download and delete files."""
 
 
-@files.command("list", epilog="\b\nExamples:\n  convtune files list\n  convtune files list --backend openai")
+@files.command(
+    "list", epilog="\b\nExamples:\n  convtune files list\n  convtune files list --backend openai"
+)
 @click.option("--purpose", default=None, help="Only files of this purpose (fine-tune...).")
 @click.option("--json", "as_json", is_flag=True, help="Print OpenAI-shaped JSON.")
 @backend_option
@@ -62,7 +64,10 @@ def list_files(purpose: str | None, as_json: bool, backend: Backend) -> None:
     print_table(table)
 
 
-@files.command("upload", epilog="\b\nExample:\n  convtune files upload out/conversations.train.jsonl --backend openai")
+@files.command(
+    "upload",
+    epilog="\b\nExample:\n  convtune files upload out/conversations.train.jsonl --backend openai",
+)
 @click.argument("path", metavar="FILE", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--purpose", default="fine-tune", show_default=True)
 @click.option(
@@ -80,7 +85,10 @@ def upload(path: Path, purpose: str, no_reuse: bool, backend: Backend) -> None:
     render.out.print(uploaded.id)
 
 
-@files.command("download", epilog="\b\nExample:\n  convtune files download file-abc123 -o results.csv --backend openai")
+@files.command(
+    "download",
+    epilog="\b\nExample:\n  convtune files download file-abc123 -o results.csv --backend openai",
+)
 @click.argument("file_id")
 @click.option(
     "-o",

@@ -11,10 +11,10 @@ from datetime import datetime
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..contract import FineTuningService
-from ..follow import Progress as JobProgress
-from ..follow import follow
-from ..objects import Job, JobEvent
+from ..service.contract import FineTuningService
+from ..service.follow import Progress as JobProgress
+from ..service.follow import follow
+from ..service.objects import Job, JobEvent
 from . import render
 from .backend import again
 
@@ -27,9 +27,7 @@ def _loss(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def follow_job(
-    service: FineTuningService, job_id: str, *, poll: float | None = None
-) -> Job | None:
+def follow_job(service: FineTuningService, job_id: str, *, poll: float | None = None) -> Job | None:
     """Render the job's events until it ends; None if the user detached with Ctrl-C."""
     out = render.out
     if poll is None:

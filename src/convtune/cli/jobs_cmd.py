@@ -29,7 +29,10 @@ def jobs() -> None:
     """List, inspect, cancel, pause and resume fine-tuning jobs."""
 
 
-@jobs.command("list", epilog="\b\nExamples:\n  convtune jobs list\n  convtune jobs list --backend openai --json")
+@jobs.command(
+    "list",
+    epilog="\b\nExamples:\n  convtune jobs list\n  convtune jobs list --backend openai --json",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print OpenAI-shaped JSON.")
 @backend_option
@@ -117,7 +120,10 @@ def checkpoints(job_id: str, backend: Backend) -> None:
     _checkpoint_table(found)
 
 
-@jobs.command("cancel", epilog="\b\nExamples:\n  convtune jobs cancel ftjob-abc123\n  convtune jobs cancel ftjob-abc123 --yes --backend openai")
+@jobs.command(
+    "cancel",
+    epilog="\b\nExamples:\n  convtune jobs cancel ftjob-abc123\n  convtune jobs cancel ftjob-abc123 --yes --backend openai",
+)
 @click.argument("job_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @backend_option
@@ -167,7 +173,10 @@ def results(job_id: str, output: Path | None, force: bool, backend: Backend) -> 
     write(service.file_content(job.result_files[0]), output, force)
 
 
-@jobs.command("resume", epilog="\b\nExamples:\n  convtune jobs resume ftjob-abc123\n  convtune jobs resume ftjob-abc123 --detach")
+@jobs.command(
+    "resume",
+    epilog="\b\nExamples:\n  convtune jobs resume ftjob-abc123\n  convtune jobs resume ftjob-abc123 --detach",
+)
 @click.argument("job_id")
 @click.option("--detach", is_flag=True, help="Return at once instead of following.")
 @backend_option

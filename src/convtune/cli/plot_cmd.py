@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..charts import loss_figure, png_target, save_png
-from ..metrics import job_metrics
+from ..metrics.charts import loss_figure, png_target, save_png
+from ..metrics.job_metrics import job_metrics
 from . import render
 from .backend import backend_option, service_for
 

@@ -84,16 +84,26 @@ Examples:
     show_default=True,
     help="Share of conversations for validation (0: no validation file).",
 )
-@click.option("--seed", type=int, default=_PREPARE.seed, show_default=True, help="Seed of the split.")
+@click.option(
+    "--seed", type=int, default=_PREPARE.seed, show_default=True, help="Seed of the split."
+)
 @click.option(
     "--delimiter", default=None, help="CSV delimiter (default: detected among ; , tab |)."
 )
 @click.option(
-    "--encoding", default=_SHEET.encoding, show_default=True, help="Text encoding of a CSV, e.g. cp1252."
+    "--encoding",
+    default=_SHEET.encoding,
+    show_default=True,
+    help="Text encoding of a CSV, e.g. cp1252.",
 )
-@click.option("--sheet", default=None, help="Sheet of an .xlsx workbook (default: the first visible one).")
 @click.option(
-    "--separator", default=_SHEET.separator, show_default=True, help="Row text between conversations."
+    "--sheet", default=None, help="Sheet of an .xlsx workbook (default: the first visible one)."
+)
+@click.option(
+    "--separator",
+    default=_SHEET.separator,
+    show_default=True,
+    help="Row text between conversations.",
 )
 @token_options
 @click.option(

@@ -135,6 +135,7 @@ def serve(
         timeout_keep_alive=30,
         server_header=False,
     )
+
     def close() -> None:
         app.state.context.completions.close()
         service.close()

@@ -9,9 +9,9 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from ..contract import FineTuningService, JobRequest
 from ..errors import OptionError
-from ..training_options import refuse_trainer_options
+from ..service.contract import FineTuningService, JobRequest
+from ..service.training_options import refuse_trainer_options
 from . import render
 from .backend import Backend, again, backend_option, service_class, service_for
 from .follow_view import follow_to_end
@@ -141,7 +141,7 @@ def _upload(service: FineTuningService, path: Path, what: str, *, reuse: bool = 
 
 @click.command(
     short_help="Follow a job live until it ends (Ctrl-C detaches).",
-    epilog="\b\nExamples:\n  convtune follow ftjob-abc123\n  convtune follow ftjob-abc123 --backend openai"
+    epilog="\b\nExamples:\n  convtune follow ftjob-abc123\n  convtune follow ftjob-abc123 --backend openai",
 )
 @click.argument("job_id")
 @backend_option

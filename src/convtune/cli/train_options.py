@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..training_options import AUTO, Spec, TrainOptions, default, specs
+from ..service.training_options import AUTO, Spec, TrainOptions, default, specs
 
 
 class Auto(click.ParamType):

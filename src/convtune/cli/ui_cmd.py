@@ -61,7 +61,8 @@ def ui(ctx: click.Context, port: int, no_open: bool) -> None:
     click.echo(f"convtune ui: the page is {url} (API key {key})")
     click.echo(f"convtune ui: open {url}#key={key}")
     ready = threading.Thread(
-        target=_when_listening, args=(port, folder, None if no_open else f"{url}#key={key}"),
+        target=_when_listening,
+        args=(port, folder, None if no_open else f"{url}#key={key}"),
         daemon=True,
     )
     ready.start()

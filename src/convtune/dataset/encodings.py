@@ -37,6 +37,7 @@ SPECIAL = {
     "o200k_base": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
 }
 
+
 @lru_cache(maxsize=4)
 def tiktoken_encoding(name: str):
     """tiktoken's BPE engine for `name`, built from the table bpe-openai ships.
@@ -62,7 +63,7 @@ def _ranks(name: str, table: Path) -> dict[bytes, int]:
     import marshal
     import os
 
-    from ..home import data_dir
+    from ..state.home import data_dir
 
     cache = data_dir() / "cache" / f"{name}.ranks.marshal"
     try:

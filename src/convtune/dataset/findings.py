@@ -133,6 +133,6 @@ def first_error(findings: Iterable[Finding]) -> FirstError | None:
     errors = [f for f in findings if f.level == "error"]
     if not errors:
         return None
-    first = min(errors, key=lambda f: (f.lines[0] if f.lines else float("inf")))
+    first = min(errors, key=lambda f: f.lines[0] if f.lines else float("inf"))
     message = first.message + (f": {first.example}" if first.example else "")
     return FirstError(first.lines[0] if first.lines else None, message, count(errors, "error") - 1)

@@ -28,8 +28,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..backoff import Backoff
-from ..contract import ChatRequest, FineTuningService
 from ..errors import (
     ConvtuneError,
     InputError,
@@ -39,6 +37,8 @@ from ..errors import (
     TransientError,
     Unreachable,
 )
+from ..service.backoff import Backoff
+from ..service.contract import ChatRequest, FineTuningService
 from .prompts import Prompt
 from .targets import Target
 
@@ -125,7 +125,10 @@ class AnswerCache:
             self._answers[key] = answer
             if self.path is None:
                 return
-            entry = {"key": key, "answer": {k: v for k, v in asdict(answer).items() if k != "cached"}}
+            entry = {
+                "key": key,
+                "answer": {k: v for k, v in asdict(answer).items() if k != "cached"},
+            }
             data = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "ab+") as f:

@@ -28,7 +28,11 @@ def write_golden(
     path: str | Path, prompts: list[Prompt], answers: list[Answer], *, force: bool = False
 ) -> GoldenReport:
     """Write the chat file atomically; refuse (nothing written) if an answer is missing."""
-    missing = [(p.line, a.error or "an empty answer") for p, a in zip(prompts, answers, strict=True) if a.error or not a.text]
+    missing = [
+        (p.line, a.error or "an empty answer")
+        for p, a in zip(prompts, answers, strict=True)
+        if a.error or not a.text
+    ]
     if missing:
         lines = ", ".join(str(line) for line, _ in missing[:5])
         raise ConvtuneError(

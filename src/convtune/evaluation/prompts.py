@@ -62,7 +62,9 @@ class EvalData:
     unasked: list[int]
 
 
-def read_prompts(path: str | Path, *, limit: int | None = None, purpose: str = "evaluate") -> EvalData:
+def read_prompts(
+    path: str | Path, *, limit: int | None = None, purpose: str = "evaluate"
+) -> EvalData:
     """The file's prompts (the first `limit` examples); a file with errors is refused with the
     first error's line, as `convtune check` finds it. `purpose` names what the prompts are for
     in the message of a file that asks nothing ("evaluate", "record")."""

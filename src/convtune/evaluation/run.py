@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..contract import FineTuningService
 from ..errors import ConvtuneError, InputError, KeyRefused, NotFound, TransientError
+from ..service.contract import FineTuningService
 from .answers import (
     Answer,
     AnswerCache,

@@ -28,6 +28,7 @@ from pathlib import Path
 from ..errors import ConvtuneError, OptionError, OutputExistsError
 from ..local.local_service import LocalService
 from .gguf_writer import QUANTIZATIONS, Quantization
+from .model_source import ExportSource, resolve_source
 from .modelfile import (
     chatml_template,
     legacy_template,
@@ -35,7 +36,6 @@ from .modelfile import (
     ollama_name,
     ollama_template,
 )
-from .source import ExportSource, resolve_source
 
 FORMATS = ("gguf", "hf", "adapter")
 DEFAULT_QUANTIZATION: Quantization = "q8_0"

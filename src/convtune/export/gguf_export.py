@@ -37,7 +37,7 @@ from .gguf_writer import (
     write_gguf,
 )
 from .hf_metadata import gguf_architecture, model_metadata
-from .source import ExportSource
+from .model_source import ExportSource
 from .tensor_names import PERMUTED_ARCHS, SKIPPED_SUFFIXES, heads_of, name_mapper, permute_qk
 from .tokenizer_gguf import tokenizer_metadata
 

@@ -126,9 +126,7 @@ class AnswerCheck:
         answers = [self.base[p.index].text for p in prompts]
         return {g.name: sum(scores(answers, prompts, g)) / len(prompts) for g in graders()}
 
-    def finish(
-        self, model: Any, step: int, epoch: int, *, keep_last: bool, verdict: bool
-    ) -> None:
+    def finish(self, model: Any, step: int, epoch: int, *, keep_last: bool, verdict: bool) -> None:
         """Keep the model whose answers scored best (a checkpoint loaded into `model`; the last
         step is probed too when it is not an epoch end), then the verdict. The last step's
         answers to the probe and to the verdict's prompts are one batch."""
@@ -136,7 +134,9 @@ class AnswerCheck:
         if not keep_last and not any(r.step == step for r in self.results):
             prompts = self.held.answered if verdict else self.held.probe
             with self._answering(model):
-                final = dict(zip([p.index for p in prompts], self._answer(model, prompts), strict=True))
+                final = dict(
+                    zip([p.index for p in prompts], self._answer(model, prompts), strict=True)
+                )
             self._record(epoch, step, [final[p.index] for p in self.held.probe])
         chosen = False
         if self.results and not keep_last:
@@ -186,7 +186,10 @@ class AnswerCheck:
         prompts, shared = self.held.verdict_prompts(chosen=chosen)
         missing = [p for p in prompts if p.index not in known]
         if missing:
-            known = {**known, **dict(zip([p.index for p in missing], self._answer(model, missing), strict=True))}
+            known = {
+                **known,
+                **dict(zip([p.index for p in missing], self._answer(model, missing), strict=True)),
+            }
         tuned = [known[p.index] for p in prompts]
         self._cache(self.run.model_id(), prompts, tuned)
         result = verdict(

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..dataset.modelinfo import SMOLLM2, smollm2_gguf
 from ..errors import ConvtuneError, OptionError
-from ..home import base_models_dir
+from ..state.home import base_models_dir
 
 if TYPE_CHECKING:  # torch is only needed to load, not to resolve a name
     import torch

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..contract import ChatReply, ChatRequest
 from ..errors import ConvtuneError
+from ..service.contract import ChatReply, ChatRequest
 from .generation import BatchEngine, Job
 
 

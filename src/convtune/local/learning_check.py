@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..contract import ChatRequest
 from ..evaluation.answers import Answer, AnswerCache, Settings, answer_key
 from ..evaluation.graders import Grader, parse_graders
 from ..evaluation.prompts import Prompt, read_prompts
 from ..evaluation.stats import Interval, paired_difference
 from ..evaluation.targets import Target
+from ..service.contract import ChatRequest
 
 PROBE_SIZE = 8  # prompts answered at each probed epoch end: enough to rank a few checkpoints
 VERDICT_LIMIT = 32  # prompts of the verdict, at most: "a validation file of a modest size"
@@ -110,7 +110,9 @@ def answer(chat: Any, prompts: Sequence[Prompt], *, max_tokens: int = MAX_TOKENS
 SETTINGS = Settings(max_tokens=MAX_TOKENS)  # how eval asks what a job asks: greedy, 48 tokens
 
 
-def cache_answers(cache: AnswerCache, model: str, prompts: Sequence[Prompt], answers: Sequence[Answer]) -> None:
+def cache_answers(
+    cache: AnswerCache, model: str, prompts: Sequence[Prompt], answers: Sequence[Answer]
+) -> None:
     """Keep a job's answers where `convtune eval` finds them: the same model asked the same
     prompt the same way (`--max-tokens 48`, greedy) is not asked again."""
     target = Target(model, model)
@@ -126,7 +128,8 @@ def graders() -> list[Grader]:
 def scores(answers: Sequence[str], prompts: Sequence[Prompt], grader: Grader) -> list[float]:
     """Each answer's score against its prompt's reference."""
     return [
-        grader.score(a, p.reference, p.chat_messages()) for a, p in zip(answers, prompts, strict=True)
+        grader.score(a, p.reference, p.chat_messages())
+        for a, p in zip(answers, prompts, strict=True)
     ]
 
 
@@ -144,7 +147,9 @@ class ProbeResult:
         return (*(round(self.means[g], 6) for g in GRADERS), self.step)
 
 
-def probe_result(epoch: int, step: int, answers: list[str], prompts: Sequence[Prompt]) -> ProbeResult:
+def probe_result(
+    epoch: int, step: int, answers: list[str], prompts: Sequence[Prompt]
+) -> ProbeResult:
     means = {g.name: statistics.fmean(scores(answers, prompts, g)) for g in graders()}
     return ProbeResult(epoch, step, answers, means)
 

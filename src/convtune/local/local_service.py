@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..contract import (
+from ..errors import Conflict, ConvtuneError, NotFound, OptionError
+from ..service.contract import (
     Capabilities,
     ChatReply,
     ChatRequest,
@@ -27,10 +28,7 @@ from ..contract import (
     JobRequest,
     Progress,
 )
-from ..digest import file_sha256
-from ..errors import Conflict, ConvtuneError, NotFound, OptionError
-from ..home import data_dir
-from ..objects import (
+from ..service.objects import (
     ACTIVE,
     RESUMABLE,
     Checkpoint,
@@ -42,6 +40,8 @@ from ..objects import (
     new_id,
     now,
 )
+from ..state.digest import file_sha256
+from ..state.home import data_dir
 from . import process
 
 if TYPE_CHECKING:  # loading a chat model needs torch; resolving a job does not
@@ -319,7 +319,9 @@ class LocalService(FineTuningService):
             )
         # compare and set: of two resumes at once, one moves the job and starts a worker
         if not self.store.requeue(
-            job_id, f"Resuming fine-tuning job from {self._resume_point(job_id)}", only_from=RESUMABLE
+            job_id,
+            f"Resuming fine-tuning job from {self._resume_point(job_id)}",
+            only_from=RESUMABLE,
         ):
             raise Conflict(f"job {job_id} is being resumed already")
         self._start(job_id, self.store.job_runtime(job_id)["options"], resume=True)
@@ -445,7 +447,7 @@ class LocalService(FineTuningService):
         converted GGUF files are named. The default's ref is None without its package.
         """
         from ..dataset.modelinfo import SMOLLM2
-        from ..home import base_models_dir
+        from ..state.home import base_models_dir
         from .base_models import BaseModelRef, resolve_base_model
 
         found: dict[str, tuple[BaseModelRef | None, ModelObject]] = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OptionError
-from ..objects import (
+from ..service.objects import (
     ACTIVE,
     STATUSES,
     TERMINAL,
@@ -248,9 +248,7 @@ class Store:
         )
         return [r["id"] for r in rows]
 
-    def claim_slot(
-        self, job_id: str, max_running: int, alive: Callable[[int, str], bool]
-    ) -> str:
+    def claim_slot(self, job_id: str, max_running: int, alive: Callable[[int, str], bool]) -> str:
         """Move a queued job to running if fewer than `max_running` jobs run and none waits
         longer; 'running', 'wait', or 'gone' (the job is no longer queued: cancelled...).
 
@@ -425,7 +423,10 @@ class Store:
                 "SELECT seq FROM events WHERE id = ? AND job_id = ?", (after, job_id)
             ).fetchone()
             if pivot is None:
-                raise OptionError(f"no event {after!r} in job {job_id}", hint="after takes an event id of this job")
+                raise OptionError(
+                    f"no event {after!r} in job {job_id}",
+                    hint="after takes an event id of this job",
+                )
             sql += " AND seq < ?"
             args.append(pivot[0])
         sql += " ORDER BY seq DESC LIMIT ?"

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from ..dataset.check import check_file, format_and_actors
 from ..dataset.findings import counted, first_error
-from ..digest import file_sha256
-from ..home import data_dir
-from ..objects import JobError
-from ..results_csv import write_results
-from ..training_options import TrainOptions
+from ..metrics.results_csv import write_results
+from ..service.objects import JobError
+from ..service.training_options import TrainOptions
+from ..state.digest import file_sha256
+from ..state.home import data_dir
 from .answer_check import AnswerCheck
 from .process import process_alive
 from .store import Store, database_path, now
@@ -209,7 +209,9 @@ class JobRun:
         def checkpoint(step: int, epoch: int, save, why: str) -> None:
             folder = self.folder / "checkpoints" / f"step-{step}"
             save(folder)
-            metrics = {k: v for k, v in (rows[-1] if rows else {}).items() if k in CHECKPOINT_METRICS}
+            metrics = {
+                k: v for k, v in (rows[-1] if rows else {}).items() if k in CHECKPOINT_METRICS
+            }
             name = f"{self.model_id()}:ckpt-step-{step}"
             self.store.add_checkpoint(self.job_id, step, epoch, metrics, name, folder)
             self.event(f"Checkpoint created at step {step} ({why})")
@@ -262,7 +264,13 @@ class JobRun:
             adapter_folder=target / "adapter",
         )
         self.store.add_model(
-            model_id, self.base_name, self.job_id, target / "merged", target / "adapter", fmt, actors
+            model_id,
+            self.base_name,
+            self.job_id,
+            target / "merged",
+            target / "adapter",
+            fmt,
+            actors,
         )
         results = self.results_file(rows)
         self.store.update_job(

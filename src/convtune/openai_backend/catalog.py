@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..dataset.jsonl import json_problem
 from ..errors import ConvtuneError
-from ..home import data_dir
+from ..state.home import data_dir
 from .openai_service import WIND_DOWN
 
 TABLE_FILE = "openai-shutdowns.json"  # in convtune's data directory; read when it exists

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ..contract import ChatReply
-from ..objects import Checkpoint, FileObject, Job, JobError, JobEvent
+from ..service.contract import ChatReply
+from ..service.objects import Checkpoint, FileObject, Job, JobError, JobEvent
 
 
 def to_file(f) -> FileObject:

@@ -21,19 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..contract import (
-    Capabilities,
-    ChatReply,
-    ChatRequest,
-    FineTuningService,
-    JobRequest,
-    Ownership,
-    Progress,
-)
 from ..dataset.check import check_file
 from ..dataset.findings import counted, first_error
 from ..dataset.report import OPENAI_MIN_EXAMPLES
-from ..digest import file_sha256
 from ..errors import (
     Conflict,
     ConvtuneError,
@@ -43,10 +33,20 @@ from ..errors import (
     TransientError,
     Unreachable,
 )
-from ..home import data_dir, installation_id
-from ..objects import Checkpoint, FileObject, Job, JobEvent, ModelObject
-from ..results_csv import decode_base64_results
-from ..training_options import refuse_trainer_options
+from ..metrics.results_csv import decode_base64_results
+from ..service.contract import (
+    Capabilities,
+    ChatReply,
+    ChatRequest,
+    FineTuningService,
+    JobRequest,
+    Ownership,
+    Progress,
+)
+from ..service.objects import Checkpoint, FileObject, Job, JobEvent, ModelObject
+from ..service.training_options import refuse_trainer_options
+from ..state.digest import file_sha256
+from ..state.home import data_dir, installation_id
 from .conversions import (
     ProgressReader,
     RemoteReply,
@@ -56,7 +56,7 @@ from .conversions import (
     to_file,
     to_job,
 )
-from .record import Record
+from .provenance import Record
 
 OPENAI_URL = "https://api.openai.com/v1"
 OPENAI_HOST = "api.openai.com"

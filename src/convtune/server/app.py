@@ -17,9 +17,9 @@ from fastapi import FastAPI
 from . import chat_api, errors, files_api, jobs_api, models_api, ui_api, ui_static
 from .auth import BearerAuth, KeyRing
 from .context import Context
-from .gate import Gate
 from .rate_limit import Limiter, Rate, RateLimit
-from .stored import StoredCompletions
+from .stored_completions import StoredCompletions
+from .threaded_calls import Gate
 
 PREFIX = "/v1"
 

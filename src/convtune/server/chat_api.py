@@ -26,10 +26,10 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ..contract import ChatReply, ChatRequest
 from ..errors import ConvtuneError
-from ..objects import new_id
-from . import ids, pages
+from ..service.contract import ChatReply, ChatRequest
+from ..service.objects import new_id
+from . import ids, list_envelope
 from .chat_request import ChatBody, to_chat_request
 from .context import Context
 from .errors import APIError, envelope, from_library
@@ -74,7 +74,7 @@ def router(ctx: Context) -> APIRouter:
         limit: int = 20,
         order: str = "asc",
     ) -> dict[str, Any]:
-        pages.check_limit(limit, 100)
+        list_envelope.check_limit(limit, 100)
         if order not in ("asc", "desc"):
             raise APIError(400, "order must be asc or desc.", param="order")
         if after is not None:
@@ -89,7 +89,7 @@ def router(ctx: Context) -> APIRouter:
                 model=model, metadata=metadata, after=after, limit=limit, order=order
             )
         )
-        return pages.envelope(found, more, to_dict=lambda c: c)
+        return list_envelope.envelope(found, more, to_dict=lambda c: c)
 
     return api
 

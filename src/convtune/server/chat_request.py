@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from ..contract import ChatRequest
+from ..service.contract import ChatRequest
 from .errors import APIError
 
 DEFAULT_MAX_TOKENS = 512

@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 
-from .gate import Gate
-from .stored import StoredCompletions
+from .stored_completions import StoredCompletions
+from .threaded_calls import Gate
 
 
 @dataclass

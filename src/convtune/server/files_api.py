@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, Response
 from ..dataset.check import check_file
 from ..dataset.findings import first_error
 from ..errors import ConvtuneError
-from . import ids, pages
+from . import ids, list_envelope
 from .context import Context
 from .errors import APIError
 from .upload import receive_upload
@@ -64,7 +64,7 @@ def router(ctx: Context) -> APIRouter:
         order: str = Query("desc", pattern="^(asc|desc)$"),
         after: str | None = None,
     ) -> dict[str, Any]:
-        pages.check_limit(limit, 10000)
+        list_envelope.check_limit(limit, 10000)
         if after is not None:
             ids.check(ids.FILE_ID, after, param="after", status=400)
         files = await ctx.gate(ctx.service.list_files)  # newest first
@@ -72,8 +72,8 @@ def router(ctx: Context) -> APIRouter:
             files = [f for f in files if f.purpose == purpose]
         if order == "asc":
             files.reverse()
-        files = pages.after_cursor(files, after)
-        return pages.envelope(files[:limit], len(files) > limit)
+        files = list_envelope.after_cursor(files, after)
+        return list_envelope.envelope(files[:limit], len(files) > limit)
 
     @api.get("/files/{file_id}", operation_id="retrieveFile")
     async def retrieve_file(file_id: str) -> dict[str, Any]:

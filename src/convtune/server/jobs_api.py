@@ -26,10 +26,10 @@ from pydantic import (
     create_model,
 )
 
-from ..contract import JobRequest
 from ..errors import ConvtuneError, OptionError
-from ..training_options import Spec, TrainOptions, specs
-from . import ids, pages
+from ..service.contract import JobRequest
+from ..service.training_options import Spec, TrainOptions, specs
+from . import ids, list_envelope
 from .context import Context
 from .errors import APIError, from_library
 
@@ -106,7 +106,7 @@ def router(ctx: Context) -> APIRouter:
     async def list_jobs(
         request: Request, after: str | None = None, limit: int = 20
     ) -> dict[str, Any]:
-        pages.check_limit(limit, MAX_LIST)
+        list_envelope.check_limit(limit, MAX_LIST)
         if after is not None:
             await _known_cursor(ctx, after)
         metadata, no_metadata = _metadata_filter(request)
@@ -117,7 +117,7 @@ def router(ctx: Context) -> APIRouter:
             jobs = await ctx.gate(
                 ctx.service.list_jobs, after=after, limit=limit + 1, metadata=metadata
             )
-        return pages.envelope(jobs[:limit], len(jobs) > limit, ids=False)
+        return list_envelope.envelope(jobs[:limit], len(jobs) > limit, ids=False)
 
     @api.get("/fine_tuning/jobs/{fine_tuning_job_id}", operation_id="retrieveFineTuningJob")
     async def retrieve_job(fine_tuning_job_id: str) -> dict[str, Any]:
@@ -135,20 +135,18 @@ def router(ctx: Context) -> APIRouter:
     async def resume_job(fine_tuning_job_id: str) -> dict[str, Any]:
         return await _act(ctx, ctx.service.resume_job, fine_tuning_job_id)
 
-    @api.get(
-        "/fine_tuning/jobs/{fine_tuning_job_id}/events", operation_id="listFineTuningEvents"
-    )
+    @api.get("/fine_tuning/jobs/{fine_tuning_job_id}/events", operation_id="listFineTuningEvents")
     async def list_events(
         fine_tuning_job_id: str, after: str | None = None, limit: int = 20
     ) -> dict[str, Any]:
         ids.check(ids.JOB_ID, fine_tuning_job_id, param="fine_tuning_job_id")
-        pages.check_limit(limit, MAX_LIST)
+        list_envelope.check_limit(limit, MAX_LIST)
         if after is not None:
             ids.check(ids.EVENT_ID, after, param="after", status=400)
         events = await ctx.gate(
             ctx.service.list_events, fine_tuning_job_id, after=after, limit=limit + 1
         )
-        return pages.envelope(events[:limit], len(events) > limit, ids=False)
+        return list_envelope.envelope(events[:limit], len(events) > limit, ids=False)
 
     @api.get(
         "/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
@@ -158,12 +156,12 @@ def router(ctx: Context) -> APIRouter:
         fine_tuning_job_id: str, after: str | None = None, limit: int = 10
     ) -> dict[str, Any]:
         ids.check(ids.JOB_ID, fine_tuning_job_id, param="fine_tuning_job_id")
-        pages.check_limit(limit, MAX_LIST)
+        list_envelope.check_limit(limit, MAX_LIST)
         if after is not None:
             ids.check(ids.CHECKPOINT_ID, after, param="after", status=400)
         checkpoints = await ctx.gate(ctx.service.list_checkpoints, fine_tuning_job_id)
-        checkpoints = pages.after_cursor(checkpoints, after)  # newest first
-        return pages.envelope(checkpoints[:limit], len(checkpoints) > limit)
+        checkpoints = list_envelope.after_cursor(checkpoints, after)  # newest first
+        return list_envelope.envelope(checkpoints[:limit], len(checkpoints) > limit)
 
     return api
 
@@ -207,7 +205,9 @@ async def _job_request(ctx: Context, body: CreateJob) -> JobRequest:
             param="method.type",
             code="unsupported_value",
         )
-    method_hp = body.method.supervised.hyperparameters if body.method and body.method.supervised else None
+    method_hp = (
+        body.method.supervised.hyperparameters if body.method and body.method.supervised else None
+    )
     if method_hp is not None and body.hyperparameters is not None:
         raise APIError(
             400,

@@ -41,7 +41,7 @@ from ..dataset.pipeline import OVERLONG, PrepareOptions, prepare
 from ..dataset.split import split_stream
 from ..dataset.spreadsheet import DELIMITERS, SheetOptions, open_sheet
 from ..errors import ConvtuneError, OptionError
-from ..training_options import default, specs
+from ..service.training_options import default, specs
 from . import files_api, ids
 from .context import Context
 from .errors import APIError, from_library, validation_error
@@ -315,9 +315,7 @@ def _preview(sheet: Path, train: Path, options: PrepareOptions) -> list[dict[str
     finally:
         stream.close()
         opened.conversations.close()  # type: ignore[attr-defined]
-    return [
-        {"text": text, "record": json.loads(text), "line": lines.get(text)} for text in written
-    ]
+    return [{"text": text, "record": json.loads(text), "line": lines.get(text)} for text in written]
 
 
 def _sheet_names(path: Path) -> list[str]:

@@ -57,7 +57,9 @@ def _starts(first: TokenizedExample, then: TokenizedExample) -> bool:
     n = len(first.input_ids)
     if n > len(then.input_ids) or then.input_ids[:n] != first.input_ids:
         return False
-    return all(a == IGNORE or b == IGNORE for a, b in zip(first.labels, then.labels[:n], strict=True))
+    return all(
+        a == IGNORE or b == IGNORE for a, b in zip(first.labels, then.labels[:n], strict=True)
+    )
 
 
 class Examples:

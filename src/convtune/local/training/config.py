@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ...errors import OptionError
-from ...training_options import AUTO, TrainOptions, default, specs
+from ...service.training_options import AUTO, TrainOptions, default, specs
 from .attention import ATTENTION_CHOICES
 from .losses import CROSS_ENTROPY
 

@@ -186,7 +186,9 @@ class TrainingLoop:
         self.model.train()
         while step < self.total_steps:
             started = time.perf_counter()
-            batch = self.train_set.batch(step, self.steps_per_epoch, self.rows_per_step, config.seed)
+            batch = self.train_set.batch(
+                step, self.steps_per_epoch, self.rows_per_step, config.seed
+            )
             lr = config.learning_rate * (1 - step / self.total_steps)  # linear decay, no warm-up
             for group in self.optimizer.param_groups:
                 group["lr"] = lr

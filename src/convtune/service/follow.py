@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from ..errors import TransientError
 from .backoff import PATIENCE, Backoff
 from .contract import FineTuningService
-from .errors import TransientError
 from .objects import Job, JobEvent
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from .errors import ConvtuneError, NotFound
+from ..errors import ConvtuneError, NotFound
 from .objects import Checkpoint, FileObject, Job, JobEvent, ModelObject
 from .training_options import TrainOptions
 

@@ -23,14 +23,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConvtuneError, OutputExistsError
-from .metrics import JobMetrics, NoMetrics
+from ..errors import ConvtuneError, OutputExistsError
+from .job_metrics import JobMetrics, NoMetrics
 from .results_csv import in_step_order, metrics_row
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with convtune
     from matplotlib.figure import Figure
 
-    from .dataset.report import DatasetReport
+    from ..dataset.report import DatasetReport
 
 TRAIN = "#1f77b4"  # blue
 VALID = "#e4572e"  # orange-red: tells apart from blue for most colour-blind readers too

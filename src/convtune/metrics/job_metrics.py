@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .contract import FineTuningService
-from .errors import ConvtuneError
+from ..errors import ConvtuneError
+from ..service.contract import FineTuningService
 from .results_csv import in_step_order, metrics_row, read_results
 
 
@@ -82,7 +82,9 @@ def job_metrics(service: FineTuningService, job_id: str) -> JobMetrics:
     )
 
 
-def _event_rows(service: FineTuningService, job_id: str, *, page: int = 100, most: int = 200_000) -> list[dict]:
+def _event_rows(
+    service: FineTuningService, job_id: str, *, page: int = 100, most: int = 200_000
+) -> list[dict]:
     """Metrics rows from the job's events (newest first, paged with `after`)."""
     rows: list[dict[str, Any]] = []
     after = None

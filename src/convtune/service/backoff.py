@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import TransientError
+from ..errors import TransientError
 
 MAX_BACKOFF = 60.0  # seconds between two tries, at most
 PATIENCE = 1800.0  # give up after this long without one success

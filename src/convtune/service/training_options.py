@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import OptionError
+from ..errors import OptionError
 
 AUTO = "auto"
 
@@ -57,8 +57,10 @@ class Spec:
             ok = isinstance(value, int | float) and not isinstance(value, bool)
         else:
             ok = isinstance(value, self.kind) and not isinstance(value, bool)
-        if ok and (self.low is None or value >= self.low) and (
-            self.high is None or value <= self.high
+        if (
+            ok
+            and (self.low is None or value >= self.low)
+            and (self.high is None or value <= self.high)
         ):
             return None
         return f"{name} must be {self.expected()}, not {value!r}"
@@ -111,7 +113,9 @@ class TrainOptions:
         hyperparameter=True,
     )
     lora_r: int = _option(16, "LoRA rank.", int, low=1, high=1024)
-    lora_alpha: int = _option(32, "LoRA alpha (the adapters' scale is alpha / rank).", int, low=1, high=4096)
+    lora_alpha: int = _option(
+        32, "LoRA alpha (the adapters' scale is alpha / rank).", int, low=1, high=4096
+    )
     full: bool = _option(False, "Full fine-tune instead of LoRA.", bool)
     max_length: int = _option(
         1024,
@@ -120,9 +124,7 @@ class TrainOptions:
         low=16,
         high=131072,
     )
-    max_steps: int | None = _option(
-        None, "Stop after this many steps.", int, low=1, nullable=True
-    )
+    max_steps: int | None = _option(None, "Stop after this many steps.", int, low=1, nullable=True)
     precision: str = _option(
         AUTO,
         "auto: bf16 where the hardware computes in it (CUDA, avx512_bf16/AMX CPUs), else fp32.",
