@@ -188,21 +188,21 @@ def train(service, data: DataSet, recipe: str) -> Outcome:
     outcome = Outcome(data.name, recipe)
     request = JobRequest(
         model=BASE,
-        training_file=service.upload_file(data.train).id,
-        validation_file=None if data.facts else service.upload_file(data.valid).id,
+        training_file=service.files.upload(data.train).id,
+        validation_file=None if data.facts else service.files.upload(data.valid).id,
         suffix=f"{data.name}-{recipe}",
         seed=0,
         options=TrainOptions(**recipes()[recipe]),
     )
     started = time.perf_counter()
-    job = service.create_job(request)
-    while not (job := service.get_job(job.id)).done:
+    job = service.jobs.create(request)
+    while not (job := service.jobs.get(job.id)).done:
         time.sleep(2)
     outcome.job_seconds = time.perf_counter() - started
     if job.status != "succeeded":
         raise SystemExit(f"{data.name}/{recipe}: the job {job.status}: {job.error}")
     outcome.hyperparameters = dict(job.hyperparameters)
-    events = list(reversed(service.list_events(job.id, limit=10_000)))
+    events = list(reversed(service.jobs.list_events(job.id, limit=10_000)))
     begun = next(e.created_at for e in events if e.message.startswith("Training "))
     ended = max(e.created_at for e in events if e.type == "metrics")
     outcome.train_seconds = ended - begun

@@ -92,11 +92,11 @@ def main() -> None:
 
     console.rule("3. fine-tune SmolLM2-135M-Instruct on this CPU")
     service = LocalService()
-    job = service.create_job(
+    job = service.jobs.create(
         JobRequest(
             model="SmolLM2-135M-Instruct",
-            training_file=service.upload_file(train).id,
-            validation_file=service.upload_file(valid).id,
+            training_file=service.files.upload(train).id,
+            validation_file=service.files.upload(valid).id,
             suffix="nimbus",
             seed=0,
             options=TrainOptions(),  # the default recipe: every option auto
@@ -124,7 +124,7 @@ def main() -> None:
     models = ("SmolLM2-135M-Instruct", finished.fine_tuned_model)
     # every question at once: a local model answers concurrent chats in one batch
     replies = [
-        [service.chat(ChatRequest(m, context, max_tokens=80, temperature=0)) for m in models]
+        [service.chat.create(ChatRequest(m, context, max_tokens=80, temperature=0)) for m in models]
         for context, _ in asked
     ]
     for (context, expected), pair in zip(asked, replies, strict=True):
@@ -157,7 +157,7 @@ def main() -> None:
     console.rule("where everything is")
     console.print(f"datasets:         {train}\n                  {valid}")
     console.print(f"data directory:   {service.home}  (CONVTUNE_HOME)")
-    model = service.model_record(finished.fine_tuned_model)
+    model = service.models.record(finished.fine_tuned_model)
     console.print(f"fine-tuned model: {model['path']}  (merged, loads with transformers)")
     console.print(f"LoRA adapter:     {model['adapter_path']}")
     console.print(f"\nChat with it:     convtune chat {finished.fine_tuned_model}")

@@ -110,7 +110,7 @@ def wait_for_job(service, job_id: str, predicate, timeout: float = 180.0):
         value = predicate()
         if value:
             return value
-        job = service.get_job(job_id)
+        job = service.jobs.get(job_id)
         if job.done:
             value = predicate()  # what was awaited may have come just before the end
             assert value, f"job {job_id} is {job.status} already: {job.error}"

@@ -11,31 +11,62 @@ import pytest
 
 from convtune.local.local_service import LocalService
 from convtune.openai_backend import OpenAIService
-from convtune.service.contract import Capabilities, FineTuningService, Unsupported
+from convtune.service.contract import (
+    Capabilities,
+    Chat,
+    Files,
+    FineTuningService,
+    Jobs,
+    Models,
+    Unsupported,
+)
 
 from .conftest import ROOT
 
 SRC = ROOT / "src" / "convtune"
+RESOURCES = {"files": Files, "jobs": Jobs, "models": Models, "chat": Chat}
 
 
-def test_both_backends_implement_every_operation_with_one_signature():
-    for cls in (LocalService, OpenAIService):
-        assert issubclass(cls, FineTuningService) and not inspect.isabstract(cls)
-        assert isinstance(cls.capabilities, Capabilities)
-        assert cls.name in ("local", "openai")
-    for name in ("upload_file", "list_jobs", "list_events", "chat"):
-        local = inspect.signature(getattr(LocalService, name)).parameters
-        remote = inspect.signature(getattr(OpenAIService, name)).parameters
-        assert list(local) == list(remote), name
+def test_both_backends_implement_every_resource_with_one_signature(tmp_path):
+    """`service.files`, `.jobs`, `.models`, `.chat`: each backend's classes implement the
+    contract's, with the contract's signatures (a front end written once works with both)."""
+    services = [
+        LocalService(),
+        OpenAIService(api_key="sk-test", base_url="http://127.0.0.1:9/v1", home=tmp_path),
+    ]
+    for service in services:
+        assert isinstance(service, FineTuningService) and not inspect.isabstract(type(service))
+        assert isinstance(service.capabilities, Capabilities)
+        assert service.name in ("local", "openai")
+        for name, contract in RESOURCES.items():
+            resource = getattr(service, name)
+            assert isinstance(resource, contract) and not inspect.isabstract(type(resource))
+            assert resource.service is service
+            for method, declared in vars(contract).items():
+                if method.startswith("_") or not callable(declared):
+                    continue
+                mine = inspect.signature(getattr(type(resource), method)).parameters
+                want = inspect.signature(declared).parameters
+                assert list(mine)[: len(want)] == list(want), f"{name}.{method}"
+
+
+def test_the_contract_lists_each_resource_once():
+    """The four resources are the service's only operations: nothing of OpenAI's API is left
+    on the service itself, where it would be implemented twice."""
+    operations = {
+        n for n, v in vars(FineTuningService).items() if callable(v) and not n.startswith("_")
+    }
+    assert operations == {"ownership", "notices", "close"}
+    assert set(FineTuningService.__annotations__) >= set(RESOURCES)
 
 
 def test_what_a_backend_cannot_do_is_declared_and_refused_in_one_line(tmp_path):
     service = OpenAIService(api_key="sk-test", base_url="http://127.0.0.1:9/v1", home=tmp_path)
     assert not service.capabilities.numbered_events and not service.capabilities.file_paths
     with pytest.raises(Unsupported, match="the openai backend has no numbered events"):
-        service.events_since("ftjob-abc")
+        service.jobs.events_since("ftjob-abc")
     with pytest.raises(Unsupported, match="keeps no files on this machine"):
-        service.file_path("file-abc")
+        service.files.path("file-abc")
     local = LocalService()
     assert local.capabilities.numbered_events and local.ownership() is None
     assert local.notices() == [] and local.base_url is None

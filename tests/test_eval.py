@@ -666,13 +666,13 @@ def test_a_local_model_is_loaded_before_its_answers_are_timed(talker, tmp_path):
     """The load (and a conversion) is reported on its own, never in the first answers' latency:
     the model is loaded with a one-token answer before the first timed one is asked."""
     from convtune.evaluation.graders import parse_graders
-    from convtune.evaluation.run import Progress, evaluate
+    from convtune.evaluation.run import EvalProgress, evaluate
     from convtune.local.local_service import LocalService
 
     data = read_prompts(_questions(tmp_path, 3))
     events: list[str] = []
     service = LocalService()
-    progress = Progress(
+    progress = EvalProgress(
         load=lambda target, seconds: events.append(f"loaded in {seconds:.3f} s"),
         answer=lambda target, prompt, answer: events.append("answer"),
     )

@@ -68,7 +68,7 @@ def job_id_from(output: str) -> str:
 
 def training(service: LocalService, job_id: str) -> bool:
     """True once the job has done a training step (it has a metrics event)."""
-    return any(e.type == "metrics" for e in service.list_events(job_id, limit=50))
+    return any(e.type == "metrics" for e in service.jobs.list_events(job_id, limit=50))
 
 
 @pytest.fixture
@@ -116,15 +116,15 @@ def test_train_detach_follow_chat_delete(tiny, data, isolated_home, cli):
     assert shown["hyperparameters"]["n_epochs"] == 2
     assert shown["trained_tokens"] > 0 and len(shown["result_files"]) == 1
     service = LocalService()
-    assert len(service.list_checkpoints(job_id)) == 2  # one per epoch
-    results = service.file_path(shown["result_files"][0]).read_text().splitlines()
+    assert len(service.jobs.list_checkpoints(job_id)) == 2  # one per epoch
+    results = service.files.path(shown["result_files"][0]).read_text().splitlines()
     assert results[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
     assert len(results) > 2
 
     listed = cli("models", "list", "--json")
     assert model_id in [m["id"] for m in json.loads(listed.stdout)["data"]]
     reply = "".join(
-        service.chat(
+        service.chat.create(
             ChatRequest(
                 model_id, [{"role": "user", "content": "Hello"}], max_tokens=8, temperature=0
             )
@@ -134,7 +134,7 @@ def test_train_detach_follow_chat_delete(tiny, data, isolated_home, cli):
     chat = cli("chat", model_id, "--message", "Hello", "--max-tokens", "5")
     assert chat.returncode == 0, chat.stderr
 
-    folder = Path(service.model_record(model_id)["path"]).parent
+    folder = Path(service.models.record(model_id)["path"]).parent
     assert (folder / "merged" / "config.json").exists() and (folder / "adapter").exists()
     assert cli("models", "delete", model_id, "--yes").returncode == 0
     assert not folder.exists()
@@ -148,18 +148,18 @@ def test_bad_file_fails_in_validation_before_any_model_loads(tiny, data, isolate
     # a resume would read the same file: the way on is to fix it
     assert "convtune check FILE" in result.stdout and "Resume it" not in result.stdout
     service = LocalService()
-    [job] = service.list_jobs()
+    [job] = service.jobs.list()
     assert job.status == "failed" and job.error.param == "training_file"
-    messages = [e.message for e in service.list_events(job.id, limit=100)]
+    messages = [e.message for e in service.jobs.list_events(job.id, limit=100)]
     assert not any(m.startswith("Training ") for m in messages)  # no model was loaded
 
 
 def test_cancel_stops_the_worker(tiny, data, isolated_home):
     service = LocalService()
-    job = service.create_job(
+    job = service.jobs.create(
         JobRequest(
             model=str(tiny),
-            training_file=service.upload_file(data["train"]).id,
+            training_file=service.files.upload(data["train"]).id,
             options=TrainOptions(n_epochs=50),
         )
     )
@@ -167,7 +167,7 @@ def test_cancel_stops_the_worker(tiny, data, isolated_home):
     pid = service.store.job_runtime(job.id)["pid"]
     result = convtune("jobs", "cancel", job.id, "--yes")
     assert result.returncode == 0, result.stderr
-    job = service.get_job(job.id)
+    job = service.jobs.get(job.id)
     assert job.status == "cancelled" and job.finished_at
     wait_for(
         lambda: (
@@ -180,31 +180,31 @@ def test_cancel_stops_the_worker(tiny, data, isolated_home):
 
 def test_killed_worker_fails_then_resumes_from_checkpoint(tiny, data, isolated_home):
     service = LocalService()
-    job = service.create_job(
+    job = service.jobs.create(
         JobRequest(
             model=str(tiny),
-            training_file=service.upload_file(data["train"]).id,
+            training_file=service.files.upload(data["train"]).id,
             options=TrainOptions(n_epochs=3, batch_size=8),  # checkpoints at 13, 26, 39
         )
     )
-    wait_for_job(service, job.id, lambda: service.list_checkpoints(job.id))  # two epochs left
+    wait_for_job(service, job.id, lambda: service.jobs.list_checkpoints(job.id))  # two epochs left
     pid = service.store.job_runtime(job.id)["pid"]
     os.killpg(pid, signal.SIGKILL)
-    failed = wait_for(lambda: (j := service.get_job(job.id)).status == "failed" and j)
+    failed = wait_for(lambda: (j := service.jobs.get(job.id)).status == "failed" and j)
     assert "stopped unexpectedly" in failed.error.message
-    step = service.list_checkpoints(job.id)[0].step_number
+    step = service.jobs.list_checkpoints(job.id)[0].step_number
     resumed = convtune("jobs", "resume", job.id)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"from checkpoint at step {step}" in resumed.stdout
-    assert service.get_job(job.id).status == "succeeded"
+    assert service.jobs.get(job.id).status == "succeeded"
 
 
 def test_ctrl_c_detaches_and_the_job_goes_on(tiny, data, isolated_home):
     service = LocalService()
-    job = service.create_job(
+    job = service.jobs.create(
         JobRequest(
             model=str(tiny),
-            training_file=service.upload_file(data["train"]).id,
+            training_file=service.files.upload(data["train"]).id,
             options=TrainOptions(n_epochs=3, batch_size=4),  # ~70 steps: seconds after Ctrl-C
         )
     )
@@ -225,26 +225,26 @@ def test_ctrl_c_detaches_and_the_job_goes_on(tiny, data, isolated_home):
     out = "".join(lines)
     assert "Detached" in out and f"convtune follow {job.id}" in out, out
     assert follower.returncode == 0
-    assert service.get_job(job.id).status in ("running", "succeeded")
-    done = wait_for(lambda: (j := service.get_job(job.id)).done and j, timeout=300)
+    assert service.jobs.get(job.id).status in ("running", "succeeded")
+    done = wait_for(lambda: (j := service.jobs.get(job.id)).done and j, timeout=300)
     assert done.status == "succeeded", done.error
-    metrics = [e.data for e in service.list_events(job.id, limit=500) if e.type == "metrics"]
+    metrics = [e.data for e in service.jobs.list_events(job.id, limit=500) if e.type == "metrics"]
     [total] = {m["total_steps"] for m in metrics}
     assert total > 40 and max(m["step"] for m in metrics) == total  # to the end, unfollowed
 
 
 def test_legacy_data_trains_and_chat_speaks_its_protocol(tiny, data, isolated_home):
     service = LocalService()
-    job = service.create_job(
+    job = service.jobs.create(
         JobRequest(
             model=str(tiny),
-            training_file=service.upload_file(data["legacy"]).id,
+            training_file=service.files.upload(data["legacy"]).id,
             options=TrainOptions(n_epochs=1, batch_size=8),
         )
     )
-    done = wait_for(lambda: (j := service.get_job(job.id)).done and j, timeout=300)
+    done = wait_for(lambda: (j := service.jobs.get(job.id)).done and j, timeout=300)
     assert done.status == "succeeded", done.error
-    record = service.model_record(done.fine_tuned_model)
+    record = service.models.record(done.fine_tuned_model)
     assert record["format"] == "prompt-completion" and record["actors"] == ("Human", "AI")
     from convtune.local.chat import LocalChat
 
@@ -284,12 +284,12 @@ def test_a_job_with_a_validation_file_keeps_its_best_answers_and_says_whether_it
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Did it learn?" in result.stdout and "validation prompts)" in result.stdout
     service = LocalService()
-    [job] = service.list_jobs()
-    events = list(reversed(service.list_events(job.id, limit=1000)))
+    [job] = service.jobs.list()
+    events = list(reversed(service.jobs.list_events(job.id, limit=1000)))
     messages = [e.message for e in events]
     assert any(m.startswith("Answered 25 held-out validation prompts") for m in messages)
     probes = [e.data["answer_probe"] for e in events if "answer_probe" in e.data]
-    steps = {c.step_number for c in service.list_checkpoints(job.id)}
+    steps = {c.step_number for c in service.jobs.list_checkpoints(job.id)}
     assert len(probes) >= 2 and {p["step"] for p in probes} <= steps
     assert all(0 <= p["means"]["fuzzy_match"] <= 1 for p in probes)
     [kept] = [m for m in messages if m.startswith("Keeping the model of")]
@@ -328,6 +328,6 @@ def test_a_job_with_a_validation_file_keeps_its_best_answers_and_says_whether_it
     )  # fmt: skip
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr
     assert "Did it learn?" not in quiet.stdout
-    newest = service.list_jobs()[0]
-    said = [e.message for e in service.list_events(newest.id, limit=1000)]
+    newest = service.jobs.list()[0]
+    said = [e.message for e in service.jobs.list_events(newest.id, limit=1000)]
     assert not any("held-out" in m or m.startswith(("Keeping", "Did it learn?")) for m in said)

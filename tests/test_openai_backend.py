@@ -80,24 +80,24 @@ def test_upload_reports_progress_waits_until_processed_and_reuses(fake, train, t
     big = tmp_path / "big.jsonl"
     big.write_text(chat_lines(3000), encoding="utf-8")  # several of httpx's 64 KiB chunks
     seen: list[tuple[int, int]] = []
-    uploaded = service.upload_file(big, progress=lambda done, total: seen.append((done, total)))
+    uploaded = service.files.upload(big, progress=lambda done, total: seen.append((done, total)))
     size = big.stat().st_size
     assert uploaded.status == "processed" and uploaded.bytes == size
     assert fake.reads[uploaded.id] >= 2  # it waited for "processed"
     assert len(seen) > 3 and seen[-1] == (size, size)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
-    first = service.upload_file(train)
-    again = service.upload_file(train)
+    first = service.files.upload(train)
+    again = service.files.upload(train)
     assert again.id == first.id and len(posts(fake, "/files")) == 2  # reused, not re-sent
-    assert service.upload_file(train, reuse=False).id != first.id
+    assert service.files.upload(train, reuse=False).id != first.id
 
 
 def test_same_name_and_size_with_other_content_is_uploaded_again(fake, train):
     service = service_for(fake)
-    first = service.upload_file(train)
+    first = service.files.upload(train)
     train.write_text(train.read_text().replace("Sure", "Okay"), encoding="utf-8")  # same size
-    second = service.upload_file(train)
+    second = service.files.upload(train)
     assert second.id != first.id and second.bytes == first.bytes
 
 
@@ -106,7 +106,7 @@ def test_foreign_identical_file_is_reused_unless_its_content_differs(fake, train
     other = fake.add_file(train.name, content.replace(b"Sure", b"Nope"))
     same = fake.add_file(train.name, content)
     service = service_for(fake)
-    assert service.upload_file(train).id == same["id"]  # read back and compared
+    assert service.files.upload(train).id == same["id"]  # read back and compared
     assert other["id"] != same["id"]
     assert not posts(fake, "/files")
     assert service.ownership().files == set()  # reused, but not convtune's
@@ -114,7 +114,7 @@ def test_foreign_identical_file_is_reused_unless_its_content_differs(fake, train
     # OpenAI does not let fine-tune files be read back: name, size and purpose decide
     fake.downloadable = False
     del fake.files[same["id"]]
-    assert service.upload_file(train).id == other["id"]
+    assert service.files.upload(train).id == other["id"]
 
 
 def test_a_file_with_errors_is_refused_before_upload(fake, tmp_path):
@@ -123,7 +123,7 @@ def test_a_file_with_errors_is_refused_before_upload(fake, tmp_path):
         chat_lines(2) + '{"messages": [{"role": "robot", "content": "beep"}]}\n', encoding="utf-8"
     )
     with pytest.raises(ConvtuneError) as caught:
-        service_for(fake).upload_file(bad)
+        service_for(fake).files.upload(bad)
     assert str(caught.value).startswith(f"{bad}:3: ")
     assert "role" in str(caught.value)
     assert not posts(fake, "/files")
@@ -133,18 +133,18 @@ def test_processing_timeout_and_error(fake, train):
     fake.processing_reads = 10**6
     service = service_for(fake, processing_timeout=0.3, sleep=lambda s: None)
     with pytest.raises(ConvtuneError, match="still uploaded after"):
-        service.upload_file(train)
+        service.files.upload(train)
 
 
 def test_file_listing_download_and_delete(fake, train):
     service = service_for(fake)
-    uploaded = service.upload_file(train)
-    assert [f.id for f in service.list_files()] == [uploaded.id]
-    assert service.file_content(uploaded.id) == train.read_bytes()
-    service.delete_file(uploaded.id)
-    assert service.list_files() == []
+    uploaded = service.files.upload(train)
+    assert [f.id for f in service.files.list()] == [uploaded.id]
+    assert service.files.content(uploaded.id) == train.read_bytes()
+    service.files.delete(uploaded.id)
+    assert service.files.list() == []
     with pytest.raises(NotFound):
-        service.get_file(uploaded.id)
+        service.files.get(uploaded.id)
 
 
 # -- jobs --------------------------------------------------------------------------------------
@@ -152,8 +152,8 @@ def test_file_listing_download_and_delete(fake, train):
 
 def test_options_not_set_are_never_sent(fake, train):
     service = service_for(fake)
-    file = service.upload_file(train)
-    job = service.create_job(JobRequest(model=MODEL, training_file=file.id))
+    file = service.files.upload(train)
+    job = service.jobs.create(JobRequest(model=MODEL, training_file=file.id))
     [sent] = [r["json"] for r in posts(fake, "/fine_tuning/jobs")]
     assert sent == {
         "model": MODEL,
@@ -169,14 +169,14 @@ def test_openai_parameters_are_sent_as_openai_names_them(fake, train, tmp_path):
     service = service_for(fake)
     request = JobRequest(
         model=MODEL,
-        training_file=service.upload_file(train).id,
-        validation_file=service.upload_file(valid).id,
+        training_file=service.files.upload(train).id,
+        validation_file=service.files.upload(valid).id,
         suffix="support",
         seed=7,
         metadata={"team": "care"},
         options=TrainOptions(n_epochs=3, batch_size=4, learning_rate_multiplier=0.5),
     )
-    job = service.create_job(request)
+    job = service.jobs.create(request)
     [sent] = [r["json"] for r in posts(fake, "/fine_tuning/jobs")]
     assert sent["method"] == {
         "type": "supervised",
@@ -194,32 +194,32 @@ def test_openai_parameters_are_sent_as_openai_names_them(fake, train, tmp_path):
 
 def test_create_job_refuses_what_openai_would(fake, train, tmp_path):
     service = service_for(fake)
-    file = service.upload_file(train)
+    file = service.files.upload(train)
     with pytest.raises(OptionError, match="lora_r"):
-        service.create_job(JobRequest(MODEL, file.id, options=TrainOptions(lora_r=8)))
+        service.jobs.create(JobRequest(MODEL, file.id, options=TrainOptions(lora_r=8)))
     with pytest.raises(OptionError, match="created_by"):
-        service.create_job(JobRequest(MODEL, file.id, metadata={"created_by": "me"}))
+        service.jobs.create(JobRequest(MODEL, file.id, metadata={"created_by": "me"}))
 
     # a file changed after its upload is checked again, from the service's copy
     fake.contents[file.id] = b'{"messages": []}\n' + train.read_bytes()
     train.write_text(chat_lines(12) + "\n", encoding="utf-8")
     with pytest.raises(ConvtuneError) as caught:
-        service.create_job(JobRequest(MODEL, file.id))
+        service.jobs.create(JobRequest(MODEL, file.id))
     assert str(caught.value).startswith(f"{train.name}:1: 'messages' must be a non-empty list")
 
     # OpenAI refuses fewer than 10 training examples; other services may not
     few = tmp_path / "few.jsonl"
     few.write_text(chat_lines(3), encoding="utf-8")
-    small = service.upload_file(few)
-    service.create_job(JobRequest(MODEL, small.id))
+    small = service.files.upload(few)
+    service.jobs.create(JobRequest(MODEL, small.id))
     service.is_openai = True
     with pytest.raises(ConvtuneError, match="fewer than 10"):
-        service.create_job(JobRequest(MODEL, small.id))
+        service.jobs.create(JobRequest(MODEL, small.id))
     assert len(posts(fake, "/fine_tuning/jobs")) == 1
     single = tmp_path / "single.jsonl"
     single.write_text(chat_lines(1), encoding="utf-8")
     with pytest.raises(ConvtuneError) as caught:
-        service.create_job(JobRequest(MODEL, service.upload_file(single).id))
+        service.jobs.create(JobRequest(MODEL, service.files.upload(single).id))
     assert "single.jsonl: 1 example: OpenAI refuses to train on fewer than 10" in str(caught.value)
 
 
@@ -227,7 +227,7 @@ def test_follow_to_succeeded_checkpoints_results_and_chat(fake, train):
     fake.events_per_step = 60  # 240 metrics events: the newest-first pages must be walked back
     fake.advance = 4
     service = service_for(fake)
-    job = service.create_job(JobRequest(MODEL, service.upload_file(train).id, suffix="nimbus"))
+    job = service.jobs.create(JobRequest(MODEL, service.files.upload(train).id, suffix="nimbus"))
     items = list(follow(service, job.id, poll=0, sleep=lambda s: None))
     events, finished = items[:-1], items[-1]
     assert isinstance(finished, Job) and finished.status == "succeeded"
@@ -239,12 +239,14 @@ def test_follow_to_succeeded_checkpoints_results_and_chat(fake, train):
 
     model = finished.fine_tuned_model
     assert model.startswith(f"ft:{MODEL}:fake:nimbus:")
-    [checkpoint] = service.list_checkpoints(job.id)
+    [checkpoint] = service.jobs.list_checkpoints(job.id)
     assert checkpoint.step_number == 2 and checkpoint.metrics["train_loss"] == 1.0
     # OpenAI serves the results file base64-encoded; file_content gives the CSV
-    csv = service.file_content(finished.result_files[0]).decode()
+    csv = service.files.content(finished.result_files[0]).decode()
     assert csv.startswith("step,train_loss,train_accuracy,valid_loss")
-    pieces = list(service.chat(ChatRequest(model, [{"role": "user", "content": "Hi"}], seed=3)))
+    pieces = list(
+        service.chat.create(ChatRequest(model, [{"role": "user", "content": "Hi"}], seed=3))
+    )
     assert len(pieces) == 5 and "".join(pieces) == "Hello from the fake service"
     [sent] = [r["json"] for r in posts(fake, "/chat/completions")]
     assert sent["stream"] is True and sent["seed"] == 3 and "top_p" not in sent
@@ -252,19 +254,19 @@ def test_follow_to_succeeded_checkpoints_results_and_chat(fake, train):
 
 def test_job_actions_and_their_errors(fake, train):
     service = service_for(fake)
-    job = service.create_job(JobRequest(MODEL, service.upload_file(train).id))
-    assert service.get_job(job.id).status == "running"
-    assert service.pause_job(job.id).status == "paused"
+    job = service.jobs.create(JobRequest(MODEL, service.files.upload(train).id))
+    assert service.jobs.get(job.id).status == "running"
+    assert service.jobs.pause(job.id).status == "paused"
     with pytest.raises(Conflict, match="paused"):
-        service.pause_job(job.id)
-    assert service.resume_job(job.id).status == "running"
-    assert service.cancel_job(job.id).status == "cancelled"
+        service.jobs.pause(job.id)
+    assert service.jobs.resume(job.id).status == "running"
+    assert service.jobs.cancel(job.id).status == "cancelled"
     with pytest.raises(Conflict):
-        service.cancel_job(job.id)
+        service.jobs.cancel(job.id)
     with pytest.raises(NotFound, match="ftjob-nope"):
-        service.get_job("ftjob-nope")
-    assert [j.id for j in service.list_jobs(limit=5)] == [job.id]
-    assert service.list_jobs(metadata={"created_by": "someone"}) == []
+        service.jobs.get("ftjob-nope")
+    assert [j.id for j in service.jobs.list(limit=5)] == [job.id]
+    assert service.jobs.list(metadata={"created_by": "someone"}) == []
     [listing] = [r for r in fake.requests if r["query"].get("metadata[created_by]")]
     assert listing["query"]["metadata[created_by]"] == ["someone"]
 
@@ -274,7 +276,7 @@ def test_job_actions_and_their_errors(fake, train):
 
 def test_ownership_and_base_models_are_never_deleted(fake, train):
     service = service_for(fake)
-    ours = service.create_job(JobRequest(MODEL, service.upload_file(train).id))
+    ours = service.jobs.create(JobRequest(MODEL, service.files.upload(train).id))
     fake.finish_job(fake.jobs[ours.id], "ft:gpt-4.1-mini-2025-04-14:fake::ours")
     theirs = fake.add_job(MODEL, fake.add_file("x.jsonl", b"{}")["id"])
     fake.finish_job(theirs, "ft:gpt-4.1-mini-2025-04-14:fake::theirs")
@@ -296,15 +298,15 @@ def test_ownership_and_base_models_are_never_deleted(fake, train):
     assert fake.jobs[ours.id].data["result_files"][0] in owned.files
     assert not set(theirs.data["result_files"]) & owned.files
 
-    ids = [m.id for m in service.list_models()]
+    ids = [m.id for m in service.models.list()]
     assert MODEL in ids and "ft:gpt-4.1-mini-2025-04-14:fake::ours" in ids
     requests = len(fake.requests)
     with pytest.raises(Conflict, match="base model"):
-        service.delete_model(MODEL)
+        service.models.delete(MODEL)
     assert len(fake.requests) == requests  # refused before anything was sent
-    service.delete_model("ft:gpt-4.1-mini-2025-04-14:fake::ours")
+    service.models.delete("ft:gpt-4.1-mini-2025-04-14:fake::ours")
     with pytest.raises(NotFound):
-        service.get_model("ft:gpt-4.1-mini-2025-04-14:fake::ours")
+        service.models.get("ft:gpt-4.1-mini-2025-04-14:fake::ours")
 
 
 # -- errors, keys, transient failures ----------------------------------------------------------
@@ -318,7 +320,7 @@ def test_the_key_is_needed_and_never_shown(fake, monkeypatch):
     # one that needs a key (as the fake does, and convtune serve) refuses it saying which to give
     keyless = OpenAIService(base_url=fake.url, max_retries=0)
     with pytest.raises(ConvtuneError, match=r"refused the API key \(401.*OPENAI_API_KEY"):
-        keyless.list_files()
+        keyless.files.list()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment-123456")
     assert OpenAIService(base_url=fake.url).client.api_key == "sk-from-the-environment-123456"
     with pytest.raises(ConvtuneError, match="cannot be sent"):
@@ -329,7 +331,7 @@ def test_the_key_is_needed_and_never_shown(fake, monkeypatch):
     wrong = "sk-wrong-5f3c9a7e21-do-not-print"
     service = OpenAIService(api_key=wrong, base_url=fake.url, max_retries=0)
     with pytest.raises(ConvtuneError) as caught:
-        service.list_files()
+        service.files.list()
     message = str(caught.value)
     assert "401" in message and "--api-key" in message  # the fake echoes the key it got
     assert wrong not in message and "5f3c9a7e21" not in message
@@ -343,28 +345,28 @@ def test_the_key_is_needed_and_never_shown(fake, monkeypatch):
 def test_transient_failures_are_transient_errors(fake, fault, kind):
     fake.fail("/files", fault)
     with pytest.raises(kind) as caught:
-        service_for(fake).list_files()
+        service_for(fake).files.list()
     assert type(caught.value) is kind
 
 
 def test_quota_and_unreachable(fake):
     fake.fail("/files", 4290)  # 429 with code insufficient_quota: waiting does not help
     with pytest.raises(ConvtuneError) as caught:
-        service_for(fake).list_files()
+        service_for(fake).files.list()
     assert not isinstance(caught.value, TransientError) and "quota" in str(caught.value)
     closed = OpenAIService(api_key="k", base_url="http://127.0.0.1:9/v1", max_retries=0)
     with pytest.raises(TransientError, match=r"cannot reach http://127\.0\.0\.1:9/v1"):
-        closed.list_files()
+        closed.files.list()
 
 
 def test_the_sdk_retries_transient_failures_itself_first(fake):
     fake.fail("/files", 503, times=2)
-    assert service_for(fake, max_retries=2).list_files() == []  # retry-after-ms: 10
+    assert service_for(fake, max_retries=2).files.list() == []  # retry-after-ms: 10
 
 
 def test_follow_survives_dropped_connections_429_and_5xx(fake, train):
     service = service_for(fake)
-    job = service.create_job(JobRequest(MODEL, service.upload_file(train).id))
+    job = service.jobs.create(JobRequest(MODEL, service.files.upload(train).id))
     fake.fail(f"/fine_tuning/jobs/{job.id}", 503, times=2, method="GET")
     fake.fail(f"/fine_tuning/jobs/{job.id}/events", "drop")
     fake.fail(f"/fine_tuning/jobs/{job.id}/events", 429)
@@ -388,7 +390,7 @@ def test_follow_survives_dropped_connections_429_and_5xx(fake, train):
 
 def test_follow_backoff_is_capped_and_gives_up_after_its_patience(fake, train):
     service = service_for(fake)
-    job = service.create_job(JobRequest(MODEL, service.upload_file(train).id))
+    job = service.jobs.create(JobRequest(MODEL, service.files.upload(train).id))
     fake.fail(f"/fine_tuning/jobs/{job.id}", 502, times=100, method="GET")
     clock = [0.0]
     delays: list[float] = []
@@ -416,24 +418,24 @@ def test_a_base_url_without_v1_gets_a_hint(fake):
         api_key=fake.key, base_url=fake.url.replace("/v1", "/api"), max_retries=0
     )
     with pytest.raises(NotFound) as caught:
-        service.list_jobs()
+        service.jobs.list()
     assert "does --base-url end in /v1?" in str(caught.value)
     with pytest.raises(NotFound) as caught:
-        service_for(fake).get_job("ftjob-missing")
+        service_for(fake).jobs.get("ftjob-missing")
     assert "/v1" not in str(caught.value)  # the right address: no such hint
 
 
 def test_a_file_checked_at_upload_is_not_read_again_at_create(fake, train, monkeypatch):
-    import convtune.openai_backend.openai_service as backend
+    import convtune.openai_backend.openai_files as backend
 
     reads: list[Path] = []
     real = backend.check_file
     monkeypatch.setattr(backend, "check_file", lambda p, **kw: reads.append(p) or real(p, **kw))
     service = service_for(fake)
-    file = service.upload_file(train)
-    service.create_job(JobRequest(MODEL, file.id))
+    file = service.files.upload(train)
+    service.jobs.create(JobRequest(MODEL, file.id))
     assert reads == [train]  # once: the upload's report serves the job's check
     train.write_text(train.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     other = service_for(fake)  # another process: nothing remembered, the file is read again
-    other.create_job(JobRequest(MODEL, file.id))
+    other.jobs.create(JobRequest(MODEL, file.id))
     assert len(reads) == 2

@@ -224,7 +224,7 @@ def test_bad_input_gets_one_line_and_nothing_is_sent(fake, files, cli):
 def test_follow_survives_faults_and_ctrl_c_names_the_backend(fake, files):
     url = fake.url
     remote = service(fake)
-    job = remote.create_job(JobRequest(MODEL, remote.upload_file(files["train"]).id))
+    job = remote.jobs.create(JobRequest(MODEL, remote.files.upload(files["train"]).id))
     # three drops in a row outlast the SDK's own two retries: follow's backoff takes over
     fake.fail(f"/fine_tuning/jobs/{job.id}/events", "drop", times=3)
     fake.fail(f"/fine_tuning/jobs/{job.id}", 503, times=1, method="GET")
@@ -234,7 +234,7 @@ def test_follow_survives_faults_and_ctrl_c_names_the_backend(fake, files):
     assert followed.stdout.count("Step 4/4") == 1  # each event once
 
     fake.total_steps = 10**6  # a job that runs for ever
-    endless = remote.create_job(JobRequest(MODEL, job.training_file))
+    endless = remote.jobs.create(JobRequest(MODEL, job.training_file))
     env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
     # PYTHONFAULTHANDLER: should it ever not exit, SIGABRT prints where each thread stands
     env.update(OPENAI_API_KEY=fake.key, NO_PROXY="127.0.0.1", PYTHONFAULTHANDLER="1")
@@ -266,8 +266,8 @@ def test_jobs_pause_resume_cancel(fake, files, cli):
     url = fake.url
     fake.total_steps = 10**6
     remote = service(fake)
-    job = remote.create_job(JobRequest(MODEL, remote.upload_file(files["train"]).id))
-    remote.get_job(job.id)  # running
+    job = remote.jobs.create(JobRequest(MODEL, remote.files.upload(files["train"]).id))
+    remote.jobs.get(job.id)  # running
     paused = cli("jobs", "pause", job.id, "--base-url", url)
     assert paused.returncode == 0, paused.stderr
     assert f"paused. Resume it with: convtune jobs resume {job.id} --backend openai" in (
@@ -320,7 +320,7 @@ def test_files_delete_is_safe(fake, files, cli):
 def test_models_delete_only_convtunes_and_never_base_models(fake, files, cli):
     url = fake.url
     remote = service(fake)
-    ours = remote.create_job(JobRequest(MODEL, remote.upload_file(files["train"]).id))
+    ours = remote.jobs.create(JobRequest(MODEL, remote.files.upload(files["train"]).id))
     fake.finish_job(fake.jobs[ours.id], "ft:gpt-4.1-mini-2025-04-14:fake::ours")
     theirs = fake.add_job(MODEL, "file-x")
     fake.finish_job(theirs, "ft:gpt-4.1-mini-2025-04-14:fake::theirs")

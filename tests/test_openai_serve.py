@@ -20,7 +20,7 @@ from convtune import PrepareOptions, prepare
 from convtune.errors import Conflict, ConvtuneError, NotFound
 from convtune.openai_backend import OpenAIService
 from convtune.service.contract import ChatRequest, JobRequest
-from convtune.service.follow import Progress, follow
+from convtune.service.follow import JobProgress, follow
 from convtune.service.objects import Job
 from convtune.service.training_options import TrainOptions
 
@@ -59,13 +59,13 @@ def served(tmp_path_factory):
 def test_the_sdk_path_against_convtune_serve(served, tiny, data):
     service = OpenAIService(api_key=served.key, base_url=served.url, max_retries=0)
     sizes: list[int] = []
-    train = service.upload_file(data["train"], progress=lambda done, total: sizes.append(done))
+    train = service.files.upload(data["train"], progress=lambda done, total: sizes.append(done))
     assert train.status == "processed" and sizes[-1] == data["train"].stat().st_size
-    assert service.upload_file(data["train"]).id == train.id  # identical: reused
-    valid = service.upload_file(data["valid"])
-    assert {f.id for f in service.list_files()} >= {train.id, valid.id}
+    assert service.files.upload(data["train"]).id == train.id  # identical: reused
+    valid = service.files.upload(data["valid"])
+    assert {f.id for f in service.files.list()} >= {train.id, valid.id}
 
-    job = service.create_job(
+    job = service.jobs.create(
         JobRequest(
             model=str(tiny),
             training_file=train.id,
@@ -79,7 +79,7 @@ def test_the_sdk_path_against_convtune_serve(served, tiny, data):
     assert job.metadata == tag(team="care") and job.seed == 7
     assert job.hyperparameters == {"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 2.0}
 
-    progress = Progress()
+    progress = JobProgress()
     items = list(follow(service, job.id, poll=0.3))
     events, finished = items[:-1], items[-1]
     for event in events:
@@ -92,12 +92,12 @@ def test_the_sdk_path_against_convtune_serve(served, tiny, data):
     model = finished.fine_tuned_model
     assert model == f"ft:{tiny.name}:nimbus:{job.id}"
 
-    [checkpoint] = service.list_checkpoints(job.id)  # one per epoch
+    [checkpoint] = service.jobs.list_checkpoints(job.id)  # one per epoch
     assert checkpoint.step_number == progress.total_steps
-    csv = service.file_content(finished.result_files[0]).decode()
+    csv = service.files.content(finished.result_files[0]).decode()
     assert csv.startswith("step,train_loss,train_accuracy,valid_loss")
     pieces = list(
-        service.chat(
+        service.chat.create(
             ChatRequest(model, [{"role": "user", "content": "Hello"}], max_tokens=6, temperature=0)
         )
     )
@@ -107,18 +107,18 @@ def test_the_sdk_path_against_convtune_serve(served, tiny, data):
     assert job.id in owned.jobs and owned.has_model(model)
     assert {train.id, valid.id, *finished.result_files} <= owned.files
     with pytest.raises(Conflict, match="base model"):
-        service.delete_model(str(tiny))
+        service.models.delete(str(tiny))
     with pytest.raises(Conflict):
-        service.cancel_job(job.id)  # already succeeded
-    service.delete_model(model)
+        service.jobs.cancel(job.id)  # already succeeded
+    service.models.delete(model)
     with pytest.raises(NotFound):
-        service.get_model(model)
+        service.models.get(model)
     with pytest.raises(NotFound):
-        service.get_job("ftjob-doesnotexist")
+        service.jobs.get("ftjob-doesnotexist")
 
     wrong = OpenAIService(api_key="sk-not-this-one-93e1c7", base_url=served.url, max_retries=0)
     with pytest.raises(ConvtuneError) as caught:
-        wrong.list_files()
+        wrong.files.list()
     assert "API key" in str(caught.value) and "93e1c7" not in str(caught.value)
 
 

@@ -14,13 +14,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from convtune.metrics.results_csv import read_results
 from matplotlib.image import imread
 
 from convtune import PrepareOptions, check_file, prepare
 from convtune.local.local_service import LocalService
 from convtune.metrics.charts import loss_figure, save_png, smoothing_window, tokens_figure
 from convtune.metrics.job_metrics import NoMetrics, job_metrics
+from convtune.metrics.results_csv import read_results
 from convtune.service.contract import JobRequest
 from convtune.service.follow import follow
 from convtune.service.objects import Job, JobEvent
@@ -71,11 +71,11 @@ def trained(tmp_path_factory, data) -> dict:
         env.setenv("CONVTUNE_HOME", str(home))
         env.setenv("OMP_NUM_THREADS", "1")
         service = LocalService(home)
-        job = service.create_job(
+        job = service.jobs.create(
             JobRequest(
                 model=str(tiny),
-                training_file=service.upload_file(data["train"]).id,
-                validation_file=service.upload_file(data["valid"]).id,
+                training_file=service.files.upload(data["train"]).id,
+                validation_file=service.files.upload(data["valid"]).id,
                 options=TrainOptions(n_epochs=EPOCHS, batch_size=BATCH),
             )
         )
@@ -86,7 +86,7 @@ def trained(tmp_path_factory, data) -> dict:
     # has at most ceil(examples / BATCH) steps (its metrics say how many)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CONVTUNE_HOME", str(home))
-        events = LocalService(home).list_events(job.id, limit=10_000)
+        events = LocalService(home).jobs.list_events(job.id, limit=10_000)
     [steps] = {e.data["total_steps"] for e in events if e.type == "metrics"}
     per_epoch = steps // EPOCHS
     assert per_epoch * EPOCHS == steps and 0 < per_epoch <= math.ceil(examples / BATCH)
@@ -179,7 +179,7 @@ def test_cli_plot_unknown_job_and_job_without_metrics(tmp_path, cli):
     assert "Traceback" not in unknown.stderr
 
     service = LocalService()  # a job that never reached a training step (no worker started)
-    file_id = service.upload_file(EXAMPLE).id
+    file_id = service.files.upload(EXAMPLE).id
     service.store.add_job(Job(id="ftjob-empty", created_at=0, model="m", training_file=file_id), {})
     empty = cli("plot", "ftjob-empty", cwd=tmp_path)
     assert empty.returncode == 1, empty.stdout

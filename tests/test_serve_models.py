@@ -17,7 +17,8 @@ import pytest
 
 from convtune.errors import Conflict, NotFound
 from convtune.local.base_models import STAMP
-from convtune.local.local_service import BASE_OWNER, LocalService
+from convtune.local.local_models import BASE_OWNER
+from convtune.local.local_service import LocalService
 from convtune.local.store import new_id, now
 from convtune.service.contract import ChatRequest
 from convtune.service.objects import Job
@@ -52,23 +53,23 @@ def add_job(service: LocalService, model: str, source: str, name: str) -> str:
 
 
 def base_ids(service: LocalService) -> list[str]:
-    return [m.id for m in service.list_models() if m.owned_by == BASE_OWNER]
+    return [m.id for m in service.models.list() if m.owned_by == BASE_OWNER]
 
 
 def test_the_default_is_always_listed_and_never_deleted(isolated_home):
     service = LocalService()
     assert service.capabilities.lists_base_models
-    [default] = service.list_models()
+    [default] = service.models.list()
     assert default.id == DEFAULT and default.owned_by == "system" and default.object == "model"
-    assert service.get_model(DEFAULT) == default
+    assert service.models.get(DEFAULT) == default
     with pytest.raises(Conflict, match="is a base model"):
-        service.delete_model(DEFAULT)
+        service.models.delete(DEFAULT)
     with pytest.raises(Conflict, match="is a base model"):
-        service.delete_model("smollm2")  # any name of a base model
+        service.models.delete("smollm2")  # any name of a base model
     with pytest.raises(NotFound):
-        service.get_model("no-such-model")
+        service.models.get("no-such-model")
     with pytest.raises(NotFound):
-        service.delete_model("ft:x:y:ftjob-none")
+        service.models.delete("ft:x:y:ftjob-none")
 
 
 def test_sources_of_jobs_and_converted_copies_once_each(isolated_home, tmp_path):
@@ -83,7 +84,7 @@ def test_sources_of_jobs_and_converted_copies_once_each(isolated_home, tmp_path)
     add_job(service, "model", str(other), "model")
     add_job(service, "gone", str(gone), "gone")
     add_job(service, "ft:model::ftjob-abc", str(isolated_home / "models" / "x"), "model")
-    add_job(service, "SmolLM2-135M-Instruct", service.base_model(DEFAULT).source, DEFAULT)
+    add_job(service, "SmolLM2-135M-Instruct", service.models.base_model(DEFAULT).source, DEFAULT)
     shutil.rmtree(gone)
     converted = isolated_home / "base-models"
     converted.mkdir(exist_ok=True)
@@ -97,14 +98,14 @@ def test_sources_of_jobs_and_converted_copies_once_each(isolated_home, tmp_path)
     second = ids[2]
     assert second.startswith("model-") and len(second) == len("model-") + 10
     assert ids[3] == "lost-1a2b3c4d5e"
-    assert Path(service.base_model("model").source) == first.resolve()
-    assert Path(service.base_model(second).source) == other.resolve()
-    assert service.base_model("lost-1a2b3c4d5e").kind == "folder"
+    assert Path(service.models.base_model("model").source) == first.resolve()
+    assert Path(service.models.base_model(second).source) == other.resolve()
+    assert service.models.base_model("lost-1a2b3c4d5e").kind == "folder"
     for model_id in ids:  # each is a name a job and a chat take, and the server's URLs too
-        assert service.knows_model(model_id) and service.get_model(model_id).owned_by == "system"
+        assert service.models.knows(model_id) and service.models.get(model_id).owned_by == "system"
         with pytest.raises(Conflict):
-            service.delete_model(model_id)
-    assert not service.knows_model("gone")
+            service.models.delete(model_id)
+    assert not service.models.knows("gone")
     assert base_ids(service) == ids  # the same ids at every look
 
 
@@ -131,7 +132,7 @@ def test_a_base_model_answers_a_chat_by_its_id(isolated_home, tiny):
     service = LocalService()
     assert "tiny-converted" in base_ids(service)
     request = ChatRequest("tiny-converted", [{"role": "user", "content": "Hi"}], max_tokens=3)
-    reply = service.chat(request)
+    reply = service.chat.create(request)
     assert isinstance("".join(reply), str) and 0 < reply.completion_tokens <= 3
 
 

@@ -56,14 +56,14 @@ def test_every_option_changes_what_the_trainer_is_given():
     assert (config.n_epochs, config.batch_size, config.lora_r, config.lora_alpha) == (7, 3, 4, 8)
     assert config.lora is False and config.max_steps == 9 and config.precision == "fp32"
     assert config.learning_rate == pytest.approx(2e-5 * 0.5)  # full fine-tuning's base rate
-    assert config.hyperparameters() == {
+    assert config.resolved_hyperparameters() == {
         "n_epochs": 7, "batch_size": 3, "learning_rate_multiplier": 0.5,
     }  # fmt: skip
     auto = TrainConfig.from_options(TrainOptions(), 40)
-    assert auto.hyperparameters() == {
+    assert auto.resolved_hyperparameters() == {
         "n_epochs": 8, "batch_size": 2, "learning_rate_multiplier": 10.0,
     } and auto.lora  # fmt: skip
-    assert TrainConfig.from_options(TrainOptions(), 100).hyperparameters() == {
+    assert TrainConfig.from_options(TrainOptions(), 100).resolved_hyperparameters() == {
         "n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 10.0,
     }  # fmt: skip
     assert TrainConfig.from_options(TrainOptions(), 100).learning_rate == pytest.approx(2e-3)
@@ -121,9 +121,9 @@ def test_qlora_is_refused_when_the_job_is_created_not_when_it_trains(tmp_path):
         '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]}\n'
     )
     service = LocalService()
-    file = service.upload_file(data)
+    file = service.files.upload(data)
     with pytest.raises(OptionError, match="quantize_base 4bit: QLoRA needs a CUDA GPU"):
-        service.create_job(
+        service.jobs.create(
             JobRequest("SmolLM2-135M-Instruct", file.id, options=TrainOptions(quantize_base="4bit"))
         )
-    assert service.list_jobs() == []
+    assert service.jobs.list() == []

@@ -5,8 +5,8 @@ The library is the product; the `convtune` command line only parses, calls these
     import convtune
     report = convtune.prepare("conversations.csv", "out/")
     check = convtune.check_file("out/conversations.train.jsonl", model="gpt-4o-mini-2024-07-18")
-    service = convtune.LocalService()  # or convtune.OpenAIService(base_url=...)
-    job = service.create_job(convtune.JobRequest("SmolLM2-135M-Instruct", ...))
+    service = convtune.connect("local")  # or convtune.connect("openai", base_url=...)
+    job = service.jobs.create(convtune.JobRequest("SmolLM2-135M-Instruct", ...))
 
 Every name loads on first use (`LocalService` needs no torch until it trains; importing the
 openai SDK costs a second or more), so `import convtune` stays quick and small.
@@ -18,6 +18,11 @@ openai SDK costs a second or more), so `import convtune` stays quick and small.
 # even the standard library's hashlib, subprocess or xml cost a few MB of memory each.
 _LAZY = {
     "Capabilities": ".service.contract",
+    "Chat": ".service.contract",
+    "Files": ".service.contract",
+    "Jobs": ".service.contract",
+    "Models": ".service.contract",
+    "connect": ".backends",
     "ChatRequest": ".service.contract",
     "Conversation": ".dataset.conversation",
     "ConvtuneError": ".errors",
@@ -62,9 +67,11 @@ _LAZY = {
 
 def __getattr__(name: str):
     """`convtune.NAME`, imported from its module when first asked for."""
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name == "backends":  # the registry, a module of its own
+        return importlib.import_module(".backends", __name__)
+    if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value  # asked once
         return value
@@ -72,11 +79,12 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, "backends"})
 
 
 __all__ = [
     "Capabilities",
+    "Chat",
     "ChatRequest",
     "Conversation",
     "ConvtuneError",
@@ -84,15 +92,18 @@ __all__ = [
     "Example",
     "ExampleBuilder",
     "ExampleOptions",
+    "Files",
     "Finding",
     "Findings",
     "FineTuningService",
     "InputError",
     "JobMetrics",
     "JobRequest",
+    "Jobs",
     "LocalService",
     "Message",
     "ModelInfo",
+    "Models",
     "NoMetrics",
     "OpenAIService",
     "OptionError",
@@ -103,7 +114,9 @@ __all__ = [
     "SheetOptions",
     "TrainOptions",
     "Unsupported",
+    "backends",
     "check_file",
+    "connect",
     "default_epochs",
     "detect_format",
     "job_metrics",

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 import click
 
+from .. import backends
 from ..service.contract import FineTuningService
-
-BACKENDS = ("local", "openai")
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def backend_option(f=None, *, mixed: bool = False):
     )(command)
     return click.option(
         "--backend",
-        type=click.Choice(BACKENDS),
+        type=click.Choice(backends.NAMES),
         default=None,
         help="local (the default): open models on this machine; openai: OpenAI or a compatible"
         " service.",
@@ -73,26 +72,18 @@ def backend_option(f=None, *, mixed: bool = False):
 
 
 def service_class(backend: Backend | str = "local") -> type[FineTuningService]:
-    """The class of the backend the options name: its capabilities are known before a key is
-    read or a connection made."""
-    name = backend if isinstance(backend, str) else backend.name
-    if name == "openai":
-        from ..openai_backend import OpenAIService
-
-        return OpenAIService
-    from ..local.local_service import LocalService
-
-    return LocalService
+    """The class of the backend the options name (`convtune.backends`): its capabilities are
+    known before a key is read or a connection made."""
+    return backends.service_class(backend if isinstance(backend, str) else backend.name)
 
 
 def service_for(backend: Backend | str = "local") -> FineTuningService:
-    """The service the options name (the openai one reads its key and address here)."""
+    """The service the options name (a remote one reads its key and address here)."""
     if isinstance(backend, str):
         backend = Backend(backend)
-    cls = service_class(backend)
-    if backend.name == "openai":
-        return cls(api_key=backend.api_key, base_url=backend.base_url)  # type: ignore[call-arg]
-    return cls()
+    if not service_class(backend).capabilities.remote:  # --api-key of eval's MODEL@openai
+        return backends.connect(backend.name)
+    return backends.connect(backend.name, api_key=backend.api_key, base_url=backend.base_url)
 
 
 def again(service: FineTuningService) -> str:

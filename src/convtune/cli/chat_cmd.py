@@ -46,7 +46,7 @@ def chat(
         history.append({"role": "user", "content": text})
         request = ChatRequest(model, list(history), max_tokens, temperature, seed=seed)
         pieces = []
-        for piece in service.chat(request):
+        for piece in service.chat.create(request):
             pieces.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()

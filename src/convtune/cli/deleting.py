@@ -40,11 +40,11 @@ class Kind:
 
 
 def _files(service: FineTuningService) -> list:
-    return sorted(service.list_files(), key=lambda f: f.created_at)
+    return sorted(service.files.list(), key=lambda f: f.created_at)
 
 
 def _fine_tuned(service: FineTuningService) -> list:
-    found = service.list_models()
+    found = service.models.list()
     if service.capabilities.lists_base_models:
         found = [m for m in found if m.id.startswith("ft:")]
     return found
@@ -63,8 +63,8 @@ FILES = Kind(
     columns=("file", "name", "bytes", "purpose", "created"),
     row=lambda f: (f.id, f.filename, f"{f.bytes:,}", f.purpose, when(f.created_at)),
     listing=_files,
-    get=lambda service, file_id: service.get_file(file_id),
-    delete=lambda service, file_id: service.delete_file(file_id),
+    get=lambda service, file_id: service.files.get(file_id),
+    delete=lambda service, file_id: service.files.delete(file_id),
     owned=Ownership.has_file,
     question=lambda service, f: f"Delete {f.id} ({f.filename})?",
 )
@@ -75,8 +75,8 @@ MODELS = Kind(
     columns=("model", "created", "owned by"),
     row=lambda m: (m.id, when(m.created), m.owned_by),
     listing=_fine_tuned,
-    get=lambda service, model_id: service.get_model(model_id),
-    delete=lambda service, model_id: service.delete_model(model_id),
+    get=lambda service, model_id: service.models.get(model_id),
+    delete=lambda service, model_id: service.models.delete(model_id),
     owned=Ownership.has_model,
     question=lambda service, m: (
         f"Delete {m.id}" + (" and its files?" if service.capabilities.deletes_model_files else "?")

@@ -16,8 +16,7 @@ from ..evaluation.golden import write_golden
 from ..evaluation.graders import DEFAULT_GRADERS, parse_graders
 from ..evaluation.prompts import read_prompts
 from ..evaluation.results import EvalResult
-from ..evaluation.run import CachedJudge, evaluate, with_references
-from ..evaluation.run import Progress as RunProgress
+from ..evaluation.run import CachedJudge, EvalProgress, evaluate, with_references
 from ..evaluation.targets import Target, parse_target
 from ..service.contract import FineTuningService
 from ..state.home import data_dir
@@ -211,7 +210,7 @@ def eval_command(
     prompts = read_prompts(data or reference, limit=limit)  # type: ignore[arg-type]
     if reference is not None and data is not None:
         prompts = with_references(prompts, reference)
-    with _progress() as progress:
+    with EvalProgressBar() as progress:
         result = evaluate(
             prompts,
             targets,
@@ -336,7 +335,7 @@ def record(
     prompts = read_prompts(data, limit=limit, purpose="record")
     settings = Settings(temperature=temperature, max_tokens=max_tokens, seed=seed)
     answers_cache = _cache(cache, no_cache, {"--data": data})
-    with _progress() as progress:
+    with EvalProgressBar() as progress:
         progress.model(target, len(prompts.prompts))
         answers = ask(
             _services(backend)(target),
@@ -392,10 +391,10 @@ def _check_output(
         raise OptionError(f"the folder {path.parent} does not exist")
 
 
-class _progress:
+class EvalProgressBar:
     """A progress bar per model on stderr (a terminal only), and retries as yellow lines."""
 
-    def __enter__(self) -> RunProgress:
+    def __enter__(self) -> EvalProgress:
         self.bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -419,7 +418,7 @@ class _progress:
                 f"[yellow]{escape(str(error))}; trying again in {delay:.0f} s[/]", soft_wrap=True
             )
 
-        return RunProgress(model=model, answer=answer, retry=retry)
+        return EvalProgress(model=model, answer=answer, retry=retry)
 
     def __exit__(self, *exc) -> None:
         self.bar.__exit__(*exc)

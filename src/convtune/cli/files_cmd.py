@@ -40,7 +40,7 @@ def files() -> None:
 def list_files(purpose: str | None, as_json: bool, backend: Backend) -> None:
     """Files, newest first; on a remote service, which ones convtune uploaded."""
     service = service_for(backend)
-    found = sorted(service.list_files(), key=lambda f: f.created_at, reverse=True)
+    found = sorted(service.files.list(), key=lambda f: f.created_at, reverse=True)
     if purpose:
         found = [f for f in found if f.purpose == purpose]
     if as_json:
@@ -81,7 +81,7 @@ def upload(path: Path, purpose: str, no_reuse: bool, backend: Backend) -> None:
     service = service_for(backend)
     size = path.stat().st_size if path.is_file() else 0
     with render.progress_bar(f"uploading {path.name}", size) as update:
-        uploaded = service.upload_file(path, purpose, reuse=not no_reuse, progress=update)
+        uploaded = service.files.upload(path, purpose, reuse=not no_reuse, progress=update)
     render.out.print(uploaded.id)
 
 
@@ -101,7 +101,7 @@ def upload(path: Path, purpose: str, no_reuse: bool, backend: Backend) -> None:
 @backend_option
 def download(file_id: str, output: Path | None, force: bool, backend: Backend) -> None:
     """A file's content (OpenAI lets only results files be downloaded)."""
-    write(service_for(backend).file_content(file_id), output, force)
+    write(service_for(backend).files.content(file_id), output, force)
 
 
 def write(content: bytes, output: Path | None, force: bool) -> None:

@@ -12,8 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..service.contract import FineTuningService
-from ..service.follow import Progress as JobProgress
-from ..service.follow import follow
+from ..service.follow import JobProgress, follow
 from ..service.objects import Job, JobEvent
 from . import render
 from .backend import again
@@ -124,7 +123,7 @@ def follow_to_end(service: FineTuningService, job_id: str) -> None:
 def learning_verdict(service: FineTuningService, job_id: str) -> dict | None:
     """The job's "Did it learn?" verdict (an event's `data`), if it has one: a local job with a
     validation file ends with it; other services' jobs have none."""
-    for event in service.list_events(job_id, limit=20):
+    for event in service.jobs.list_events(job_id, limit=20):
         found = event.data.get("verdict") if isinstance(event.data, dict) else None
         if isinstance(found, dict) and found.get("graders"):
             return found

@@ -38,7 +38,7 @@ def jobs() -> None:
 @backend_option
 def list_jobs(limit: int, as_json: bool, backend: Backend) -> None:
     """The newest jobs first."""
-    found = service_for(backend).list_jobs(limit=limit)
+    found = service_for(backend).jobs.list(limit=limit)
     if as_json:
         render.print_json({"object": "list", "data": [j.to_dict() for j in found]})
         return
@@ -60,7 +60,7 @@ def list_jobs(limit: int, as_json: bool, backend: Backend) -> None:
 def show(job_id: str, as_json: bool, backend: Backend) -> None:
     """One job: status, hyperparameters, error, model, checkpoints."""
     service = service_for(backend)
-    job = service.get_job(job_id)
+    job = service.jobs.get(job_id)
     if as_json:
         render.print_json(job.to_dict())
         return
@@ -87,7 +87,7 @@ def show(job_id: str, as_json: bool, backend: Backend) -> None:
     if job.fine_tuned_model:
         table.add_row("fine-tuned model", job.fine_tuned_model)
     print_table(table)
-    checkpoints = service.list_checkpoints(job_id)
+    checkpoints = service.jobs.list_checkpoints(job_id)
     if checkpoints:
         render.out.print()
         _checkpoint_table(checkpoints)
@@ -113,7 +113,7 @@ def _checkpoint_table(checkpoints) -> None:
 @backend_option
 def checkpoints(job_id: str, backend: Backend) -> None:
     """The job's checkpoints (one per epoch), newest first."""
-    found = service_for(backend).list_checkpoints(job_id)
+    found = service_for(backend).jobs.list_checkpoints(job_id)
     if not found:
         render.out.print(f"{job_id} has no checkpoint yet.")
         return
@@ -130,10 +130,10 @@ def checkpoints(job_id: str, backend: Backend) -> None:
 def cancel(job_id: str, yes: bool, backend: Backend) -> None:
     """Stop a running job cleanly (after its current step)."""
     service = service_for(backend)
-    service.get_job(job_id)  # a missing id fails before the question
+    service.jobs.get(job_id)  # a missing id fails before the question
     if not yes:
         click.confirm(f"Cancel {job_id}?", abort=True, err=True)
-    job = service.cancel_job(job_id)
+    job = service.jobs.cancel(job_id)
     render.out.print(f"{job.id} is {job.status}.")
 
 
@@ -145,7 +145,7 @@ def pause(job_id: str, backend: Backend) -> None:
     service = service_for(backend)
     if not service.capabilities.pause:
         raise ConvtuneError(f"the {backend} backend cannot pause jobs")
-    job = service.pause_job(job_id)
+    job = service.jobs.pause(job_id)
     render.out.print(
         f"{job.id} is {job.status}. Resume it with: convtune jobs resume {job.id}{again(service)}"
     )
@@ -167,10 +167,10 @@ def results(job_id: str, output: Path | None, force: bool, backend: Backend) -> 
     from .files_cmd import write
 
     service = service_for(backend)
-    job = service.get_job(job_id)
+    job = service.jobs.get(job_id)
     if not job.result_files:
         raise ConvtuneError(f"{job_id} has no results file yet (it is {job.status})")
-    write(service.file_content(job.result_files[0]), output, force)
+    write(service.files.content(job.result_files[0]), output, force)
 
 
 @jobs.command(
@@ -185,7 +185,7 @@ def resume(job_id: str, detach: bool, backend: Backend) -> None:
     from .follow_view import follow_to_end
 
     service = service_for(backend)
-    job = service.resume_job(job_id)
+    job = service.jobs.resume(job_id)
     render.out.print(f"Resumed {job.id} ({job.status})")
     if detach:
         render.out.print(f"Follow it with: convtune follow {job.id}{again(service)}")

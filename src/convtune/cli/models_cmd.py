@@ -74,7 +74,7 @@ def list_models(
         table = catalog.load_table(shutdowns)  # a bad file fails before the service is asked
         today = catalog.current_date()
     service = service_for(backend)
-    found = service.list_models()
+    found = service.models.list()
     if not include_base and service.capabilities.lists_base_models:
         found = [m for m in found if m.id.startswith("ft:")]
     # local models are this machine's: nobody retires them

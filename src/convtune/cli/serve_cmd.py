@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .. import backends
 from ..errors import ConvtuneError
 from ..local.local_service import DEFAULT_MAX_BATCH
 
@@ -95,8 +96,6 @@ def serve(
             f"convtune serve needs the serve extra ({exc.name} is missing)",
             hint="pip install 'convtune[serve]'",
         ) from None
-    from ..local.local_service import LocalService
-
     rate = parse_rate(rate_limit) if rate_limit is not None else None
     keys = load_keys(api_key_file)
     if api_key_file is not None and api_key_file.stat().st_mode & 0o077:
@@ -112,8 +111,8 @@ def serve(
             " this machine can try keys, in clear text; put a TLS proxy in front",
             err=True,
         )
-    service = LocalService(max_running=concurrency, max_batch=max_batch)
-    for job_id, what in service.recover():
+    service = backends.connect(backends.DEFAULT, max_running=concurrency, max_batch=max_batch)
+    for job_id, what in service.jobs.recover():
         click.echo(f"convtune serve: job {job_id} {what} after the restart", err=True)
     app = create_app(
         service,

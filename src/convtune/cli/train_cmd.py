@@ -105,7 +105,7 @@ def train(
         metadata=metadata,
         options=options,
     )
-    job = service.create_job(request)
+    job = service.jobs.create(request)
     render.out.print(f"Created fine-tuning job [bold]{job.id}[/] ({job.model}, {job.status})")
     if detach:
         render.out.print(f"Follow it with: convtune follow {job.id}{again(service)}")
@@ -130,7 +130,7 @@ def _upload(service: FineTuningService, path: Path, what: str, *, reuse: bool = 
     size = path.stat().st_size if path.is_file() else 0
     started = int(time.time())
     with render.progress_bar(f"uploading {path.name}", size) as update:
-        uploaded = service.upload_file(path, reuse=reuse, progress=update)
+        uploaded = service.files.upload(path, reuse=reuse, progress=update)
     if service.capabilities.remote:  # a remote file id is worth knowing
         line = f"{what.capitalize()} {path.name}: {uploaded.id}"
         if uploaded.created_at and uploaded.created_at < started - 1:

@@ -261,7 +261,7 @@ def request_answer(
     while True:
         started = time.perf_counter()
         try:
-            reply = service.chat(request)
+            reply = service.chat.create(request)
             try:
                 text = "".join(reply)
             finally:
@@ -284,7 +284,7 @@ def request_answer(
 def check_model(service: FineTuningService, target: Target) -> None:
     """Refuse a local model this machine does not know, before anything is asked (a remote
     service tells with its first answer: `first_answer`)."""
-    if service.capabilities.remote or service.knows_model(target.model):
+    if service.capabilities.remote or service.models.knows(target.model):
         return
     raise UnknownModel(
         f"unknown model {target.model!r} on this machine",

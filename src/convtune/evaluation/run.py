@@ -36,7 +36,7 @@ OPENAI_ADDRESSES = (None, "https://api.openai.com/v1")
 
 
 @dataclass
-class Progress:
+class EvalProgress:
     """Callbacks a front end gives to show the run: a model starts, an answer arrives."""
 
     model: Callable[[Target, int], None] = lambda target, total: None
@@ -133,7 +133,7 @@ def evaluate(
     concurrency: int = 4,
     seed: int = 0,
     teacher_forcing: bool = True,
-    progress: Progress | None = None,
+    progress: EvalProgress | None = None,
     judge: CachedJudge | None = None,
 ) -> EvalResult:
     """Ask, grade and summarize; models in the order given (the first is the one to beat).
@@ -141,7 +141,7 @@ def evaluate(
     Every model, and the `judge` of score_model graders, is checked before anything is asked
     (`check_target`): a model that cannot answer at all is an error, not a column of failures."""
     settings = settings or Settings()
-    progress = progress or Progress()
+    progress = progress or EvalProgress()
     labels = [t.label for t in targets]
     if len(set(labels)) != len(labels):
         raise ConvtuneError("a model is named twice: give each model once")
@@ -180,7 +180,7 @@ def evaluate(
             example.answers[target.label] = _graded(answer, prompt, graders)
         loss = accuracy = None
         if teacher_forcing and service.capabilities.scores_references:
-            loss, accuracy = service.score_references(
+            loss, accuracy = service.models.score_references(
                 target.model, [p.record for p in data.prompts]
             )
         evaluated.append(

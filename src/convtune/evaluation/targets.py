@@ -19,9 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..backends import NAMES as BACKENDS
 from ..errors import OptionError
-
-BACKENDS = ("local", "openai")
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,8 @@ def weights_stamp(model: str) -> str | None:
 
 
 def parse_target(spec: str, *, backend: str = "local", base_url: str | None = None) -> Target:
-    """`MODEL[@BACKEND]`, where BACKEND is `local`, `openai` or an http(s) URL; an `@` followed
+    """`MODEL[@BACKEND]`, where BACKEND is a registered backend (`convtune.backends`: local,
+    openai) or an http(s) URL; an `@` followed
     by anything else is an `OptionError`, unless the whole spec is an existing path."""
     model, at, where = spec.rpartition("@")
     if at and not Path(spec).expanduser().exists():
@@ -79,7 +79,7 @@ def parse_target(spec: str, *, backend: str = "local", base_url: str | None = No
         if where.startswith(("http://", "https://")):
             return Target(spec, model, "openai", where.rstrip("/"))
         raise OptionError(
-            f"unknown backend {where!r} in {spec!r} (local, openai or an http(s) URL)",
+            f"unknown backend {where!r} in {spec!r} ({', '.join(BACKENDS)} or an http(s) URL)",
             hint="write MODEL@local, MODEL@openai or MODEL@http://host:port/v1",
         )
     if base_url is not None:

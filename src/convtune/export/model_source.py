@@ -33,7 +33,7 @@ class ExportSource:
 def resolve_source(model: str, service: LocalService) -> ExportSource:
     """The export source of a fine-tuned model id or a base model name (one-line errors)."""
     if service.store.get_model(model) is not None:
-        record = service.model_record(model)
+        record = service.models.record(model)
         folder = Path(record["path"])
         if not (folder / "config.json").is_file():
             raise ConvtuneError(
@@ -53,7 +53,7 @@ def resolve_source(model: str, service: LocalService) -> ExportSource:
             fine_tuned=True,
         )
     if model.startswith("ft:"):
-        service.model_record(model)  # NotFound, with the hint to list the models
+        service.models.record(model)  # NotFound, with the hint to list the models
     return _base_source(model, service)
 
 
@@ -61,7 +61,7 @@ def _base_source(model: str, service: LocalService) -> ExportSource:
     """A base model as a job or a chat takes it: a name, a path, or an id `models list` shows."""
     from ..local.base_models import gguf_cache, quiet
 
-    ref = service.base_model(model)
+    ref = service.models.base_model(model)
     if ref.kind in ("smollm2", "gguf"):
         gguf = Path(ref.source)
         with quiet():

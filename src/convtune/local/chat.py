@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import ConvtuneError
 from ..service.contract import ChatReply, ChatRequest
-from .generation import BatchEngine, Job
+from .generation import BatchEngine, Generation
 
 
 class Reply(ChatReply):
@@ -207,7 +207,7 @@ class LocalChat:
                 generator.manual_seed(request.seed)
             else:
                 generator.seed()
-        job = Job(
+        job = Generation(
             prompt=ids,
             max_tokens=request.max_tokens,
             stops=stops,

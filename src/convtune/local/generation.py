@@ -52,7 +52,7 @@ PREFIXES_KEPT = 16
 
 
 @dataclass(eq=False)
-class Job:
+class Generation:
     """One request inside the engine: its prompt, how it chooses tokens, where they go."""
 
     prompt: list[int]
@@ -233,7 +233,7 @@ class PrefixStore:
 
 
 class BatchEngine:
-    """Generates the `Job`s submitted to it, `max_batch` rows at a time, in a thread of its own.
+    """Runs the `Generation`s submitted to it, `max_batch` rows at a time, in a thread of its own.
 
     `lock` is the model's: the engine holds it during each pass, so that other users of the
     model (scoring) run between two steps.
@@ -250,7 +250,7 @@ class BatchEngine:
         self._logits_to_keep = "logits_to_keep" in params
         self.prefixes = PrefixStore()
         self._guard = threading.Lock()  # the waiting list and the thread
-        self._waiting: list[Job] = []
+        self._waiting: list[Generation] = []
         self._thread: threading.Thread | None = None
         self._closed = False
         self._reset()
@@ -271,7 +271,7 @@ class BatchEngine:
 
     # -- the callers' side -----------------------------------------------------------------------
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Generation) -> None:
         with self._guard:
             if self._closed:
                 raise RuntimeError("the model was unloaded")
@@ -296,7 +296,7 @@ class BatchEngine:
     # -- the engine's thread ---------------------------------------------------------------------
 
     def _reset(self) -> None:
-        self._rows: list[Job] = []
+        self._rows: list[Generation] = []
         self._cache: Any = None
         self._mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, columns]: 1 = the row's token
         self._next = torch.zeros(0, dtype=torch.long)  # each row's last token, not yet cached
@@ -323,7 +323,7 @@ class BatchEngine:
                 for job in dict.fromkeys(failed):
                     self._end(job, exc)
 
-    def _take(self) -> list[Job]:
+    def _take(self) -> list[Generation]:
         """The waiting jobs that join now: first come first, within the free rows and the prefill
         budget (one job always, however long its prompt).
 
@@ -331,7 +331,7 @@ class BatchEngine:
         the batch at a time: a prefill pass of a few short prompts costs about one decode step
         (the weights are read once either way), and it holds up every row of the batch.
         """
-        taken: list[Job] = []
+        taken: list[Generation] = []
         longest = 0
         free = self.max_batch - len(self._rows)
         if self._rows and free < min(len(self._waiting), max(1, self.max_batch // 4)):
@@ -347,7 +347,7 @@ class BatchEngine:
             self._waiting.remove(job)
         return taken
 
-    def _prefill(self, jobs: list[Job]) -> None:
+    def _prefill(self, jobs: list[Generation]) -> None:
         """Compute the jobs' prompts (on top of their cached prefixes), choose their first tokens,
         and merge them into the batch."""
         matches = [self.prefixes.match(job.prompt) for job in jobs]
@@ -414,7 +414,7 @@ class BatchEngine:
         )
         return out.logits[:, -1].to(copy=True, dtype=torch.float32)
 
-    def _choose(self, jobs: list[Job], logits: torch.Tensor) -> list[int]:
+    def _choose(self, jobs: list[Generation], logits: torch.Tensor) -> list[int]:
         """Each row's next token, chosen as `generate` chooses it for that request alone: its
         logits processors, then the greedy token or a draw from its own generator."""
         scores = logits
@@ -435,7 +435,9 @@ class BatchEngine:
             chosen[sampled] = _multinomial_from(probs, draws)
         return chosen.tolist()
 
-    def _merge(self, jobs: list[Job], cache: Any, mask: torch.Tensor, tokens: list[int]) -> None:
+    def _merge(
+        self, jobs: list[Generation], cache: Any, mask: torch.Tensor, tokens: list[int]
+    ) -> None:
         """Add prefilled rows to the batch, left-padding whichever side is shorter."""
         if not self._rows:
             self._rows, self._cache, self._mask = list(jobs), cache, mask
@@ -459,7 +461,7 @@ class BatchEngine:
         """
         first = len(self._rows) - len(tokens)
         keep: list[int] = []
-        done: list[Job] = []
+        done: list[Generation] = []
         for i, job in enumerate(self._rows):
             if i >= first:
                 self._give(job, tokens[i - first])
@@ -490,14 +492,14 @@ class BatchEngine:
         for job in done:
             self._end(job, None)
 
-    def _give(self, job: Job, token: int) -> None:
+    def _give(self, job: Generation, token: int) -> None:
         job.tokens.append(token)
         job.streamer.put(torch.tensor([token]))
         if job.stops:
             text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
             job.hit_stop = any(stop in text for stop in job.stops)
 
-    def _done(self, job: Job) -> bool:
+    def _done(self, job: Generation) -> bool:
         return (
             job.cancelled.is_set()
             or job.hit_stop
@@ -505,7 +507,7 @@ class BatchEngine:
             or (bool(job.tokens) and job.tokens[-1] in job.eos)
         )
 
-    def _end(self, job: Job, error: BaseException | None) -> None:
+    def _end(self, job: Generation, error: BaseException | None) -> None:
         eos = bool(job.tokens) and job.tokens[-1] in job.eos
         job.on_end(len(job.tokens), eos, error)
         job.streamer.end()

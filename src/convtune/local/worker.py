@@ -171,10 +171,12 @@ class JobRun:
         config = TrainConfig.from_options(options, n, seed=self.job.seed)
         n_epochs, batch_size = config.n_epochs, config.batch_size
         if self.rank == 0:
-            self.store.update_job(self.job_id, hyperparameters=config.hyperparameters())
+            self.store.update_job(self.job_id, hyperparameters=config.resolved_hyperparameters())
         chosen = config.auto_choices(options, n)
         if chosen and not self.resume:
-            self.event("auto chose " + "; ".join(chosen), data={"auto": config.hyperparameters()})
+            self.event(
+                "auto chose " + "; ".join(chosen), data={"auto": config.resolved_hyperparameters()}
+            )
         resume_from = None
         checkpoints = self.store.list_checkpoints(self.job_id)
         if self.resume and checkpoints:

@@ -48,12 +48,12 @@ def job_metrics(service: FineTuningService, job_id: str) -> JobMetrics:
     A local service's events are always read too: a database query away, they know the epochs.
     Raises `NotFound` (from the service) for an unknown job, `NoMetrics` for a job without any.
     """
-    job = service.get_job(job_id)
+    job = service.jobs.get(job_id)
     rows: list[dict[str, Any]] = []
     sources = []
     for file_id in job.result_files or []:
         try:
-            rows = read_results(service.file_content(file_id))
+            rows = read_results(service.files.content(file_id))
         except ConvtuneError:
             continue
         if rows:
@@ -90,7 +90,7 @@ def _event_rows(
     after = None
     seen = 0
     while seen < most:
-        events = service.list_events(job_id, after=after, limit=page)
+        events = service.jobs.list_events(job_id, after=after, limit=page)
         for event in events:
             if event.type == "metrics" and isinstance(event.data, Mapping):
                 row = metrics_row(event.data)

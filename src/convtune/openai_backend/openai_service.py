@@ -1,18 +1,17 @@
 """`OpenAIService`: the fine-tuning API of OpenAI, or of any service that speaks it.
 
-A thin layer over the official SDK (`openai.OpenAI`): objects become convtune's (`objects.py`),
-SDK errors become `ConvtuneError`s with the key redacted, and options the user did not set are
-never sent. What it adds: an identical earlier upload is reused, a file is checked before a job
-uses it, and every job is tagged `metadata.created_by = "convtune"` so that deleting can stay
-within what convtune made.
+A thin layer over the official SDK (`openai.OpenAI`): objects become convtune's
+(`service/objects.py`), SDK errors become `ConvtuneError`s with the key redacted (`call`), and
+options the user did not set are never sent. What it adds: an identical earlier upload is reused
+and a file is checked before a job uses it (`openai_files`), and every job is tagged
+`metadata.created_by = "convtune"` (`openai_jobs`) so that deleting can stay within what
+convtune made. This class holds what the resources share: the client, the record, the tag.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -21,9 +20,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..dataset.check import check_file
-from ..dataset.findings import counted, first_error
-from ..dataset.report import OPENAI_MIN_EXAMPLES
 from ..errors import (
     Conflict,
     ConvtuneError,
@@ -33,29 +29,18 @@ from ..errors import (
     TransientError,
     Unreachable,
 )
-from ..metrics.results_csv import decode_base64_results
 from ..service.contract import (
     Capabilities,
-    ChatReply,
-    ChatRequest,
     FineTuningService,
-    JobRequest,
     Ownership,
-    Progress,
 )
-from ..service.objects import Checkpoint, FileObject, Job, JobEvent, ModelObject
-from ..service.training_options import refuse_trainer_options
-from ..state.digest import file_sha256
 from ..state.home import data_dir, installation_id
 from .conversions import (
-    ProgressReader,
-    RemoteReply,
     server_message,
-    to_checkpoint,
-    to_event,
-    to_file,
-    to_job,
 )
+from .openai_files import OpenAIFiles
+from .openai_jobs import OpenAIJobs
+from .openai_models import OpenAIChat, OpenAIModels
 from .provenance import Record
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -146,18 +131,20 @@ class OpenAIService(FineTuningService):
         # loopback services (convtune serve) answer at once; OpenAI's rate limits want patience
         self.poll_interval = 1.0 if on_this_machine else 3.0
         self.processing_timeout = processing_timeout
-        self._sleep = sleep
+        self.sleep = sleep  # between two looks at a file being processed (tests pass a fake)
         options: dict[str, Any] = {"api_key": key, "base_url": url, "max_retries": max_retries}
         if timeout is not None:
             options["timeout"] = timeout
         self.client = openai.OpenAI(**options)
-        self.record = Record((home or data_dir()) / "openai.db", url)
-        # reports of the files this process checked before uploading them, by digest: creating
-        # the job right after (`convtune train`) need not read the same bytes again
-        self._checked: dict[str, Any] = {}
+        self.home = home or data_dir()
+        self.record = Record(self.home / "openai.db", url)
         # every job is tagged created_by=convtune and with this data directory's id: on an
         # account shared with teammates, only this installation's jobs count as its own
         self.tag = {**TAG, INSTALL_KEY: installation_id(home)}
+        self.files = OpenAIFiles(self)
+        self.jobs = OpenAIJobs(self)
+        self.models = OpenAIModels(self)
+        self.chat = OpenAIChat(self)
 
     def close(self) -> None:
         self.client.close()
@@ -174,8 +161,9 @@ class OpenAIService(FineTuningService):
         return _KEYLIKE.sub(lambda m: m.group(1) + "-***", text)
 
     @contextmanager
-    def _api(self, what: str):
-        """Run SDK calls; their errors leave as `ConvtuneError`s naming `what` failed."""
+    def call(self, what: str):
+        """Run SDK calls (`with service.call("list files"): ...`); their errors leave as
+        `ConvtuneError`s naming what failed."""
         import openai
 
         try:
@@ -228,305 +216,6 @@ class OpenAIService(FineTuningService):
             return TransientError(f"{what}: the service failed ({status}: {message})")
         return ConvtuneError(f"{what}: {message} ({status})")
 
-    # -- files ---------------------------------------------------------------------------------
-
-    def upload_file(
-        self,
-        path: Path,
-        purpose: str = "fine-tune",
-        *,
-        filename: str | None = None,
-        reuse: bool = True,
-        progress: Progress | None = None,
-    ) -> FileObject:
-        """Upload a file and wait until the service has processed it.
-
-        A fine-tuning file is checked first (a file with errors is refused, with its first
-        error's line). With `reuse`, a file already on the service with the same name, size and
-        purpose is used instead, as OpenAI's old CLI did, unless its content is known to differ
-        (convtune recorded a different digest, or the service lets it be downloaded and compared).
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise ConvtuneError("no such file", path=path)
-        name = filename or path.name
-        stat = path.stat()
-        digest = file_sha256(path)
-        if purpose == "fine-tune":
-            report = check_file(path, training=False)
-            _refuse_errors(report, path)
-            self._checked[digest] = report
-        if reuse:
-            existing = self._identical(name, stat.st_size, purpose, digest)
-            if existing is not None:
-                self._record_upload(
-                    existing.id, existing.filename, purpose, path, digest, ours=False
-                )
-                if progress is not None:
-                    progress(stat.st_size, stat.st_size)
-                return self._processed(existing)
-        with ProgressReader(path, progress) as reader, self._api(f"upload {name}"):
-            created = self.client.files.create(file=(name, reader), purpose=purpose)
-        if progress is not None:
-            progress(stat.st_size, stat.st_size)
-        self._record_upload(created.id, name, purpose, path, digest, ours=True)
-        return self._processed(to_file(created))
-
-    def _record_upload(
-        self, file_id: str, filename: str, purpose: str, path: Path, digest: str, *, ours: bool
-    ) -> None:
-        """Remember where a file on the service came from (and whether convtune sent it): its
-        checks can then read the local copy, and deleting stays within what convtune sent."""
-        stat = path.stat()
-        self.record.add_file(
-            file_id,
-            filename=filename,
-            size=stat.st_size,
-            purpose=purpose,
-            sha256=digest,
-            path=path.resolve(),
-            mtime_ns=stat.st_mtime_ns,
-            ours=ours,
-        )
-
-    def _identical(self, name: str, size: int, purpose: str, digest: str) -> FileObject | None:
-        known = self.record.files()
-        for candidate in self.list_files():
-            if (
-                candidate.filename != name
-                or candidate.bytes != size
-                or candidate.purpose != purpose
-                or candidate.status in ("error", "deleted")
-            ):
-                continue
-            recorded = known.get(candidate.id)
-            if recorded is not None:
-                if recorded["sha256"] == digest:
-                    return candidate
-                continue
-            same = self._same_content(candidate.id, digest)
-            if same or same is None:  # None: the service does not let it be read back
-                return candidate
-        return None
-
-    def _same_content(self, file_id: str, digest: str) -> bool | None:
-        try:
-            content = self._raw_content(file_id)
-        except TransientError:
-            raise
-        except ConvtuneError:
-            return None
-        return hashlib.sha256(content).hexdigest() == digest
-
-    def _processed(self, file: FileObject) -> FileObject:
-        """Wait until the service has processed `file` (or say why it could not)."""
-        deadline = time.monotonic() + self.processing_timeout
-        delay = 0.2
-        while file.status not in ("processed", None, ""):
-            if file.status in ("error", "deleted"):
-                raise ConvtuneError(
-                    f"the service could not process {file.filename} ({file.id}): {file.status}"
-                )
-            if time.monotonic() > deadline:
-                raise ConvtuneError(
-                    f"{file.filename} ({file.id}) is still {file.status} after"
-                    f" {self.processing_timeout:g} s",
-                    hint="try again later; convtune files list --backend openai shows its status",
-                )
-            self._sleep(delay)
-            delay = min(delay * 2, 5.0)
-            file = self.get_file(file.id)
-        return file
-
-    def get_file(self, file_id: str) -> FileObject:
-        with self._api(f"file {file_id}"):
-            return to_file(self.client.files.retrieve(file_id))
-
-    def list_files(self) -> list[FileObject]:
-        with self._api("list files"):
-            return [to_file(f) for f in self.client.files.list()]
-
-    def delete_file(self, file_id: str) -> None:
-        with self._api(f"delete file {file_id}"):
-            self.client.files.delete(file_id)
-        self.record.forget_file(file_id)
-
-    def file_content(self, file_id: str) -> bytes:
-        """The file's bytes; a results file OpenAI serves base64-encoded comes back decoded."""
-        return decode_base64_results(self._raw_content(file_id))
-
-    def _raw_content(self, file_id: str) -> bytes:
-        with self._api(f"download file {file_id}"):
-            return self.client.files.content(file_id).read()
-
-    # -- jobs ----------------------------------------------------------------------------------
-
-    def create_job(self, request: JobRequest) -> Job:
-        """Check the files, then create the job with only the parameters that were set."""
-        refuse_trainer_options(request.options.changed_trainer_options())
-        metadata = dict(request.metadata or {})
-        for key in set(metadata) & set(self.tag):
-            raise OptionError(f"the metadata key {key} is convtune's own tag")
-        self._check_uploaded(request.training_file, training=True)
-        if request.validation_file:
-            self._check_uploaded(request.validation_file, training=False)
-        params: dict[str, Any] = {"model": request.model, "training_file": request.training_file}
-        if request.validation_file:
-            params["validation_file"] = request.validation_file
-        hyperparameters = {k: v for k, v in request.hyperparameters.items() if v != "auto"}
-        if hyperparameters:
-            params["method"] = {
-                "type": "supervised",
-                "supervised": {"hyperparameters": hyperparameters},
-            }
-        if request.suffix is not None:
-            params["suffix"] = request.suffix
-        if request.seed is not None:
-            params["seed"] = request.seed
-        params["metadata"] = {**metadata, **self.tag}
-        with self._api("create the fine-tuning job"):
-            created = self.client.fine_tuning.jobs.create(**params)
-        self.record.add_job(created.id)
-        return to_job(created)
-
-    def _check_uploaded(self, file_id: str, *, training: bool) -> None:
-        """Refuse a file with errors (or, for OpenAI, too few examples) before a job uses it.
-
-        The file is read where it was uploaded from, if convtune uploaded it and it has not
-        changed since; else downloaded, if the service allows; else left to the service.
-        """
-        recorded = self.record.file(file_id)
-        if recorded is not None and recorded["path"]:
-            path = Path(recorded["path"])
-            try:
-                stat = path.stat()
-            except OSError:
-                stat = None
-            if stat and (stat.st_size, stat.st_mtime_ns) == (
-                recorded["bytes"],
-                recorded["mtime_ns"],
-            ):
-                # errors and the number of examples, all `_refuse` reads, do not depend on
-                # `training`: a report from the upload serves
-                report = self._checked.get(recorded["sha256"]) or check_file(
-                    path, training=training
-                )
-                self._refuse(report, path, training)
-                return
-        try:
-            content = self._raw_content(file_id)
-        except NotFound:
-            raise
-        except TransientError:
-            raise
-        except ConvtuneError:  # OpenAI does not let fine-tuning files be downloaded
-            return
-        name = recorded["filename"] if recorded else file_id
-        with tempfile.TemporaryDirectory(prefix="convtune-") as folder:
-            copy = Path(folder) / f"{file_id}.jsonl"
-            copy.write_bytes(content)
-            report = check_file(copy, training=training)
-        report.path = name
-        self._refuse(report, Path(name), training)
-
-    def _refuse(self, report, path: Path, training: bool) -> None:
-        _refuse_errors(report, path)
-        if training and self.is_openai and report.examples < OPENAI_MIN_EXAMPLES:
-            raise ConvtuneError(
-                f"{counted(report.examples, 'example')}: OpenAI refuses to train on fewer than"
-                f" {OPENAI_MIN_EXAMPLES}",
-                path=path,
-            )
-
-    def get_job(self, job_id: str) -> Job:
-        with self._api(f"fine-tuning job {job_id}"):
-            return to_job(self.client.fine_tuning.jobs.retrieve(job_id))
-
-    def list_jobs(
-        self, *, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None
-    ) -> list[Job]:
-        params: dict[str, Any] = {"limit": limit}
-        if after is not None:
-            params["after"] = after
-        if metadata:
-            params["metadata"] = metadata
-        with self._api("list fine-tuning jobs"):
-            page = self.client.fine_tuning.jobs.list(**params)
-            return [to_job(j) for j in page.data]
-
-    def cancel_job(self, job_id: str) -> Job:
-        with self._api(f"cancel {job_id}"):
-            return to_job(self.client.fine_tuning.jobs.cancel(job_id))
-
-    def pause_job(self, job_id: str) -> Job:
-        with self._api(f"pause {job_id}"):
-            return to_job(self.client.fine_tuning.jobs.pause(job_id))
-
-    def resume_job(self, job_id: str) -> Job:
-        with self._api(f"resume {job_id}"):
-            return to_job(self.client.fine_tuning.jobs.resume(job_id))
-
-    def list_events(
-        self, job_id: str, *, after: str | None = None, limit: int = 20
-    ) -> list[JobEvent]:
-        params: dict[str, Any] = {"limit": limit}
-        if after is not None:
-            params["after"] = after
-        with self._api(f"events of {job_id}"):
-            page = self.client.fine_tuning.jobs.list_events(job_id, **params)
-            return [to_event(e) for e in page.data]
-
-    def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
-        with self._api(f"checkpoints of {job_id}"):
-            pages = self.client.fine_tuning.jobs.checkpoints.list(job_id, limit=100)
-            return [to_checkpoint(c) for c in pages]
-
-    # -- models and chat -----------------------------------------------------------------------
-
-    def list_models(self) -> list[ModelObject]:
-        """Every model the service lists (base models too); fine-tuned ones start with ft:."""
-        with self._api("list models"):
-            found = [
-                ModelObject(m.id, m.created or 0, m.owned_by or "")
-                for m in self.client.models.list()
-            ]
-        return sorted(found, key=lambda m: m.created, reverse=True)
-
-    def get_model(self, model_id: str) -> ModelObject:
-        with self._api(f"model {model_id}"):
-            m = self.client.models.retrieve(model_id)
-        return ModelObject(m.id, m.created or 0, m.owned_by or "")
-
-    def delete_model(self, model_id: str) -> None:
-        """Delete a fine-tuned model; base models are refused before anything is sent."""
-        if not model_id.startswith("ft:"):
-            raise Conflict(
-                f"{model_id} is a base model: convtune deletes only fine-tuned (ft:) models"
-            )
-        with self._api(f"delete model {model_id}"):
-            self.client.models.delete(model_id)
-
-    def chat(self, request: ChatRequest) -> ChatReply:
-        """Stream the reply (chat.completions with stream=True, asking for the usage chunk)."""
-        params: dict[str, Any] = {
-            "model": request.model,
-            "messages": request.messages,
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if request.top_p != 1.0:
-            params["top_p"] = request.top_p
-        if request.seed is not None:
-            params["seed"] = request.seed
-        if request.stop:
-            params["stop"] = request.stop
-        what = f"chat with {request.model}"
-        with self._api(what):
-            stream = self.client.chat.completions.create(**params)
-        return RemoteReply(stream, lambda: self._api(what))
-
     # -- what convtune created -----------------------------------------------------------------
 
     def notices(self) -> list[str]:
@@ -539,7 +228,7 @@ class OpenAIService(FineTuningService):
         owned = Ownership()
         recorded_jobs = self.record.jobs()
         owned.files = {i for i, row in self.record.files().items() if row["ours"]}
-        with self._api("list fine-tuning jobs"):
+        with self.call("list fine-tuning jobs"):
             for job in self.client.fine_tuning.jobs.list(limit=100):
                 meta = job.metadata or {}
                 tagged = all(meta.get(k) == v for k, v in self.tag.items())
@@ -550,18 +239,3 @@ class OpenAIService(FineTuningService):
                     owned.models.add(job.fine_tuned_model)
                 owned.files.update(job.result_files or ())
         return owned
-
-
-def _refuse_errors(report, path: Path) -> None:
-    """A `ConvtuneError` at the first error's line, if the report has errors."""
-    first = first_error(report.findings)
-    if first is None:
-        return
-    raise ConvtuneError(
-        first.message,
-        path=path,
-        line=first.line,
-        hint=f"{counted(report.errors, 'error')} in all; convtune check {path} lists them"
-        if first.more
-        else "the service would refuse this file",
-    )

@@ -10,22 +10,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 
+from ..service.contract import FineTuningService
 from . import chat_api, errors, files_api, jobs_api, models_api, ui_api, ui_static
 from .auth import BearerAuth, KeyRing
 from .context import Context
 from .rate_limit import Limiter, Rate, RateLimit
 from .stored_completions import StoredCompletions
-from .threaded_calls import Gate
+from .threaded_calls import ThreadedCalls
 
 PREFIX = "/v1"
 
 
 def create_app(
-    service: Any,
+    service: FineTuningService,
     keys: list[str],
     *,
     max_upload_bytes: int = 512 << 20,
@@ -42,7 +42,7 @@ def create_app(
     home = Path(home or service.home)
     ctx = Context(
         service=service,
-        gate=Gate(service),
+        gate=ThreadedCalls(),
         max_upload_bytes=max_upload_bytes,
         uploads=home / "uploads",
         completions=StoredCompletions(home / "stored-completions.db"),

@@ -54,7 +54,7 @@ def router(ctx: Context) -> APIRouter:
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         async with ctx.slots:
-            reply = await ctx.gate(ctx.service.chat, request)
+            reply = await ctx.gate(ctx.service.chat.create, request)
             try:
                 text = await anyio.to_thread.run_sync(
                     lambda: "".join(reply), limiter=ctx.chat_threads
@@ -96,7 +96,7 @@ def router(ctx: Context) -> APIRouter:
 
 async def _known_model(ctx: Context, model: str) -> None:
     """404 for a model that is neither fine-tuned here nor a base model convtune can load."""
-    if not await ctx.gate(ctx.service.knows_model, model):
+    if not await ctx.gate(ctx.service.models.knows, model):
         raise model_not_found(model)
 
 
@@ -179,7 +179,7 @@ async def _stream(ctx: Context, request: ChatRequest, meta: _Meta) -> AsyncItera
     async with ctx.slots:
         reply = None
         try:
-            reply = await ctx.gate(ctx.service.chat, request)
+            reply = await ctx.gate(ctx.service.chat.create, request)
             yield meta.chunk({"role": "assistant", "content": "", "refusal": None})
             pieces: list[str] = []
             while (

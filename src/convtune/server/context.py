@@ -9,18 +9,18 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 
+from ..service.contract import FineTuningService
 from .stored_completions import StoredCompletions
-from .threaded_calls import Gate
+from .threaded_calls import ThreadedCalls
 
 
 @dataclass
 class Context:
-    service: Any  # a LocalService (typed loosely: tests give the app a stand-in)
-    gate: Gate
+    service: FineTuningService  # the local backend's, as `convtune serve` connects it
+    gate: ThreadedCalls
     max_upload_bytes: int
     uploads: Path  # temporary folders of uploads in progress
     completions: StoredCompletions

@@ -53,7 +53,7 @@ def router(ctx: Context) -> APIRouter:
                 raise APIError(400, "Missing required parameter: 'file'.", param="file")
             await anyio.to_thread.run_sync(check_upload, upload.path)
             uploaded = await ctx.gate(
-                ctx.service.upload_file, upload.path, purpose, filename=upload.filename
+                ctx.service.files.upload, upload.path, purpose, filename=upload.filename
             )
             return uploaded.to_dict()
 
@@ -67,7 +67,7 @@ def router(ctx: Context) -> APIRouter:
         list_envelope.check_limit(limit, 10000)
         if after is not None:
             ids.check(ids.FILE_ID, after, param="after", status=400)
-        files = await ctx.gate(ctx.service.list_files)  # newest first
+        files = await ctx.gate(ctx.service.files.list)  # newest first
         if purpose is not None:
             files = [f for f in files if f.purpose == purpose]
         if order == "asc":
@@ -78,22 +78,22 @@ def router(ctx: Context) -> APIRouter:
     @api.get("/files/{file_id}", operation_id="retrieveFile")
     async def retrieve_file(file_id: str) -> dict[str, Any]:
         ids.check(ids.FILE_ID, file_id, param="file_id")
-        return (await ctx.gate(ctx.service.get_file, file_id)).to_dict()
+        return (await ctx.gate(ctx.service.files.get, file_id)).to_dict()
 
     @api.delete("/files/{file_id}", operation_id="deleteFile")
     async def delete_file(file_id: str) -> dict[str, Any]:
         ids.check(ids.FILE_ID, file_id, param="file_id")
-        await ctx.gate(ctx.service.delete_file, file_id)
+        await ctx.gate(ctx.service.files.delete, file_id)
         return {"id": file_id, "object": "file", "deleted": True}
 
     @api.get("/files/{file_id}/content", operation_id="downloadFile")
     async def download_file(file_id: str) -> Response:
         ids.check(ids.FILE_ID, file_id, param="file_id")
-        found = await ctx.gate(ctx.service.get_file, file_id)
+        found = await ctx.gate(ctx.service.files.get, file_id)
         if ctx.service.capabilities.file_paths:  # stream from disk
-            path = await ctx.gate(ctx.service.file_path, file_id)
+            path = await ctx.gate(ctx.service.files.path, file_id)
             return FileResponse(path, media_type=OCTETS, filename=found.filename)
-        content = await ctx.gate(ctx.service.file_content, file_id)
+        content = await ctx.gate(ctx.service.files.content, file_id)
         return Response(content, media_type=OCTETS)
 
     return api

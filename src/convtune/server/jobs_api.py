@@ -100,7 +100,7 @@ def router(ctx: Context) -> APIRouter:
     @api.post("/fine_tuning/jobs", operation_id="createFineTuningJob")
     async def create_job(body: CreateJob) -> dict[str, Any]:
         request = await _job_request(ctx, body)
-        return (await ctx.gate(ctx.service.create_job, request)).to_dict()
+        return (await ctx.gate(ctx.service.jobs.create, request)).to_dict()
 
     @api.get("/fine_tuning/jobs", operation_id="listPaginatedFineTuningJobs")
     async def list_jobs(
@@ -111,29 +111,29 @@ def router(ctx: Context) -> APIRouter:
             await _known_cursor(ctx, after)
         metadata, no_metadata = _metadata_filter(request)
         if no_metadata:  # metadata=null: the jobs that have none (a scan: a local list is short)
-            jobs = await ctx.gate(ctx.service.list_jobs, after=after, limit=1 << 30)
+            jobs = await ctx.gate(ctx.service.jobs.list, after=after, limit=1 << 30)
             jobs = [j for j in jobs if not j.metadata]
         else:
             jobs = await ctx.gate(
-                ctx.service.list_jobs, after=after, limit=limit + 1, metadata=metadata
+                ctx.service.jobs.list, after=after, limit=limit + 1, metadata=metadata
             )
         return list_envelope.envelope(jobs[:limit], len(jobs) > limit, ids=False)
 
     @api.get("/fine_tuning/jobs/{fine_tuning_job_id}", operation_id="retrieveFineTuningJob")
     async def retrieve_job(fine_tuning_job_id: str) -> dict[str, Any]:
-        return await _act(ctx, ctx.service.get_job, fine_tuning_job_id)
+        return await _act(ctx, ctx.service.jobs.get, fine_tuning_job_id)
 
     @api.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel", operation_id="cancelFineTuningJob")
     async def cancel_job(fine_tuning_job_id: str) -> dict[str, Any]:
-        return await _act(ctx, ctx.service.cancel_job, fine_tuning_job_id)
+        return await _act(ctx, ctx.service.jobs.cancel, fine_tuning_job_id)
 
     @api.post("/fine_tuning/jobs/{fine_tuning_job_id}/pause", operation_id="pauseFineTuningJob")
     async def pause_job(fine_tuning_job_id: str) -> dict[str, Any]:
-        return await _act(ctx, ctx.service.pause_job, fine_tuning_job_id)
+        return await _act(ctx, ctx.service.jobs.pause, fine_tuning_job_id)
 
     @api.post("/fine_tuning/jobs/{fine_tuning_job_id}/resume", operation_id="resumeFineTuningJob")
     async def resume_job(fine_tuning_job_id: str) -> dict[str, Any]:
-        return await _act(ctx, ctx.service.resume_job, fine_tuning_job_id)
+        return await _act(ctx, ctx.service.jobs.resume, fine_tuning_job_id)
 
     @api.get("/fine_tuning/jobs/{fine_tuning_job_id}/events", operation_id="listFineTuningEvents")
     async def list_events(
@@ -144,7 +144,7 @@ def router(ctx: Context) -> APIRouter:
         if after is not None:
             ids.check(ids.EVENT_ID, after, param="after", status=400)
         events = await ctx.gate(
-            ctx.service.list_events, fine_tuning_job_id, after=after, limit=limit + 1
+            ctx.service.jobs.list_events, fine_tuning_job_id, after=after, limit=limit + 1
         )
         return list_envelope.envelope(events[:limit], len(events) > limit, ids=False)
 
@@ -159,7 +159,7 @@ def router(ctx: Context) -> APIRouter:
         list_envelope.check_limit(limit, MAX_LIST)
         if after is not None:
             ids.check(ids.CHECKPOINT_ID, after, param="after", status=400)
-        checkpoints = await ctx.gate(ctx.service.list_checkpoints, fine_tuning_job_id)
+        checkpoints = await ctx.gate(ctx.service.jobs.list_checkpoints, fine_tuning_job_id)
         checkpoints = list_envelope.after_cursor(checkpoints, after)  # newest first
         return list_envelope.envelope(checkpoints[:limit], len(checkpoints) > limit)
 
@@ -174,7 +174,7 @@ async def _act(ctx: Context, method, job_id: str) -> dict[str, Any]:
 async def _known_cursor(ctx: Context, after: str) -> None:
     ids.check(ids.JOB_ID, after, param="after", status=400)
     try:
-        await ctx.gate(ctx.service.get_job, after)
+        await ctx.gate(ctx.service.jobs.get, after)
     except ConvtuneError as exc:
         raise APIError(400, f"Invalid 'after': {exc}", param="after") from None
 
@@ -228,7 +228,7 @@ async def _job_request(ctx: Context, body: CreateJob) -> JobRequest:
             continue
         ids.check(ids.FILE_ID, file_id, param=param, status=400)
         try:
-            await ctx.gate(ctx.service.get_file, file_id)
+            await ctx.gate(ctx.service.files.get, file_id)
         except ConvtuneError as exc:
             error = from_library(exc, param=param)
             raise APIError(400, f"Invalid {param}: {exc}", param=param, code=error.code) from None

@@ -20,14 +20,14 @@ def router(ctx: Context) -> APIRouter:
 
     @api.get("/models", operation_id="listModels")
     async def list_models() -> dict[str, Any]:
-        models = await ctx.gate(ctx.service.list_models)
+        models = await ctx.gate(ctx.service.models.list)
         return {"object": "list", "data": [m.to_dict() for m in models]}
 
     @api.get("/models/{model}", operation_id="retrieveModel")
     async def retrieve_model(model: str) -> dict[str, Any]:
         ids.check(ids.MODEL_ID, model, param="model")
         try:
-            return (await ctx.gate(ctx.service.get_model, model)).to_dict()
+            return (await ctx.gate(ctx.service.models.get, model)).to_dict()
         except NotFound:
             raise model_not_found(model) from None
 
@@ -35,7 +35,7 @@ def router(ctx: Context) -> APIRouter:
     async def delete_model(model: str) -> dict[str, Any]:
         ids.check(ids.MODEL_ID, model, param="model")
         try:
-            await ctx.gate(ctx.service.delete_model, model)
+            await ctx.gate(ctx.service.models.delete, model)
         except NotFound:
             raise model_not_found(model) from None
         except Conflict as exc:  # a base model, or one a job is training on

@@ -17,9 +17,8 @@ import anyio.to_thread
 T = TypeVar("T")
 
 
-class Gate:
-    def __init__(self, service: Any) -> None:
-        self.service = service
+class ThreadedCalls:
+    """`await ctx.gate(service.jobs.get, job_id)`: the call, in a thread of anyio's pool."""
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))

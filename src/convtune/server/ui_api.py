@@ -133,11 +133,11 @@ def router(ctx: Context, home: Path) -> APIRouter:
         if len(set(body.models)) != len(body.models):
             raise APIError(400, "Give each model once.", param="models")
         try:
-            found = await ctx.gate(ctx.service.get_file, body.file)
+            found = await ctx.gate(ctx.service.files.get, body.file)
         except ConvtuneError as exc:
             raise from_library(exc, param="file") from None
         for model in body.models:
-            if not await ctx.gate(ctx.service.knows_model, model):
+            if not await ctx.gate(ctx.service.models.knows, model):
                 missing = model_not_found(model)
                 missing.param = "models"  # the request's field
                 raise missing
@@ -360,7 +360,7 @@ def _words(text: str) -> str:
 async def _save(ctx: Context, path: Path, name: str) -> dict[str, Any]:
     """Upload a prepared file through the service, checked as `/v1/files` checks uploads."""
     await anyio.to_thread.run_sync(files_api.check_upload, path)
-    uploaded = await ctx.gate(ctx.service.upload_file, path, "fine-tune", filename=name)
+    uploaded = await ctx.gate(ctx.service.files.upload, path, "fine-tune", filename=name)
     return uploaded.to_dict()
 
 
@@ -398,10 +398,10 @@ def _compare(ctx: Context, home: Path, body: CompareBody, filename: str) -> dict
         ctx.uploads.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="upload-", dir=ctx.uploads) as tmp:
             if ctx.service.capabilities.file_paths:
-                data_path = ctx.service.file_path(body.file)
+                data_path = ctx.service.files.path(body.file)
             else:
                 data_path = Path(tmp) / "data.jsonl"
-                data_path.write_bytes(ctx.service.file_content(body.file))
+                data_path.write_bytes(ctx.service.files.content(body.file))
             try:
                 data = read_prompts(data_path, limit=body.limit)
             except ConvtuneError as exc:

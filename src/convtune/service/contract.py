@@ -4,9 +4,14 @@
 service that speaks it (convtune serve included). The CLI, the notebook and the HTTP server speak
 only to this interface, so a follow loop or a chat written once works with both.
 
+A service is split by resource, as openai-python's client and the server's routes are:
+`service.files`, `service.jobs` (with their events and checkpoints), `service.models` and
+`service.chat`. Each is a small class of its backend, so no backend is one large room, and a
+front end names what it touches: `service.jobs.cancel(job_id)`, `service.chat.create(request)`.
+
 What differs between backends is *declared* (`Capabilities`, as simonw/llm declares
 `can_stream` on its models), never probed with `getattr`: a front end asks
-`service.capabilities.pause` and calls `service.pause_job` directly. An operation a backend
+`service.capabilities.pause` and calls `service.jobs.pause` directly. An operation a backend
 cannot do raises `Unsupported`, a `ConvtuneError` with a one-line message.
 """
 
@@ -22,7 +27,7 @@ from ..errors import ConvtuneError, NotFound
 from .objects import Checkpoint, FileObject, Job, JobEvent, ModelObject
 from .training_options import TrainOptions
 
-Progress = Callable[[int, int], None]  # progress(done, total), in bytes
+UploadProgress = Callable[[int, int], None]  # progress(done, total), in bytes
 
 
 class Unsupported(ConvtuneError):
@@ -60,10 +65,6 @@ class JobRequest:
     seed: int | None = None
     metadata: dict[str, str] | None = None
     options: TrainOptions = field(default_factory=TrainOptions)
-
-    @property
-    def hyperparameters(self) -> dict:
-        return self.options.hyperparameters()
 
 
 @dataclass
@@ -110,77 +111,77 @@ class Ownership:
         return model_id in self.models or model_id.split(":ckpt-step-")[0] in self.models
 
 
-class FineTuningService(ABC):
-    """Files, jobs, events, checkpoints, models and chat, as OpenAI's fine-tuning API has them.
+class Resource:
+    """One resource of a service (its files, jobs, models or chat): what it needs of the
+    service it belongs to is the service itself (its store, its client, its name)."""
 
-    Errors are `ConvtuneError`s: `NotFound` for a missing id, `Conflict` for an object in the
-    wrong state (cancel a finished job, delete a model a job is using), `TransientError` for a
-    service that could not be reached (worth retrying), `Unsupported` for what `capabilities`
-    rule out.
-    """
+    def __init__(self, service: FineTuningService) -> None:
+        self.service = service
 
-    name: ClassVar[str]  # the backend's name, as --backend takes it
-    capabilities: ClassVar[Capabilities]
-    base_url: str | None = None  # where a remote service is; None for this machine
-    poll_interval: float = 1.0  # seconds between two looks at a running job
+    def unsupported(self, what: str) -> Unsupported:
+        return Unsupported(f"the {self.service.name} backend {what}")
 
-    # -- files ---------------------------------------------------------------------------------
+
+class Files(Resource, ABC):
+    """`service.files`: OpenAI's /v1/files."""
 
     @abstractmethod
-    def upload_file(
+    def upload(
         self,
         path: Path,
         purpose: str = "fine-tune",
         *,
         filename: str | None = None,
         reuse: bool = True,
-        progress: Progress | None = None,
+        progress: UploadProgress | None = None,
     ) -> FileObject:
         """Upload `path` (named `filename`, by default its own name); with `reuse`, an identical
         earlier upload is returned instead. A fine-tuning file with errors is refused, with its
         first error's line. `progress(done, total)` is called in bytes."""
 
     @abstractmethod
-    def get_file(self, file_id: str) -> FileObject: ...
+    def get(self, file_id: str) -> FileObject: ...
 
     @abstractmethod
-    def list_files(self) -> list[FileObject]:
+    def list(self) -> list[FileObject]:
         """Newest first."""
 
     @abstractmethod
-    def delete_file(self, file_id: str) -> None: ...
+    def delete(self, file_id: str) -> None: ...
 
     @abstractmethod
-    def file_content(self, file_id: str) -> bytes:
+    def content(self, file_id: str) -> bytes:
         """The file's bytes (a training file, or a job's results CSV, decoded)."""
 
-    def file_path(self, file_id: str) -> Path:
+    def path(self, file_id: str) -> Path:
         """Where the file's bytes are on this machine (`capabilities.file_paths`)."""
-        raise Unsupported(f"the {self.name} backend keeps no files on this machine")
+        raise self.unsupported("keeps no files on this machine")
 
-    # -- jobs ----------------------------------------------------------------------------------
 
-    @abstractmethod
-    def create_job(self, request: JobRequest) -> Job: ...
-
-    @abstractmethod
-    def get_job(self, job_id: str) -> Job: ...
+class Jobs(Resource, ABC):
+    """`service.jobs`: OpenAI's /v1/fine_tuning/jobs, with their events and checkpoints."""
 
     @abstractmethod
-    def list_jobs(
+    def create(self, request: JobRequest) -> Job: ...
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job: ...
+
+    @abstractmethod
+    def list(
         self, *, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None
     ) -> list[Job]:
         """Newest first; `after` is a job id (older jobs follow)."""
 
     @abstractmethod
-    def cancel_job(self, job_id: str) -> Job: ...
+    def cancel(self, job_id: str) -> Job: ...
 
     @abstractmethod
-    def pause_job(self, job_id: str) -> Job:
-        """Stop a running job after a checkpoint; `resume_job` continues it."""
+    def pause(self, job_id: str) -> Job:
+        """Stop a running job after a checkpoint; `resume` continues it."""
 
     @abstractmethod
-    def resume_job(self, job_id: str) -> Job:
+    def resume(self, job_id: str) -> Job:
         """Continue a paused job (and, with `capabilities.resume_ended`, a failed or cancelled
         one) from its last checkpoint."""
 
@@ -193,35 +194,33 @@ class FineTuningService(ABC):
     def events_since(self, job_id: str, seq: int = 0) -> list[tuple[int, JobEvent]]:
         """Oldest first, with sequence numbers: the events after `seq`
         (`capabilities.numbered_events`)."""
-        raise Unsupported(f"the {self.name} backend has no numbered events; use list_events")
+        raise self.unsupported("has no numbered events; use list_events")
 
     @abstractmethod
     def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
         """Newest first."""
 
-    # -- models and chat -----------------------------------------------------------------------
+
+class Models(Resource, ABC):
+    """`service.models`: OpenAI's /v1/models, fine-tuned (ft:) and base models."""
 
     @abstractmethod
-    def list_models(self) -> list[ModelObject]: ...
+    def list(self) -> list[ModelObject]: ...
 
     @abstractmethod
-    def get_model(self, model_id: str) -> ModelObject: ...
+    def get(self, model_id: str) -> ModelObject: ...
 
     @abstractmethod
-    def delete_model(self, model_id: str) -> None: ...
+    def delete(self, model_id: str) -> None: ...
 
-    def knows_model(self, model: str) -> bool:
+    def knows(self, model: str) -> bool:
         """Whether `chat` can answer with `model` (a fine-tuned model here, or a base model the
         backend can load): a server answers 404 before it starts a reply."""
         try:
-            self.get_model(model)
+            self.get(model)
         except NotFound:
             return False
         return True
-
-    @abstractmethod
-    def chat(self, request: ChatRequest) -> ChatReply:
-        """The reply, piece by piece as it is generated, with its token counts at the end."""
 
     def score_references(
         self, model: str, records: list[dict], *, max_length: int = 1024
@@ -229,7 +228,36 @@ class FineTuningService(ABC):
         """The model's mean loss and next-token accuracy on the trained parts of `records`
         (fine-tuning examples), by teacher forcing with the trainer's own loss masks: OpenAI's
         `valid_loss` and `valid_mean_token_accuracy` (`capabilities.scores_references`)."""
-        raise Unsupported(f"the {self.name} backend cannot score references by teacher forcing")
+        raise self.unsupported("cannot score references by teacher forcing")
+
+
+class Chat(Resource, ABC):
+    """`service.chat`: OpenAI's /v1/chat/completions."""
+
+    @abstractmethod
+    def create(self, request: ChatRequest) -> ChatReply:
+        """The reply, piece by piece as it is generated, with its token counts at the end."""
+
+
+class FineTuningService(ABC):
+    """Files, jobs (events, checkpoints), models and chat, as OpenAI's fine-tuning API has them.
+
+    A backend sets its four resources in its constructor. Errors are `ConvtuneError`s:
+    `NotFound` for a missing id, `Conflict` for an object in the wrong state (cancel a finished
+    job, delete a model a job is using), `TransientError` for a service that could not be
+    reached (worth retrying), `Unsupported` for what `capabilities` rule out.
+    """
+
+    name: ClassVar[str]  # the backend's name, as --backend takes it
+    capabilities: ClassVar[Capabilities]
+    base_url: str | None = None  # where a remote service is; None for this machine
+    home: Path | None = None  # the data folder where it keeps its state on this machine
+    poll_interval: float = 1.0  # seconds between two looks at a running job
+
+    files: Files
+    jobs: Jobs
+    models: Models
+    chat: Chat
 
     # -- what convtune made, and what to tell the user -----------------------------------------
 

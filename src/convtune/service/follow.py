@@ -20,7 +20,7 @@ from .objects import Job, JobEvent
 
 
 @dataclass
-class Progress:
+class JobProgress:
     """What a progress display needs, updated from metrics events."""
 
     step: int = 0
@@ -64,8 +64,8 @@ def follow(
     if service.capabilities.numbered_events:
         last = 0
         while True:
-            job = service.get_job(job_id)  # read first: events written before it ends are seen
-            for number, event in service.events_since(job_id, last):
+            job = service.jobs.get(job_id)  # read first: events written before it ends are seen
+            for number, event in service.jobs.events_since(job_id, last):
                 last = number
                 yield event
             if job.done or job.status == "paused":
@@ -77,7 +77,7 @@ def follow(
     backoff = Backoff(poll, patience, sleep, clock, on_retry)
     while True:
         try:
-            job = service.get_job(job_id)
+            job = service.jobs.get(job_id)
             fresh = _new_events(service, job_id, seen)
         except TransientError as error:
             backoff.wait(error)
@@ -98,7 +98,7 @@ def _new_events(service: FineTuningService, job_id: str, seen: set[str]) -> list
     fresh: dict[str, JobEvent] = {}
     after = None
     while True:
-        page = service.list_events(job_id, after=after, limit=100)
+        page = service.jobs.list_events(job_id, after=after, limit=100)
         new = [e for e in page if e.id not in seen]
         fresh.update((e.id, e) for e in new if e.id not in fresh)
         if len(new) < len(page) or len(page) < 100:

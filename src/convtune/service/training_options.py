@@ -178,8 +178,10 @@ class TrainOptions:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        """OpenAI's three, as its `method.supervised.hyperparameters` has them."""
+    def requested_hyperparameters(self) -> dict[str, Any]:
+        """OpenAI's three as the user gave them ("auto" or a value), as OpenAI's
+        `method.supervised.hyperparameters` has them; a job's resolved ones are its trainer
+        configuration's (`TrainConfig.resolved_hyperparameters`)."""
         return {n: getattr(self, n) for n, s in specs().items() if s.hyperparameter}
 
     def trainer_options(self) -> dict[str, Any]:

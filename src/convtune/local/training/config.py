@@ -203,14 +203,14 @@ class TrainConfig:
             )
         if options.learning_rate_multiplier == AUTO:
             what = "LoRA" if self.lora else "a full fine-tune"
-            multiplier = self.hyperparameters()["learning_rate_multiplier"]
+            multiplier = self.resolved_hyperparameters()["learning_rate_multiplier"]
             said.append(
                 f"learning_rate_multiplier {multiplier:g} ({what}: a learning rate of"
                 f" {self.learning_rate:g})"
             )
         return said
 
-    def hyperparameters(self) -> dict[str, Any]:
+    def resolved_hyperparameters(self) -> dict[str, Any]:
         """What the run resolved OpenAI's hyperparameters to (the job shows these)."""
         multiplier = self.learning_rate / BASE_LEARNING_RATE[self.lora]
         return {
