@@ -24,7 +24,9 @@ from convtune.export.gguf_reader import read_header, read_tensor
 from convtune.export.gotemplate import render as render_go
 from convtune.export.modelfile import chatml_template, ollama_template, ollama_values
 from convtune.export.tensor_names import permute_qk, unpermute_qk
-from convtune.local.store import Store, database_path
+from convtune.local.database import database_path
+from convtune.local.job_spec import JobSpec
+from convtune.local.store import Store
 from convtune.service.objects import Job, now
 
 from .conftest import EXAMPLE
@@ -115,7 +117,7 @@ def register(
     if base_source is not None:
         job_id = "ftjob-export-base"
         job = Job(id=job_id, created_at=now(), model="tiny", training_file="file-x")
-        store.add_job(job, {"model_source": str(base_source), "base_name": "tiny"})
+        store.add_job(job, JobSpec(model_source=str(base_source), base_name="tiny"))
     store.add_model(model_id, "tiny", job_id, merged, adapter, fmt, actors)
     store.close()
     return model_id

@@ -195,12 +195,13 @@ def test_a_model_in_use_is_not_deleted(tiny, data):  # noqa: F811
 def test_a_job_being_launched_is_not_taken_for_crashed(tiny, data):  # noqa: F811
     """Between the job's row and its worker's pid there is a moment with no worker to see: a
     reader in that moment (another thread of the server, `jobs list`) must not fail the job."""
+    from convtune.local.job_spec import JobSpec
     from convtune.local.store import new_id, now
     from convtune.service.objects import Job
 
     service = LocalService()
     job = Job(id=new_id("ftjob-"), created_at=now(), model="m", training_file="file-x")
-    service.store.add_job(job, {})  # as create_job does, just before it starts the worker
+    service.store.add_job(job, JobSpec())  # as create_job does, just before it starts the worker
     assert service.jobs.get(job.id).status == "validating_files"
     service.store.update_job(job.id, launching_until=now() - 1)  # its launcher died
     failed = service.jobs.get(job.id)

@@ -17,6 +17,7 @@ import pytest
 from matplotlib.image import imread
 
 from convtune import PrepareOptions, check_file, prepare
+from convtune.local.job_spec import JobSpec
 from convtune.local.local_service import LocalService
 from convtune.metrics.charts import loss_figure, save_png, smoothing_window, tokens_figure
 from convtune.metrics.job_metrics import NoMetrics, job_metrics
@@ -180,7 +181,9 @@ def test_cli_plot_unknown_job_and_job_without_metrics(tmp_path, cli):
 
     service = LocalService()  # a job that never reached a training step (no worker started)
     file_id = service.files.upload(EXAMPLE).id
-    service.store.add_job(Job(id="ftjob-empty", created_at=0, model="m", training_file=file_id), {})
+    service.store.add_job(
+        Job(id="ftjob-empty", created_at=0, model="m", training_file=file_id), JobSpec()
+    )
     empty = cli("plot", "ftjob-empty", cwd=tmp_path)
     assert empty.returncode == 1, empty.stdout
     assert empty.stderr.count("\n") == 1 and "no training metrics" in empty.stderr
@@ -212,7 +215,8 @@ def test_read_results_openai_columns_empty_cells_bom_base64():
 
 
 class FakeOpenAI:
-    """get_job / file_content / list_events as OpenAI answers them (events newest first)."""
+    """`jobs.get`, `jobs.list_events` and `files.content` as OpenAI answers them (events newest
+    first): the service is its own `jobs` and `files`."""
 
     @property
     def capabilities(self):
@@ -221,18 +225,19 @@ class FakeOpenAI:
         return OpenAIService.capabilities  # what the real backend declares
 
     def __init__(self, job: Job, files: dict[str, bytes], events: list[JobEvent]) -> None:
-        self.job, self.files, self.events = job, files, events[::-1]
+        self.job, self.contents, self.events = job, files, events[::-1]
         self.pages = 0
+        self.jobs = self.files = self
 
-    def get_job(self, job_id: str) -> Job:
+    def get(self, job_id: str) -> Job:
         if job_id != self.job.id:
             from convtune.errors import NotFound
 
             raise NotFound(f"no fine-tuning job {job_id!r}")
         return self.job
 
-    def file_content(self, file_id: str) -> bytes:
-        return self.files[file_id]
+    def content(self, file_id: str) -> bytes:
+        return self.contents[file_id]
 
     def list_events(self, job_id: str, *, after: str | None = None, limit: int = 20):
         self.pages += 1

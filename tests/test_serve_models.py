@@ -17,6 +17,7 @@ import pytest
 
 from convtune.errors import Conflict, NotFound
 from convtune.local.base_models import STAMP
+from convtune.local.job_spec import JobSpec
 from convtune.local.local_models import BASE_OWNER
 from convtune.local.local_service import LocalService
 from convtune.local.store import new_id, now
@@ -47,7 +48,7 @@ def folder(path: Path) -> Path:
 def add_job(service: LocalService, model: str, source: str, name: str) -> str:
     """A job's row as create_job writes it, without a worker."""
     job = Job(id=new_id("ftjob-"), created_at=now(), model=model, training_file="file-x")
-    service.store.add_job(job, {"model_source": source, "base_name": name})
+    service.store.add_job(job, JobSpec(model_source=source, base_name=name))
     service.store.update_job(job.id, status="succeeded", launching_until=None)
     return job.id
 

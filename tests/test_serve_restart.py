@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from convtune import PrepareOptions, prepare
+from convtune.local.database import database_path
 from convtune.local.local_service import LocalService
 from convtune.local.process import process_alive
-from convtune.local.store import database_path
 
 from .conftest import EXAMPLE
 from .processes import go_on, stop_unlocked

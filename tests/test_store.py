@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 
-from convtune.local.store import MIGRATIONS, Store, new_id
+import pytest
+
+from convtune.errors import ConvtuneError
+from convtune.local.database import MIGRATIONS
+from convtune.local.job_spec import JobSpec
+from convtune.local.store import Store, new_id
 from convtune.service.objects import Job, JobError
+from convtune.service.training_options import TrainOptions
 
 
 def make_job(store: Store, **kw) -> Job:
@@ -17,7 +24,7 @@ def make_job(store: Store, **kw) -> Job:
         training_file="file-x",
         **kw,
     )
-    store.add_job(job, {"lora_r": 8})
+    store.add_job(job, JobSpec(TrainOptions(lora_r=8)))
     return job
 
 
@@ -59,7 +66,7 @@ def test_job_round_trip_and_status_guard(tmp_path):
     back = store.get_job(job.id)
     assert back.error == JobError("bad", "line 3: broken", "training_file")
     assert back.seed == 7 and back.suffix == "support" and back.trained_tokens == 12
-    assert store.job_runtime(job.id)["options"] == {"lora_r": 8}
+    assert store.job_spec(job.id).options == TrainOptions(lora_r=8)
     assert store.advance(job.id, "running")
     assert store.mark_succeeded(job.id)
     assert not store.advance(job.id, "running")  # an ended job stays ended
@@ -168,3 +175,58 @@ def test_threads_share_a_store_without_mixing_transactions(tmp_path):
     assert len(store._connections) == len(threads) + 1  # one per thread, and the main thread's
     store.close()  # from the main thread, connections opened by the others included
     assert store._connections == []
+
+
+def test_a_job_spec_keeps_the_options_as_given_and_what_auto_became(tmp_path):
+    """The spec is what crosses to the worker: "auto" stays "auto" beside the resolved values,
+    and the same document comes back from a real SQLite file opened again."""
+    path = tmp_path / "db.sqlite"
+    store = Store(path)
+    job = Job(id=new_id("ftjob-"), created_at=1, model="m", training_file="file-x")
+    spec = JobSpec(TrainOptions(lora_r=8), model_source="/models/base", base_name="base")
+    store.add_job(job, spec)
+    resolved = {"n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 10.0}
+    store.save_spec(job.id, spec.with_(resolved=resolved))
+    store.close()
+    back = Store(path).job_spec(job.id)
+    assert back.options.n_epochs == "auto" and back.options.lora_r == 8
+    assert back.resolved == resolved and back.model_source == "/models/base"
+    assert back.base_name == "base" and back.max_running is None
+
+
+@pytest.mark.parametrize(
+    "stored, hyperparameters, want",
+    [
+        (  # version 0: the trainer's options under "training", OpenAI's three in the job's row
+            {"training": {"lora_r": 4, "max_length": 512}, "model_source": "/m", "base_name": "b",
+             "max_running": 2},
+            {"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": "auto"},
+            TrainOptions(n_epochs=3, lora_r=4, max_length=512),
+        ),
+        (  # before 0.2: the trainer's options flat beside the rest
+            {"lora_r": 4, "model_source": "/m", "base_name": "b", "max_running": 2},
+            {"n_epochs": "auto", "batch_size": 2, "learning_rate_multiplier": "auto"},
+            TrainOptions(batch_size=2, lora_r=4),
+        ),
+    ],
+)  # fmt: skip
+def test_jobs_stored_by_earlier_versions_still_load(tmp_path, stored, hyperparameters, want):
+    store = Store(tmp_path / "db.sqlite")
+    job = Job(id=new_id("ftjob-"), created_at=1, model="m", training_file="file-x")
+    store.add_job(job, JobSpec())
+    store.db.execute(  # the row as the earlier version wrote it
+        "UPDATE jobs SET options = ?, hyperparameters = ? WHERE id = ?",
+        (json.dumps(stored), json.dumps(hyperparameters), job.id),
+    )
+    spec = store.job_spec(job.id)
+    assert spec.options == want
+    assert (spec.model_source, spec.base_name, spec.max_running) == ("/m", "b", 2)
+
+
+def test_a_spec_from_a_newer_convtune_is_refused_in_one_line(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    job = Job(id=new_id("ftjob-"), created_at=1, model="m", training_file="file-x")
+    store.add_job(job, JobSpec())
+    store.db.execute("UPDATE jobs SET options = ? WHERE id = ?", ('{"version": 99}', job.id))
+    with pytest.raises(ConvtuneError, match="stored by a newer convtune"):
+        store.job_spec(job.id)

@@ -92,7 +92,7 @@ def _base_gguf(service: LocalService, record: dict, depth: int = 0) -> Path | No
     job_id = record.get("job_id")
     if not job_id or depth > 20:
         return None
-    source = (service.store.job_runtime(job_id).get("options") or {}).get("model_source")
+    source = service.store.job_spec(job_id).model_source
     if not source:
         return None
     path = Path(source)

@@ -18,6 +18,7 @@ from ..errors import Conflict, NotFound, OptionError
 from ..service.contract import JobRequest, Jobs
 from ..service.objects import ACTIVE, RESUMABLE, Checkpoint, Job, JobError, JobEvent, new_id, now
 from . import process
+from .job_spec import JobSpec
 from .store import LAUNCH_GRACE
 
 if TYPE_CHECKING:
@@ -63,23 +64,17 @@ class LocalJobs(Jobs):
             suffix=request.suffix,
             metadata=request.metadata,
         )
-        runtime = {
-            "training": request.options.trainer_options(),
-            "model_source": base.source,  # absolute: workers may run elsewhere
-            "base_name": base.name,  # ft:<base>:..., also when training further
-        }
-        self.service.store.add_job(job, runtime)
+        spec = JobSpec(options=request.options, model_source=base.source, base_name=base.name)
+        self.service.store.add_job(job, spec)
         self.service.store.add_event(job.id, f"Created fine-tuning job: {job.id}")
-        self._start(job.id, runtime)
+        self._start(job.id, spec)
         return self.get(job.id)
 
-    def _start(self, job_id: str, runtime: dict, *, resume: bool = False) -> None:
-        if (
-            self.service.max_running is not None
-            and runtime.get("max_running") != self.service.max_running
-        ):
-            runtime = {**runtime, "max_running": self.service.max_running}
-            self.service.store.update_job(job_id, options=runtime)
+    def _start(self, job_id: str, spec: JobSpec, *, resume: bool = False) -> None:
+        limit = self.service.max_running
+        if limit is not None and spec.max_running != limit:  # the slots of this server
+            spec = spec.with_(max_running=limit)
+            self.service.store.save_spec(job_id, spec)
         # before the worker exists: flags cleared (a resumed worker must not read an old pause),
         # no stale pid, and a grace period in which readers do not take the job for crashed
         self.service.store.update_job(
@@ -89,7 +84,7 @@ class LocalJobs(Jobs):
             pause_requested=0,
             launching_until=now() + LAUNCH_GRACE,
         )
-        nproc = int(runtime.get("training", runtime).get("nproc_per_node") or 1)
+        nproc = int(spec.options.nproc_per_node or 1)
         child = process.start_worker(
             job_id,
             self.service.home,
@@ -165,7 +160,7 @@ class LocalJobs(Jobs):
             only_from=RESUMABLE,
         ):
             raise Conflict(f"job {job_id} is being resumed already")
-        self._start(job_id, self.service.store.job_runtime(job_id)["options"], resume=True)
+        self._start(job_id, self.service.store.job_spec(job_id), resume=True)
         return self.get(job_id)
 
     def _resume_point(self, job_id: str) -> str:
@@ -200,16 +195,16 @@ class LocalJobs(Jobs):
                 continue
             job = self.service.store.get_job(job_id)
             assert job is not None
-            runtime = self.service.store.job_runtime(job_id)["options"]
+            spec = self.service.store.job_spec(job_id)
             if job.status in ("validating_files", "queued"):
                 self.service.store.requeue(job_id, "Restarting the job: its worker had stopped")
                 # resume: a job queued again after a pause has checkpoints to go on from
-                self._start(job_id, runtime, resume=True)
+                self._start(job_id, spec, resume=True)
                 done.append((job_id, "restarted"))
             elif resume_running:
                 where = self._resume_point(job_id)
                 self.service.store.requeue(job_id, f"Its worker had stopped: resuming from {where}")
-                self._start(job_id, runtime, resume=True)
+                self._start(job_id, spec, resume=True)
                 done.append((job_id, "resumed"))
             else:
                 self._mark_crashed(job_id)

@@ -110,10 +110,9 @@ class LocalModels(Models):
         for job in reversed(jobs):  # oldest first: an id, once given, stays with its source
             if job.model.startswith("ft:"):  # trained further: its base is a fine-tuned model
                 continue
-            options = self.service.store.job_runtime(job.id).get("options") or {}
-            if options.get("model_source"):
-                name = options.get("base_name") or job.model
-                yield name, options["model_source"], job.created_at  # first trained from
+            spec = self.service.store.job_spec(job.id)
+            if spec.model_source:
+                yield spec.base_name or job.model, spec.model_source, job.created_at  # first
         for folder in sorted(converted.iterdir()):
             if folder.name.startswith(".") or folder.name == SMOLLM2:
                 continue  # a conversion under way; the default's own copy

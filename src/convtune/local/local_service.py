@@ -15,10 +15,11 @@ from ..errors import OptionError
 from ..service.contract import Capabilities, FineTuningService
 from ..state.home import data_dir
 from .chat_completions import LocalChatCompletions
+from .database import database_path
 from .local_files import LocalFiles
 from .local_jobs import LocalJobs
 from .local_models import LocalModels
-from .store import Store, database_path
+from .store import Store
 
 DEFAULT_MAX_BATCH = 32  # chat replies generated together (measured: BENCHMARKS.md, serve section)
 

@@ -1,17 +1,15 @@
-"""The local backend's state: one SQLite database (WAL) in convtune's data directory.
+"""The local backend's state, typed: files, jobs (with their `JobSpec`), events, checkpoints
+and models, as rows of the database (`database.py`: schema, connections, migrations).
 
-Files, jobs, events, checkpoints and models, as rows. Every process (the CLI, a job's worker, the
-server) opens its own connection; WAL lets a worker append events while a follower reads them.
-Migrations are append-only and named, applied in order, recorded in `migrations`.
+Each job's status changes by one of the transitions here (`advance`, `requeue`, `mark_*`), each
+one compare-and-set in a transaction, so that a worker, a server and a CLI acting on the same job
+at once never undo each other.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,128 +27,14 @@ from ..service.objects import (
     new_id,
     now,
 )
+from .database import Database, event_from_row, file_from_row, job_from_row
+from .job_spec import JobSpec
 
-MIGRATIONS: list[tuple[str, str]] = [
-    (
-        "m001_initial",
-        """
-        CREATE TABLE files (
-            id TEXT PRIMARY KEY, filename TEXT NOT NULL, bytes INTEGER NOT NULL,
-            purpose TEXT NOT NULL, created_at INTEGER NOT NULL, path TEXT NOT NULL,
-            sha256 TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'processed'
-        );
-        CREATE TABLE jobs (
-            id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, model TEXT NOT NULL,
-            training_file TEXT NOT NULL, validation_file TEXT, status TEXT NOT NULL,
-            hyperparameters TEXT NOT NULL, fine_tuned_model TEXT, finished_at INTEGER,
-            error TEXT, result_files TEXT NOT NULL DEFAULT '[]', trained_tokens INTEGER,
-            seed INTEGER NOT NULL DEFAULT 0, suffix TEXT, estimated_finish INTEGER,
-            metadata TEXT, options TEXT NOT NULL DEFAULT '{}', pid INTEGER,
-            cancel_requested INTEGER NOT NULL DEFAULT 0
-        );
-        CREATE TABLE events (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
-            job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-            created_at INTEGER NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL,
-            type TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}'
-        );
-        CREATE INDEX events_job ON events(job_id, seq);
-        CREATE TABLE checkpoints (
-            id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-            created_at INTEGER NOT NULL, step_number INTEGER NOT NULL, epoch INTEGER NOT NULL,
-            metrics TEXT NOT NULL, name TEXT NOT NULL, path TEXT NOT NULL
-        );
-        CREATE TABLE models (
-            id TEXT PRIMARY KEY, created INTEGER NOT NULL, owned_by TEXT NOT NULL,
-            base TEXT NOT NULL, job_id TEXT, path TEXT NOT NULL, adapter_path TEXT,
-            format TEXT NOT NULL DEFAULT 'chat', actors TEXT
-        );
-        """,
-    ),
-    (
-        "m002_pause",
-        """
-        ALTER TABLE jobs ADD COLUMN pause_requested INTEGER NOT NULL DEFAULT 0
-        """,
-    ),
-    (
-        "m003_launching",
-        """
-        ALTER TABLE jobs ADD COLUMN launching_until INTEGER
-        """,
-    ),
-]
 LAUNCH_GRACE = 60  # seconds a job may wait for its worker's pid before it counts as crashed
 
 
-def database_path(home: Path) -> Path:
-    """The local backend's database in convtune's data directory."""
-    return home / "convtune.db"
-
-
-class Store:
-    """Typed access to the database; every write is one short transaction.
-
-    Each thread gets its own connection (`db`), so the server can call the service from many
-    threads at once: one connection shared by threads would interleave their transactions.
-    """
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._guard = threading.Lock()
-        self._migrate()
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use."""
-        db = getattr(self._local, "db", None)
-        if db is None:
-            # used by this thread alone; `close()` may come from another one, hence the flag
-            db = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
-            with self._guard:
-                self._connections.append(db)
-        return db
-
-    def close(self) -> None:
-        """Close every thread's connection (call it when no other thread uses the store)."""
-        with self._guard:
-            for db in self._connections:
-                db.close()
-            self._connections.clear()
-        self._local = threading.local()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
-
-    def _migrate(self) -> None:
-        with self.transaction() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at INTEGER)"
-            )
-            done = {r["name"] for r in db.execute("SELECT name FROM migrations")}
-            for name, sql in MIGRATIONS:
-                if name not in done:
-                    for statement in sql.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-                    db.execute("INSERT INTO migrations VALUES (?, ?)", (name, now()))
+class Store(Database):
+    """Typed access to the database; every write is one short transaction."""
 
     # -- files -------------------------------------------------------------------------------
 
@@ -174,14 +58,14 @@ class Store:
         row = self.db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
         if row is None:
             return None
-        return _file(row), Path(row["path"])
+        return file_from_row(row), Path(row["path"])
 
     def find_file(self, sha256: str, filename: str, purpose: str) -> FileObject | None:
         row = self.db.execute(
             "SELECT * FROM files WHERE sha256 = ? AND filename = ? AND purpose = ? ORDER BY created_at DESC",
             (sha256, filename, purpose),
         ).fetchone()
-        return _file(row) if row else None
+        return file_from_row(row) if row else None
 
     def list_files(self, purpose: str | None = None) -> list[FileObject]:
         if purpose:
@@ -191,14 +75,14 @@ class Store:
             )
         else:
             rows = self.db.execute("SELECT * FROM files ORDER BY created_at DESC, rowid DESC")
-        return [_file(r) for r in rows]
+        return [file_from_row(r) for r in rows]
 
     def delete_file(self, file_id: str) -> None:
         self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
 
     # -- jobs --------------------------------------------------------------------------------
 
-    def add_job(self, job: Job, options: dict[str, Any]) -> None:
+    def add_job(self, job: Job, spec: JobSpec) -> None:
         self.db.execute(
             """INSERT INTO jobs (id, created_at, model, training_file, validation_file, status,
                hyperparameters, seed, suffix, metadata, options, launching_until)
@@ -214,26 +98,38 @@ class Store:
                 job.seed,
                 job.suffix,
                 json.dumps(job.metadata) if job.metadata is not None else None,
-                json.dumps(options),
+                json.dumps(spec.to_json()),
                 now() + LAUNCH_GRACE,  # its worker is about to start: not crashed meanwhile
             ),
         )
 
     def get_job(self, job_id: str) -> Job | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row else None
+        return job_from_row(row) if row else None
+
+    def job_spec(self, job_id: str) -> JobSpec:
+        """What the job trains (`JobSpec`), however old the convtune that stored it."""
+        row = self.db.execute(
+            "SELECT options, hyperparameters FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            return JobSpec()
+        return JobSpec.from_json(json.loads(row["options"]), json.loads(row["hyperparameters"]))
+
+    def save_spec(self, job_id: str, spec: JobSpec) -> None:
+        self.db.execute(
+            "UPDATE jobs SET options = ? WHERE id = ?", (json.dumps(spec.to_json()), job_id)
+        )
 
     def job_runtime(self, job_id: str) -> dict[str, Any]:
-        """What only the local backend needs: options, worker pid, cancel and pause flags."""
+        """The worker's state: its pid, the cancel and pause flags, its launch grace."""
         row = self.db.execute(
-            "SELECT options, pid, cancel_requested, pause_requested, launching_until"
-            " FROM jobs WHERE id = ?",
+            "SELECT pid, cancel_requested, pause_requested, launching_until FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
         if row is None:
             return {}
         return {
-            "options": json.loads(row["options"]),
             "pid": row["pid"],
             "cancel_requested": bool(row["cancel_requested"]),
             "pause_requested": bool(row["pause_requested"]),
@@ -287,7 +183,7 @@ class Store:
                 sql += " WHERE rowid < ?"
                 args.append(pivot[0])
         sql += " ORDER BY rowid DESC"
-        jobs = [_job(r) for r in self.db.execute(sql, args)]
+        jobs = [job_from_row(r) for r in self.db.execute(sql, args)]
         if metadata:
             jobs = [
                 j
@@ -300,8 +196,7 @@ class Store:
         encoded = {
             k: (
                 json.dumps(v.__dict__ if isinstance(v, JobError) else v)
-                if k in ("error", "result_files", "hyperparameters", "metadata", "options")
-                and v is not None
+                if k in ("error", "result_files", "hyperparameters", "metadata") and v is not None
                 else v
             )
             for k, v in fields.items()
@@ -432,14 +327,14 @@ class Store:
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit + 1)
         rows = list(self.db.execute(sql, args))
-        return [_event(r) for r in rows[:limit]], len(rows) > limit
+        return [event_from_row(r) for r in rows[:limit]], len(rows) > limit
 
     def events_since(self, job_id: str, seq: int = 0) -> list[tuple[int, JobEvent]]:
         """Oldest first, with their sequence numbers: what a follower has not seen yet."""
         rows = self.db.execute(
             "SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, seq)
         )
-        return [(r["seq"], _event(r)) for r in rows]
+        return [(r["seq"], event_from_row(r)) for r in rows]
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -517,42 +412,3 @@ class Store:
 
     def delete_model(self, model_id: str) -> None:
         self.db.execute("DELETE FROM models WHERE id = ?", (model_id,))
-
-
-def _file(row: sqlite3.Row) -> FileObject:
-    return FileObject(
-        row["id"], row["bytes"], row["created_at"], row["filename"], row["purpose"], row["status"]
-    )
-
-
-def _job(row: sqlite3.Row) -> Job:
-    error = json.loads(row["error"]) if row["error"] else None
-    return Job(
-        id=row["id"],
-        created_at=row["created_at"],
-        model=row["model"],
-        training_file=row["training_file"],
-        status=row["status"],
-        validation_file=row["validation_file"],
-        hyperparameters=json.loads(row["hyperparameters"]),
-        fine_tuned_model=row["fine_tuned_model"],
-        finished_at=row["finished_at"],
-        error=JobError(**error) if error else None,
-        result_files=json.loads(row["result_files"]),
-        trained_tokens=row["trained_tokens"],
-        seed=row["seed"],
-        suffix=row["suffix"],
-        estimated_finish=row["estimated_finish"],
-        metadata=json.loads(row["metadata"]) if row["metadata"] else None,
-    )
-
-
-def _event(row: sqlite3.Row) -> JobEvent:
-    return JobEvent(
-        row["id"],
-        row["created_at"],
-        row["level"],
-        row["message"],
-        row["type"],
-        json.loads(row["data"]),
-    )

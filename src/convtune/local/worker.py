@@ -2,8 +2,10 @@
 
 It is the training entry point and runs unchanged under `torchrun --nproc_per_node N` (DDP):
 every rank trains, rank 0 alone talks to the store (status, events, checkpoints, the model).
-Order of work, as OpenAI's jobs do it: validate the files (no model loaded yet), queue, run,
-checkpoint each epoch, then save the LoRA adapter and a merged model and register it.
+This module moves the job through its states, as OpenAI's jobs go: validate the files (no model
+loaded yet), queue, wait for a slot, run the recipe (`recipe.FineTuneRecipe`: set up, train,
+save), register the model, succeed; or end paused, cancelled or failed. It reads what to train
+from the job's `JobSpec`.
 """
 
 from __future__ import annotations
@@ -13,27 +15,19 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 
-from ..dataset.check import check_file, format_and_actors
-from ..dataset.findings import counted, first_error
+from ..dataset.check import check_file
+from ..dataset.findings import first_error
 from ..metrics.results_csv import write_results
 from ..service.objects import JobError
 from ..service.training_options import TrainOptions
 from ..state.digest import file_sha256
 from ..state.home import data_dir
-from .answer_check import AnswerCheck
+from .database import database_path
 from .process import process_alive
-from .store import Store, database_path, now
-
-CHECKPOINT_METRICS = (
-    "step",
-    "train_loss",
-    "train_mean_token_accuracy",
-    "valid_loss",
-    "valid_mean_token_accuracy",
-)
+from .recipe import FineTuneRecipe
+from .store import Store
 
 
 class Stop(Exception):
@@ -56,8 +50,7 @@ class JobRun:
         if job is None:
             raise SystemExit(f"no job {job_id}")
         self.job = job
-        self.runtime = self.store.job_runtime(job_id)["options"]
-        self.options = stored_options(job.hyperparameters, self.runtime)
+        self.spec = self.store.job_spec(job_id)
         self.stopping = False
         self.folder = self.home / "jobs" / job_id
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -90,7 +83,7 @@ class JobRun:
     def wait_for_slot(self) -> None:
         """Run now, or wait in line while `max_running` jobs already run (`convtune serve
         --concurrency`). Waiting happens before torch is imported: a queued job costs little."""
-        limit = self.runtime.get("max_running")
+        limit = self.spec.max_running
         if self.rank != 0 or not limit:
             self.advance("running")
             return
@@ -123,7 +116,9 @@ class JobRun:
         for role, path in (("training_file", train_path), ("validation_file", valid_path)):
             if path is None:
                 continue
-            report = check_file(path, training=role == "training_file", model="gpt-4o-mini")
+            # the format's own default model counts the tokens, as `convtune check` does: only
+            # the errors matter here, and they do not depend on a model
+            report = check_file(path, training=role == "training_file")
             first = first_error(report.findings)
             if first is not None:
                 more = first.more_text()
@@ -145,162 +140,49 @@ class JobRun:
         return found[1]
 
     def train(self, train_path: Path, valid_path: Path | None) -> None:
-        import torch
-
-        from .base_models import load_base_model, resolve_base_model
-        from .loss_masks import tokenize_file
-        from .training import TrainConfig, merge_and_save, train
-
-        options = self.options
-        ref = resolve_base_model(self.runtime.get("model_source") or self.job.model)
-        model, tokenizer, _ = load_base_model(ref)
-        fmt, actors = format_and_actors(train_path)
-        check = AnswerCheck.start(self, valid_path, model, tokenizer, fmt, actors)
-        max_length = options.max_length
-        train_examples, train_stats = tokenize_file(train_path, tokenizer, max_length=max_length)
-        valid_examples = None
-        if valid_path is not None:
-            valid_examples, _ = tokenize_file(valid_path, tokenizer, max_length=max_length)
-        if train_stats.truncated:
-            self.event(
-                f"{train_stats.truncated} training examples were longer than {max_length} tokens"
-                " and lost their oldest tokens",
-                level="warn",
-            )
-        n = len(train_examples)
-        config = TrainConfig.from_options(options, n, seed=self.job.seed)
-        n_epochs, batch_size = config.n_epochs, config.batch_size
-        if self.rank == 0:
-            self.store.update_job(self.job_id, hyperparameters=config.resolved_hyperparameters())
-        chosen = config.auto_choices(options, n)
-        if chosen and not self.resume:
-            self.event(
-                "auto chose " + "; ".join(chosen), data={"auto": config.resolved_hyperparameters()}
-            )
-        resume_from = None
-        checkpoints = self.store.list_checkpoints(self.job_id)
-        if self.resume and checkpoints:
-            resume_from = checkpoints[0][1]
-        self.event(
-            f"Training {self.job.model} on {counted(n, 'example')}"
-            f" ({train_stats.trained_tokens:,} tokens with a loss), {counted(n_epochs, 'epoch')},"
-            f" batch size {batch_size}, "
-            + ("LoRA" if config.lora else "full fine-tune")
-            + (f", resuming from step {checkpoints[0][0].step_number}" if resume_from else "")
-        )
-        start_step = checkpoints[0][0].step_number if resume_from else 0
-        rows = self.earlier_metrics(start_step)  # the results file covers the whole job
-        started = time.monotonic()
-
-        total_steps = [0]  # the run's, from its metrics: the probes' second half
-
-        def on_metrics(m) -> None:
-            total_steps[0] = m.total_steps
-            data = {k: v for k, v in asdict(m).items() if v is not None}
-            rows.append(data)
-            message = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
-            if m.valid_loss is not None:
-                message += f", validation loss={m.valid_loss:.4f}"
-            self.event(message, type="metrics", data=data)
-            if self.rank == 0 and m.step:
-                rate = (time.monotonic() - started) / max(1, m.step - start_step)
-                self.store.update_job(
-                    self.job_id, estimated_finish=now() + int(rate * (m.total_steps - m.step))
-                )
-
-        def checkpoint(step: int, epoch: int, save, why: str) -> None:
-            folder = self.folder / "checkpoints" / f"step-{step}"
-            save(folder)
-            metrics = {
-                k: v for k, v in (rows[-1] if rows else {}).items() if k in CHECKPOINT_METRICS
-            }
-            name = f"{self.model_id()}:ckpt-step-{step}"
-            self.store.add_checkpoint(self.job_id, step, epoch, metrics, name, folder)
-            self.event(f"Checkpoint created at step {step} ({why})")
-
-        def on_epoch_end(epoch: int, step: int, save, answering) -> None:
-            if self.rank == 0:
-                checkpoint(step, epoch, save, f"epoch {epoch}")
-            if check is not None:
-                check.probe(epoch, step, total_steps[0], answering)
-
-        def on_stop(step: int, epoch: int, save) -> None:
-            """A pause keeps its place: a checkpoint at this step (unless one is there)."""
-            if not self.pausing():
-                return
-            if any(c.step_number == step for c, _, _ in self.store.list_checkpoints(self.job_id)):
-                return
-            checkpoint(step, epoch, save, "paused")
-
-        result = train(
-            model,
-            tokenizer,
-            train_examples,
-            valid_examples,
-            config,
-            on_metrics=on_metrics,
-            on_epoch_end=on_epoch_end,
-            should_stop=self.stop_requested,
-            resume=resume_from,
-            on_stop=on_stop,
-        )
+        recipe = FineTuneRecipe(self, train_path, valid_path)
+        recipe.setup()
+        result = recipe.train()
         if self.stop_requested() or result.stopped:
             raise Stop()
         if self.rank != 0:
             return
-        if check is not None:
-            epoch = int(rows[-1]["epoch"]) if rows else 0
-            check.finish(
-                result.model,
-                result.steps,
-                epoch,
-                keep_last=options.keep_last,
-                verdict=options.learning_check,
-            )
         model_id = self.model_id()
-        target = self.home / "models" / model_id.replace(":", "_")
-        merge_and_save(
-            result.model,
-            tokenizer,
-            target / "merged",
-            adapter_folder=target / "adapter",
-        )
+        saved = recipe.save(result, self.home / "models" / model_id.replace(":", "_"))
         self.store.add_model(
             model_id,
             self.base_name,
             self.job_id,
-            target / "merged",
-            target / "adapter",
-            fmt,
-            actors,
+            saved.folder,
+            saved.adapter,
+            saved.fmt,
+            saved.actors,
         )
-        results = self.results_file(rows)
         self.store.update_job(
             self.job_id,
             fine_tuned_model=model_id,
-            result_files=[results],
-            trained_tokens=int(result.trained_tokens or train_stats.trained_tokens * n_epochs),
+            result_files=[self.results_file(saved.rows)],
+            trained_tokens=saved.trained_tokens,
         )
         self.event(f"New fine-tuned model created: {model_id}")
         self.store.mark_succeeded(self.job_id)
-        del torch
 
-    def earlier_metrics(self, up_to: int) -> list[dict]:
-        """The metrics of steps 1..`up_to`, done before a resume: the last run of each step is
-        the one its checkpoint holds (a crash past a checkpoint makes steps run twice)."""
-        if up_to <= 0:
-            return []
-        by_step: dict[int, dict] = {}
-        for _, event in self.store.events_since(self.job_id):
-            step = event.data.get("step") if event.type == "metrics" else None
-            if isinstance(step, int) and step <= up_to:
-                by_step[step] = event.data
-        return [by_step[step] for step in sorted(by_step)]
+    def record_resolved(self, hyperparameters: dict) -> None:
+        """What "auto" became, beside the options as given (the spec) and as OpenAI shows it
+        (the job's hyperparameters)."""
+        if self.rank == 0:
+            self.spec = self.spec.with_(resolved=hyperparameters)
+            self.store.save_spec(self.job_id, self.spec)
+            self.store.update_job(self.job_id, hyperparameters=hyperparameters)
+
+    @property
+    def options(self) -> TrainOptions:
+        return self.spec.options
 
     @property
     def base_name(self) -> str:
         """The base model's name, also for a job that trains a fine-tuned model further."""
-        return self.runtime.get("base_name") or self.job.model
+        return self.spec.base_name or self.job.model
 
     def model_id(self) -> str:
         return f"ft:{self.base_name}:{self.job.suffix or ''}:{self.job_id}"
@@ -313,17 +195,6 @@ class JobRun:
         return self.store.add_file(
             f"{self.job_id}-results.csv", path.stat().st_size, "fine-tune-results", path, digest
         ).id
-
-
-def stored_options(hyperparameters: dict, runtime: dict) -> TrainOptions:
-    """The job's options as its creator gave them: OpenAI's hyperparameters from the job (numbers
-    once the first run resolved "auto"), the trainer's from the stored runtime (kept flat beside
-    the runtime by convtune before 0.2)."""
-    training = runtime.get("training")
-    if training is None:
-        known = TrainOptions().trainer_options()
-        training = {k: v for k, v in runtime.items() if k in known and v is not None}
-    return TrainOptions(**hyperparameters, **training)
 
 
 class Invalid(Exception):

@@ -117,7 +117,7 @@ def check_upload(path: Path) -> None:
     `convtune check` and the job's own validation would find them."""
     try:
         with CHECKS:
-            report = check_file(path, model="gpt-4o-mini")
+            report = check_file(path)  # errors only: the format's default model counts
     except ConvtuneError as exc:
         where = f"line {exc.line}: " if exc.line is not None else ""
         hint = f" ({exc.hint})" if exc.hint else ""

@@ -67,6 +67,10 @@ class TrainConfig:
         default=BASE_LEARNING_RATE[True],
         metadata={"help": "peak learning rate (the base rate x learning_rate_multiplier)"},
     )
+    learning_rate_multiplier: float | None = field(
+        default=None,
+        metadata={"help": "the multiplier the learning rate came from (`from_options` sets it)"},
+    )
     lora: bool = field(default=True, metadata={"help": "train LoRA adapters, not every weight"})
     lora_r: int = _option("lora_r")
     lora_alpha: int = _option("lora_alpha")
@@ -178,6 +182,7 @@ class TrainConfig:
                 auto_batch_size(examples) if options.batch_size == AUTO else options.batch_size
             ),
             learning_rate=BASE_LEARNING_RATE[lora] * multiplier,
+            learning_rate_multiplier=multiplier,
             lora=lora,
             lora_r=options.lora_r,
             lora_alpha=options.lora_alpha,
@@ -212,7 +217,9 @@ class TrainConfig:
 
     def resolved_hyperparameters(self) -> dict[str, Any]:
         """What the run resolved OpenAI's hyperparameters to (the job shows these)."""
-        multiplier = self.learning_rate / BASE_LEARNING_RATE[self.lora]
+        multiplier = self.learning_rate_multiplier  # as resolved, not divided back
+        if multiplier is None:  # a configuration made with a learning rate of its own
+            multiplier = self.learning_rate / BASE_LEARNING_RATE[self.lora]
         return {
             "n_epochs": self.n_epochs,
             "batch_size": self.batch_size,

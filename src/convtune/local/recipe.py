@@ -1,0 +1,203 @@
+"""The fine-tuning recipe a local job runs: set up, train, save, as torchtune's recipes are.
+
+`setup` loads the base model and tokenizer, tokenizes the files, resolves "auto" for this data
+(`TrainConfig.from_options`, recorded in the job's spec and hyperparameters), finds the
+checkpoint a resumed job goes on from, and starts the answer check (the base model's answers,
+before training changes the weights). `train` runs the training loop with the job's callbacks:
+metrics become events, each epoch end a checkpoint (and a probe of held-out answers), a pause a
+checkpoint at its step. `save` keeps the checkpoint the answers chose and writes the merged
+model and the adapter.
+
+The job around it (validating its files, waiting for a slot, the status it ends in, registering
+the model) is the worker's (`worker.JobRun`), which hands the recipe what it needs of the store:
+`JobRun.event`, `JobRun.store`, `JobRun.stop_requested`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..dataset.check import format_and_actors
+from ..dataset.findings import counted
+from .answer_check import AnswerCheck
+from .store import now
+
+if TYPE_CHECKING:
+    from .training import TrainResult
+    from .worker import JobRun
+
+CHECKPOINT_METRICS = (
+    "step",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+)
+
+
+@dataclass
+class Saved:
+    """What `save` wrote: the worker registers it as the job's model."""
+
+    folder: Path  # the merged model
+    adapter: Path  # the LoRA adapter (empty for a full fine-tune)
+    fmt: str
+    actors: tuple[str, str] | None
+    trained_tokens: int
+    rows: list[dict[str, Any]]  # every step's metrics: the results file
+
+
+class FineTuneRecipe:
+    def __init__(self, run: JobRun, train_path: Path, valid_path: Path | None) -> None:
+        self.run = run
+        self.train_path = train_path
+        self.valid_path = valid_path
+
+    # -- set up --------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from .base_models import load_base_model, resolve_base_model
+        from .loss_masks import tokenize_file
+        from .training import TrainConfig
+
+        run, options = self.run, self.run.spec.options
+        ref = resolve_base_model(run.spec.model_source or run.job.model)
+        self.model, self.tokenizer, _ = load_base_model(ref)
+        self.fmt, self.actors = format_and_actors(self.train_path)
+        self.check = AnswerCheck.start(
+            run, self.valid_path, self.model, self.tokenizer, self.fmt, self.actors
+        )
+        max_length = options.max_length
+        self.train_examples, stats = tokenize_file(
+            self.train_path, self.tokenizer, max_length=max_length
+        )
+        self.valid_examples = None
+        if self.valid_path is not None:
+            self.valid_examples, _ = tokenize_file(
+                self.valid_path, self.tokenizer, max_length=max_length
+            )
+        if stats.truncated:
+            run.event(
+                f"{stats.truncated} training examples were longer than {max_length} tokens"
+                " and lost their oldest tokens",
+                level="warn",
+            )
+        self.stats = stats
+        n = len(self.train_examples)
+        self.config = config = TrainConfig.from_options(options, n, seed=run.job.seed)
+        run.record_resolved(config.resolved_hyperparameters())
+        chosen = config.auto_choices(options, n)
+        if chosen and not run.resume:
+            run.event(
+                "auto chose " + "; ".join(chosen), data={"auto": config.resolved_hyperparameters()}
+            )
+        checkpoints = run.store.list_checkpoints(run.job_id)
+        self.resume_from = checkpoints[0][1] if run.resume and checkpoints else None
+        self.start_step = checkpoints[0][0].step_number if self.resume_from else 0
+        run.event(
+            f"Training {run.job.model} on {counted(n, 'example')}"
+            f" ({stats.trained_tokens:,} tokens with a loss), {counted(config.n_epochs, 'epoch')},"
+            f" batch size {config.batch_size}, "
+            + ("LoRA" if config.lora else "full fine-tune")
+            + (f", resuming from step {self.start_step}" if self.resume_from else "")
+        )
+        self.rows = self.earlier_metrics(self.start_step)  # the results file covers the job
+
+    def earlier_metrics(self, up_to: int) -> list[dict]:
+        """The metrics of steps 1..`up_to`, done before a resume: the last run of each step is
+        the one its checkpoint holds (a crash past a checkpoint makes steps run twice)."""
+        if up_to <= 0:
+            return []
+        by_step: dict[int, dict] = {}
+        for _, event in self.run.store.events_since(self.run.job_id):
+            step = event.data.get("step") if event.type == "metrics" else None
+            if isinstance(step, int) and step <= up_to:
+                by_step[step] = event.data
+        return [by_step[step] for step in sorted(by_step)]
+
+    # -- train ---------------------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        from .training import train
+
+        run, rows, check = self.run, self.rows, self.check
+        started = time.monotonic()
+        total_steps = [0]  # the run's, from its metrics: the probes' second half
+
+        def on_metrics(m) -> None:
+            total_steps[0] = m.total_steps
+            data = {k: v for k, v in asdict(m).items() if v is not None}
+            rows.append(data)
+            message = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
+            if m.valid_loss is not None:
+                message += f", validation loss={m.valid_loss:.4f}"
+            run.event(message, type="metrics", data=data)
+            if run.rank == 0 and m.step:
+                rate = (time.monotonic() - started) / max(1, m.step - self.start_step)
+                run.store.update_job(
+                    run.job_id, estimated_finish=now() + int(rate * (m.total_steps - m.step))
+                )
+
+        def checkpoint(step: int, epoch: int, save, why: str) -> None:
+            folder = run.folder / "checkpoints" / f"step-{step}"
+            save(folder)
+            last = rows[-1] if rows else {}
+            metrics = {k: v for k, v in last.items() if k in CHECKPOINT_METRICS}
+            name = f"{run.model_id()}:ckpt-step-{step}"
+            run.store.add_checkpoint(run.job_id, step, epoch, metrics, name, folder)
+            run.event(f"Checkpoint created at step {step} ({why})")
+
+        def on_epoch_end(epoch: int, step: int, save, answering) -> None:
+            if run.rank == 0:
+                checkpoint(step, epoch, save, f"epoch {epoch}")
+            if check is not None:
+                check.probe(epoch, step, total_steps[0], answering)
+
+        def on_stop(step: int, epoch: int, save) -> None:
+            """A pause keeps its place: a checkpoint at this step (unless one is there)."""
+            if not run.pausing():
+                return
+            if any(c.step_number == step for c, _, _ in run.store.list_checkpoints(run.job_id)):
+                return
+            checkpoint(step, epoch, save, "paused")
+
+        return train(
+            self.model,
+            self.tokenizer,
+            self.train_examples,
+            self.valid_examples,
+            self.config,
+            on_metrics=on_metrics,
+            on_epoch_end=on_epoch_end,
+            should_stop=run.stop_requested,
+            resume=self.resume_from,
+            on_stop=on_stop,
+        )
+
+    # -- save ----------------------------------------------------------------------------------
+
+    def save(self, result: TrainResult, target: Path) -> Saved:
+        """Keep the model the answers chose (and say whether it learned), then write it merged
+        and as an adapter under `target`."""
+        from .training import merge_and_save
+
+        options = self.run.spec.options
+        if self.check is not None:
+            epoch = int(self.rows[-1]["epoch"]) if self.rows else 0
+            self.check.finish(
+                result.model,
+                result.steps,
+                epoch,
+                keep_last=options.keep_last,
+                verdict=options.learning_check,
+            )
+        merge_and_save(
+            result.model, self.tokenizer, target / "merged", adapter_folder=target / "adapter"
+        )
+        trained = result.trained_tokens or self.stats.trained_tokens * self.config.n_epochs
+        return Saved(
+            target / "merged", target / "adapter", self.fmt, self.actors, int(trained), self.rows
+        )
