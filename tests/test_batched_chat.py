@@ -249,7 +249,7 @@ def test_the_roomy_cache_holds_what_plain_tensors_would():
 
     import torch
 
-    from convtune.local.generation import RoomyLayer
+    from convtune.local.kv_cache import RoomyLayer
 
     def left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
         return torch.cat([t.new_zeros(*t.shape[:2], width - t.shape[2], t.shape[3]), t], dim=2)

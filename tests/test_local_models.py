@@ -13,11 +13,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from convtune import home  # noqa: E402
 from convtune.dataset.modelinfo import SMOLLM2  # noqa: E402
 from convtune.errors import ConvtuneError, OptionError  # noqa: E402
 from convtune.local import base_models as models  # noqa: E402
 from convtune.local.base_models import BaseModelRef, load_base_model, resolve_base_model  # noqa: E402
+from convtune.state import home  # noqa: E402
 
 from .tiny_models import make_tiny_model  # noqa: E402
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from convtune.cli import render
 from convtune.cli.main import main
 from convtune.errors import ConvtuneError
-from convtune.local.local_service import LocalService
+from convtune.local.local_models import LocalModels
 from convtune.openai_backend import WIND_DOWN, catalog
 from convtune.openai_backend.catalog import (
     ShutdownTable,
@@ -376,7 +376,7 @@ def test_the_local_list_is_unchanged(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "No fine-tuned models yet." in out and "fine-tuning jobs" not in out
     local = ModelObject("ft:SmolLM2-135M-Instruct:support:ftjob-abc123", 1_760_000_000, "user")
-    monkeypatch.setattr(LocalService, "list_models", lambda self: [local])
+    monkeypatch.setattr(LocalModels, "list", lambda self: [local])
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
     assert local.id in out and "days left" not in out and "shuts down" not in out

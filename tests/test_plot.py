@@ -19,9 +19,10 @@ from matplotlib.image import imread
 from convtune import PrepareOptions, check_file, prepare
 from convtune.local.job_spec import JobSpec
 from convtune.local.local_service import LocalService
-from convtune.metrics.charts import loss_figure, save_png, smoothing_window, tokens_figure
+from convtune.metrics.charts import loss_figure, save_png, smoothing_window
 from convtune.metrics.job_metrics import NoMetrics, job_metrics
 from convtune.metrics.results_csv import read_results
+from convtune.metrics.tokens_chart import tokens_figure
 from convtune.service.contract import JobRequest
 from convtune.service.follow import follow
 from convtune.service.objects import Job, JobEvent

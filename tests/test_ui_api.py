@@ -117,7 +117,9 @@ def test_the_options_are_described_from_their_one_definition(api):
     assert training["nproc_per_node"]["api"] is False  # shown to no client
     assert training["n_epochs"]["expected"] == "'auto' or an integer from 1 to 50"
     prepare_options = described["prepare"]
-    assert prepare_options["format"] == {"choices": list(FORMATS), "default": "chat"}
+    assert prepare_options["format"]["choices"] == list(FORMATS)
+    assert prepare_options["format"]["default"] == "chat"
+    assert prepare_options["model"]["format_defaults"]["prompt-completion"] == "davinci-002"
     assert prepare_options["layout"]["choices"] == list(LAYOUTS)
     assert prepare_options["context"]["default"] == ExampleOptions().context
     assert prepare_options["valid_ratio"]["default"] == PrepareOptions().valid_ratio

@@ -267,3 +267,22 @@ def test_a_one_conversation_sheet_is_counted_in_the_singular(tab, served):
     expect(stats).not_to_contain_text("1 examples")
     expect(stats).not_to_contain_text("1 conversations")
     expect(page.locator("#prepare-checks")).to_contain_text("no error, 1 warning.")
+
+
+def test_the_data_form_has_a_field_for_every_prepare_option(tab, served):
+    """The form is built from prepare's one definition: one field per option the page's request
+    takes, labelled as the definition says."""
+    from playwright.sync_api import expect
+
+    from convtune.dataset.prepare_options import OPTIONS
+
+    one = tab()
+    page = one.page
+    page.goto(f"{one.root}#key={served.key}")
+    expect(page.locator('nav a[data-page="data"][aria-current="page"]')).to_be_visible()
+    for option in (o for o in OPTIONS if o.api):
+        expect(page.locator(f"#opt-{option.name.replace('_', '-')}")).to_have_count(1)
+        if option.form in ("main", "more"):
+            expect(page.locator(f"label[for=opt-{option.name.replace('_', '-')}]")).to_have_text(
+                option.label
+            )

@@ -60,7 +60,7 @@ _LAZY = {
     "resolve_model": ".dataset.modelinfo",
     "save_png": ".metrics.charts",
     "split_stream": ".dataset.split",
-    "tokens_figure": ".metrics.charts",
+    "tokens_figure": ".metrics.tokens_chart",
     "validate": ".dataset.check",
 }
 

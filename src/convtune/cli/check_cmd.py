@@ -8,7 +8,8 @@ import click
 
 from ..dataset.check import check_file
 from ..errors import ConvtuneError
-from ..metrics.charts import png_target, save_png, tokens_figure
+from ..metrics.charts import png_target, save_png
+from ..metrics.tokens_chart import tokens_figure
 from . import render
 from .options import token_options
 

@@ -6,23 +6,19 @@ import functools
 from pathlib import Path
 
 import click
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from ..errors import OptionError, OutputExistsError, TransientError
+from ..errors import OptionError, OutputExistsError
 from ..evaluation.answers import AnswerCache, Settings, ask, default_cache_path
 from ..evaluation.golden import write_golden
 from ..evaluation.graders import DEFAULT_GRADERS, parse_graders
 from ..evaluation.prompts import read_prompts
-from ..evaluation.results import EvalResult
-from ..evaluation.run import CachedJudge, EvalProgress, evaluate, with_references
+from ..evaluation.run import CachedJudge, evaluate, with_references
 from ..evaluation.targets import Target, parse_target
 from ..service.contract import FineTuningService
 from ..state.home import data_dir
 from . import render
 from .backend import Backend, backend_option, service_for
-from .tables import print_table
+from .eval_view import EvalProgressBar, show_result
 
 
 def generation_options(f):
@@ -389,88 +385,3 @@ def _check_output(
         raise OutputExistsError("already exists", path=path, hint="use --force to overwrite it")
     if not path.parent.exists():
         raise OptionError(f"the folder {path.parent} does not exist")
-
-
-class EvalProgressBar:
-    """A progress bar per model on stderr (a terminal only), and retries as yellow lines."""
-
-    def __enter__(self) -> EvalProgress:
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=render.err,
-            transient=True,
-            disable=not render.err.is_terminal,
-        )
-        self.bar.__enter__()
-        tasks: dict[str, int] = {}
-
-        def model(target: Target, total: int) -> None:
-            tasks[target.label] = self.bar.add_task(escape(target.label), total=total)
-
-        def answer(target: Target, prompt, answer) -> None:
-            self.bar.advance(tasks[target.label])
-
-        def retry(error: TransientError, delay: float) -> None:
-            render.err.print(
-                f"[yellow]{escape(str(error))}; trying again in {delay:.0f} s[/]", soft_wrap=True
-            )
-
-        return EvalProgress(model=model, answer=answer, retry=retry)
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
-
-
-def show_result(result: EvalResult) -> None:
-    """The summary table: per model, each metric's mean and interval, latency, speed, cost."""
-    out = render.out
-    out.print(
-        f"{_count(result.example_count, 'example')} of {result.data}; 95% bootstrap intervals"
-        f" (seed {result.seed})",
-        highlight=False,
-    )
-    table = Table(box=None, padding=(0, 2))
-    table.add_column("model", no_wrap=True)
-    for name in result.graders:
-        table.add_column(name, justify="right")
-    for column in ("valid loss", "p50 s", "p90 s", "tok/s", "cost", "errors"):
-        table.add_column(column, justify="right")
-    for m in result.models:
-        row = [escape(m.model)]
-        for name in result.graders:
-            i = m.metrics.get(name)
-            row.append("—" if i is None else f"{i.mean:.3f} [{i.low:.3f}, {i.high:.3f}]")
-        row += [
-            _num(m.valid_loss, "{:.3f}"),
-            _num(m.latency_p50, "{:.2f}"),
-            _num(m.latency_p90, "{:.2f}"),
-            _num(m.tokens_per_second, "{:.1f}"),
-            _num(m.cost_usd, "${:.4f}"),
-            f"[red]{m.errors}[/]" if m.errors else "0",
-        ]
-        table.add_row(*row)
-    print_table(table)
-    if result.differences:
-        out.print()
-        diff = Table(box=None, padding=(0, 2))
-        for column in ("metric", "model", "minus", "difference [95% interval]", ""):
-            diff.add_column(column)
-        for d in result.differences:
-            i = d.interval
-            verdict = "better" if i.low > 0 else "worse" if i.high < 0 else "no clear difference"
-            colour = {"better": "green", "worse": "red"}.get(verdict, "dim")
-            diff.add_row(
-                d.metric,
-                escape(d.b),
-                escape(d.a),
-                f"{i.mean:+.3f} [{i.low:+.3f}, {i.high:+.3f}]",
-                f"[{colour}]{verdict}[/]",
-            )
-        print_table(diff)
-
-
-def _num(value: float | None, form: str) -> str:
-    return "—" if value is None else form.format(value)

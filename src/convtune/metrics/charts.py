@@ -30,7 +30,6 @@ from .results_csv import in_step_order, metrics_row
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with convtune
     from matplotlib.figure import Figure
 
-    from ..dataset.report import DatasetReport
 
 TRAIN = "#1f77b4"  # blue
 VALID = "#e4572e"  # orange-red: tells apart from blue for most colour-blind readers too
@@ -58,25 +57,25 @@ def _figure_class() -> type:
     return PictureFigure
 
 
-def _figure() -> Figure:
+def new_figure() -> Figure:
     return _figure_class()(figsize=SIZE, dpi=DPI, layout="constrained")
 
 
-def _style(ax) -> None:
+def style(ax) -> None:
     ax.grid(True, color="0.9", linewidth=0.8)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
 
-def _thousands(axis) -> None:
+def thousands(axis) -> None:
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     axis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
 
 
-def _titles(fig, ax, title: str, parts: list[str]) -> None:
+def titles(fig, ax, title: str, parts: list[str]) -> None:
     """A bold title, and under it the facts, ' · ' between them, on lines that fit the width."""
     lines = [""]
     for part in parts:
@@ -148,9 +147,9 @@ def loss_figure(
     full = [(r["step"], r["full_valid_loss"]) for r in rows if "full_valid_loss" in r]
     if not train and not valid and not full:
         raise NoMetrics("no loss values to plot")
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
-    _style(ax)
+    style(ax)
     top = _ceiling([v for _, v in train], [v for _, v in (*valid, *full)])
 
     tail = None
@@ -207,7 +206,7 @@ def loss_figure(
     _epochs(ax, [e for e in ends if first <= e < last], first, last)
     pad = max(0.5, (last - first) * 0.02)
     ax.set_xlim(first - pad, last + pad)
-    _thousands(ax.xaxis)
+    thousands(ax.xaxis)
     ax.set_xlabel("training step (one optimizer update per batch)")
     ax.set_ylabel("loss (cross-entropy, nats per token)")
     handles, _ = ax.get_legend_handles_labels()
@@ -239,7 +238,7 @@ def loss_figure(
     last_valid = (full or valid)[-1] if (full or valid) else None
     if last_valid:
         parts.append(f"last validation loss {last_valid[1]:.3f} (step {last_valid[0]:,})")
-    _titles(fig, ax, heading, parts)
+    titles(fig, ax, heading, parts)
     return fig
 
 
@@ -265,179 +264,6 @@ def _epochs(ax, ends: list[int], first: int, last: int) -> None:
     )
     top.tick_params(length=0, labelsize=8, labelcolor=GREY)
     top.spines["top"].set_visible(False)
-
-
-def _nice(width: float) -> int:
-    """The 1, 2, 2.5, 5 x 10^k integer at or above `width`."""
-    if width <= 1:
-        return 1
-    power = 10 ** math.floor(math.log10(width))
-    for step in (1, 2, 2.5, 5, 10):
-        if step * power >= width and (step * power) % 1 == 0:
-            return int(step * power)
-    return int(10 * power)
-
-
-def tokens_figure(
-    data: DatasetReport | Mapping[int, int] | Iterable[int],
-    *,
-    limit: int | None = None,
-    title: str | None = None,
-    label: str | None = None,
-) -> Figure:
-    """A histogram of tokens per example with the context limit as a red dashed line.
-
-    `data` is a `DatasetReport` (its histogram, limit, model and file name are used), a mapping
-    {tokens: examples} or the token counts themselves (a list or a numpy array). Examples over
-    the limit are drawn red and counted in the legend; a limit far beyond the longest example
-    is named at the right edge instead of squeezing every bar into one.
-    """
-    import numpy as np
-
-    subtitle: list[str] = []
-    heading = title
-    if hasattr(data, "histogram") and hasattr(data, "context_limit"):
-        report = data
-        counts = {int(k): int(v) for k, v in report.histogram.items()}
-        limit = report.context_limit if limit is None else limit
-        heading = heading or f"Tokens per example: {Path(report.path).name}"
-        tokenizer = f" ({report.tokenizer})" if report.tokenizer else ""
-        subtitle.append(f"{report.format or 'dataset'}, counted for {report.model}{tokenizer}")
-    elif isinstance(data, Mapping):
-        counts = {int(k): int(v) for k, v in data.items()}
-    else:
-        array = np.asarray(data if hasattr(data, "shape") else list(data), dtype=np.int64)
-        values, number = np.unique(array, return_counts=True)
-        counts = dict(zip(values.tolist(), number.tolist(), strict=True))
-    counts = {t: n for t, n in counts.items() if n > 0}
-    if not counts:
-        raise NoMetrics("no token counts to plot (no valid example)")
-    tokens = np.array(sorted(counts), dtype=np.int64)
-    weights = np.array([counts[t] for t in tokens], dtype=np.int64)
-    total = int(weights.sum())
-    longest = int(tokens[-1])
-    mean = float((tokens * weights).sum() / total)
-    p90 = int(tokens[np.searchsorted(np.cumsum(weights), max(1, -(-9 * total // 10)))])
-    subtitle += [
-        f"{total:,} example{'s' if total != 1 else ''}",
-        f"mean {mean:,.0f}",
-        f"p90 {p90:,}",
-        f"longest {longest:,} tokens",
-    ]
-
-    # A long thin tail would squeeze the bulk into a few bars: the chart stops after 99.5% of
-    # the examples (the rest are counted in a note), unless the limit lies further right.
-    cumulative = np.cumsum(weights)
-    p995 = int(tokens[np.searchsorted(cumulative, max(1, math.ceil(0.995 * total)))])
-    right = longest if longest <= 1.5 * p995 else int(p995 * 1.2)
-    shown_limit = limit is not None and (limit <= longest or limit <= right * 1.6)
-    if shown_limit and limit is not None:
-        right = max(right, int(limit * 1.1))
-    width = _nice(max(right, 1) / min(40, max(10, 2 * math.isqrt(total))))
-    start = -0.5
-    if shown_limit and limit is not None:  # bars end exactly at the limit: none straddles it
-        start = (limit + 0.5) % width - width
-    edges = np.arange(start, right + width + 1, width)
-    inside = tokens <= limit if limit is not None else np.ones(len(tokens), dtype=bool)
-    fits, _ = np.histogram(tokens[inside], bins=edges, weights=weights[inside])
-    over, _ = np.histogram(tokens[~inside], bins=edges, weights=weights[~inside])
-    n_over = int(weights[~inside].sum())
-
-    fig = _figure()
-    ax = fig.add_subplot()
-    _style(ax)
-    thin = 0.5 if len(edges) < 80 else 0
-    name = label or "examples"
-    bars = ax.bar(
-        edges[:-1],
-        fits,
-        width=width,
-        align="edge",
-        color=TRAIN,
-        edgecolor="white",
-        linewidth=thin,
-        label=f"{name} within the limit: {total - n_over:,}"
-        if limit is not None
-        else f"{name}: {total:,}",
-    )
-    handles = [bars]
-    if n_over:
-        share = n_over / total
-        handles.append(
-            ax.bar(
-                edges[:-1],
-                over,
-                width=width,
-                align="edge",
-                bottom=fits,
-                color=LIMIT,
-                edgecolor="white",
-                linewidth=thin,
-                label=f"over the limit: {n_over:,} ({'<0.1%' if share < 0.001 else f'{share:.1%}'}),"
-                " truncated or dropped",
-            )
-        )
-        # a few long examples make bars too low to see: then a tick on the axis for each length
-        long = tokens[~inside]
-        long = long[long <= edges[-1]]
-        if over.max() < 0.03 * (fits + over).max():
-            ax.plot(
-                long,
-                np.zeros(len(long)),
-                linestyle="none",
-                marker="|",
-                markersize=9,
-                markeredgewidth=1.2,
-                color=LIMIT,
-                clip_on=False,
-                zorder=6,
-            )
-    from matplotlib.lines import Line2D
-
-    if limit is not None and shown_limit:
-        line = ax.axvline(
-            limit,
-            color=LIMIT,
-            linestyle="--",
-            linewidth=1.8,
-            label=f"context limit: {limit:,} tokens",
-            zorder=5,
-        )
-        handles.append(line)
-    elif limit is not None:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                color=LIMIT,
-                linestyle="--",
-                linewidth=1.8,
-                label=f"context limit: {limit:,} tokens (far to the right; every example fits)",
-            )
-        )
-    beyond = int(weights[tokens > edges[-1]].sum())
-    if beyond:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                color=GREY,
-                linestyle="none",
-                marker=r"$\rightarrow$",
-                markersize=11,
-                label=f"{beyond:,} longer example{'s' if beyond != 1 else ''} off the chart"
-                f" (up to {longest:,} tokens)",
-            )
-        )
-    ax.set_xlim(max(edges[0], -0.5), edges[-1] + width * 0.5)
-    ax.set_ylim(0, max(1, int((fits + over).max())) * 1.3)  # room for the legend
-    _thousands(ax.xaxis)
-    _thousands(ax.yaxis)
-    ax.set_xlabel(f"tokens per example (bars {width:,} token{'s' if width != 1 else ''} wide)")
-    ax.set_ylabel("examples")
-    ax.legend(handles=handles, loc="best", fontsize=9, framealpha=0.9)
-    _titles(fig, ax, heading or "Tokens per example", subtitle)
-    return fig
 
 
 # -- writing -------------------------------------------------------------------------------------

@@ -25,66 +25,38 @@ import threading
 import zipfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import Field, StrictInt
 
 from ..dataset.check import check_file
-from ..dataset.examples import FORMATS, LAYOUTS, ExampleBuilder, ExampleOptions
+from ..dataset.examples import FORMATS, ExampleBuilder
 from ..dataset.findings import Findings
 from ..dataset.jsonl import AtomicWriter, dumps, read_lines
-from ..dataset.modelinfo import OPENAI_MODELS, default_model
-from ..dataset.pipeline import OVERLONG, PrepareOptions, prepare
+from ..dataset.modelinfo import default_model
+from ..dataset.pipeline import PrepareOptions, prepare
+from ..dataset.prepare_options import OPTIONS, assemble
 from ..dataset.split import split_stream
-from ..dataset.spreadsheet import DELIMITERS, SheetOptions, open_sheet
+from ..dataset.spreadsheet import open_sheet
 from ..errors import ConvtuneError, OptionError
 from ..service.training_options import default, specs
 from . import files_api, ids
 from .context import Context
-from .errors import APIError, from_library, validation_error
+from .errors import APIError, from_library
 from .models_api import model_not_found
+from .prepare_body import Body, option_error, read_body, words_of
 from .upload import receive_upload
 
 PREVIEW = 5  # examples shown as written
-MAX_SYSTEM = 1024  # bytes of a system message (the upload's limit of a form field)
 PREPARING = threading.BoundedSemaphore(2)  # prepare is CPU-bound: two at once at most
 COMPARING = threading.Lock()  # one comparison at a time: it loads models and fills one cache
 COMPARISON_ID = re.compile(r"^cmp-[0-9a-f]{24}$")
-_EXAMPLES = ExampleOptions()
-_PREPARE = PrepareOptions()
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PrepareBody(_Body):
-    """The `options` field of a prepare request: `convtune prepare`'s options, its defaults."""
-
-    format: Literal[FORMATS] = _EXAMPLES.format  # type: ignore[valid-type]
-    context: Annotated[StrictInt, Field(ge=0, le=10_000)] | Literal["all"] = (
-        _EXAMPLES.context if _EXAMPLES.context is not None else "all"
-    )
-    layout: Literal[LAYOUTS] = _EXAMPLES.layout  # type: ignore[valid-type]
-    stop: StrictBool = _EXAMPLES.stop
-    valid_ratio: float = Field(_PREPARE.valid_ratio, ge=0, lt=1)
-    seed: StrictInt = Field(_PREPARE.seed, ge=0, le=2**31 - 1)
-    sheet: str | None = Field(None, min_length=1, max_length=200)
-    delimiter: Literal[DELIMITERS] | None = None  # type: ignore[valid-type]
-    encoding: str = Field(_PREPARE.sheet.encoding, min_length=1, max_length=40)
-    separator: str = Field(_PREPARE.sheet.separator, min_length=1, max_length=100)
-    model: Literal[tuple(OPENAI_MODELS)] | None = None  # type: ignore[valid-type]
-    max_tokens: StrictInt | None = Field(None, ge=1, le=10_000_000)
-    overlong: Literal[OVERLONG] = _PREPARE.overlong  # type: ignore[valid-type]
-    price_per_1m: float | None = Field(None, ge=0, le=1_000_000)
-    system: str | None = Field(None, max_length=MAX_SYSTEM)  # also a form field of its own
-    save: StrictBool = False
-
-
-class CompareBody(_Body):
+class CompareBody(Body):
     models: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
         min_length=2, max_length=4
     )
@@ -110,7 +82,7 @@ def router(ctx: Context, home: Path) -> APIRouter:
     async def prepare_sheet(request: Request) -> dict[str, Any]:
         async with ctx.upload_folder() as folder:
             upload = await receive_upload(request, folder, ctx.max_upload_bytes)
-            body = _prepare_body(upload.fields)
+            body = read_body(upload.fields)
             if upload.path is None:
                 raise APIError(400, "Missing required parameter: 'file'.", param="file")
             name = upload.filename if upload.filename != "upload.jsonl" else "spreadsheet.csv"
@@ -187,69 +159,20 @@ def training_options() -> list[dict[str, Any]]:
 
 
 def prepare_options() -> dict[str, Any]:
-    """The choices and defaults of `prepare` (its dataclasses' and the request model's)."""
-    fields = PrepareBody.model_fields
-    return {
-        "format": {"choices": list(FORMATS), "default": fields["format"].default},
-        "layout": {"choices": list(LAYOUTS), "default": fields["layout"].default},
-        "context": {"default": fields["context"].default, "low": 0, "all": "all"},
-        "stop": {"default": fields["stop"].default},
-        "valid_ratio": {"default": fields["valid_ratio"].default, "low": 0, "below": 1},
-        "seed": {"default": fields["seed"].default},
-        "system": {"max_bytes": MAX_SYSTEM},
-        "overlong": {"choices": list(OVERLONG), "default": fields["overlong"].default},
-        "model": {
-            "choices": list(OPENAI_MODELS),
-            "default": {fmt: default_model(fmt) for fmt in FORMATS},
-        },
-    }
+    """Every option the page's prepare request takes, by name, in declaration order, from
+    their one definition; the model's default depends on the format."""
+    out = {o.name: o.describe() for o in OPTIONS if o.api}
+    out["model"]["format_defaults"] = {fmt: default_model(fmt) for fmt in FORMATS}
+    return out
 
 
 # -- prepare --------------------------------------------------------------------------------------
 
 
-def _prepare_body(fields: dict[str, str]) -> PrepareBody:
-    for name in fields:
-        if name not in ("options", "system"):
-            raise APIError(400, f"Unrecognized request argument supplied: {name}", param=name)
-    try:
-        given = json.loads(fields.get("options") or "{}")
-    except json.JSONDecodeError:
-        raise APIError(400, "The options field must be a JSON object.", param="options") from None
-    if not isinstance(given, dict):
-        raise APIError(400, "The options field must be a JSON object.", param="options")
-    if "system" in fields:  # a part of its own: the options field is short
-        given["system"] = fields["system"]
-    try:
-        return PrepareBody.model_validate(given)
-    except ValidationError as exc:
-        raise validation_error(exc.errors()) from None
-
-
-def _prepare(sheet: Path, out: Path, body: PrepareBody) -> dict[str, Any]:
+def _prepare(sheet: Path, out: Path, body: Any) -> dict[str, Any]:
     """`prepare` and `check` of one spreadsheet, in `out`; the files' names in "written"."""
     try:
-        options = PrepareOptions(
-            sheet=SheetOptions(
-                delimiter=body.delimiter,
-                encoding=body.encoding,
-                sheet=body.sheet,
-                separator=body.separator,
-            ),
-            examples=ExampleOptions(
-                format=body.format,
-                context=None if body.context == "all" else body.context,
-                layout=body.layout,
-                system=(body.system or "").strip() or None,
-                stop=body.stop,
-            ),
-            valid_ratio=body.valid_ratio,
-            seed=body.seed,
-            model=body.model,
-            max_tokens=body.max_tokens,
-            overlong=body.overlong,
-            price_per_1m=body.price_per_1m,
-        )
+        options = assemble(body.model_dump(exclude={"save"}))
         with PREPARING:
             report = prepare(sheet, out, options)
             outputs = [Path(p) for p in report.outputs]
@@ -265,7 +188,7 @@ def _prepare(sheet: Path, out: Path, body: PrepareBody) -> dict[str, Any]:
             ]
             preview = _preview(sheet, outputs[0], options)
     except OptionError as exc:
-        raise _option_error(exc) from None
+        raise option_error(exc) from None
     except ConvtuneError as exc:
         raise APIError(400, _located(exc, sheet.name), param="file", code="invalid_file") from None
     data = report.to_dict()
@@ -338,23 +261,7 @@ def _located(exc: ConvtuneError, name: str) -> str:
     """The library's message with the uploaded file's name, never the temporary path."""
     where = f"{name}, line {exc.line}: " if exc.line is not None else f"{name}: "
     hint = f" ({exc.hint})" if exc.hint else ""
-    return f"{where}{_words(exc.message)}{_words(hint)}"
-
-
-def _option_error(exc: OptionError) -> APIError:
-    """An option the library refused, named as the request names it (for the page's field):
-    the flag the message names (`use --layout turn`), else the first option it mentions."""
-    text = exc.message + " " + (exc.hint or "")
-    names = list(PrepareBody.model_fields)
-    flags = [n for n in names if f"--{n.replace('_', '-')}" in text]
-    words = [n for n in names if re.search(rf"\b{n.replace('_', '[-_ ]')}\b", text)]
-    param = (flags or words or [None])[0]
-    return APIError(400, _words(str(exc)), param=param, code="invalid_value")
-
-
-def _words(text: str) -> str:
-    """`--valid-ratio` as the page calls it: the CLI's flags are not on the page."""
-    return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"), text)
+    return f"{where}{words_of(exc.message)}{words_of(hint)}"
 
 
 async def _save(ctx: Context, path: Path, name: str) -> dict[str, Any]:

@@ -5,22 +5,6 @@ import * as api from "./api.js";
 import { histogram } from "./charts.js";
 import { $, clearErrors, counted, field, h, number, options as fill, showError, stats } from "./dom.js";
 
-const LABELS = {
-  format: ["Format", "chat: OpenAI chat; prompt-completion: legacy GPT-3; sharegpt: Axolotl, LLaMA-Factory."],
-  context: ["Context", "Messages before each reply to include, or all. 0: the reply alone."],
-  layout: ["Layout", "turn: one example per reply; conversation: one per conversation."],
-  system: ["System message", "Put at the start of every chat or sharegpt example (optional)."],
-  stop: ["End completions with the next speaker's name", "prompt-completion: teaches the model to stop."],
-  valid_ratio: ["Validation share", "Share of conversations kept for validation (0 to below 1)."],
-  seed: ["Seed of the split", null],
-  separator: ["Separator", "The text of the rows between conversations."],
-  delimiter: ["CSV delimiter", null],
-  encoding: ["Text encoding", "Of a CSV: utf-8, cp1252..."],
-  model: ["Count tokens and cost for", null],
-  max_tokens: ["Longest example (tokens)", "Default: the model's limit."],
-  overlong: ["Longer examples", "drop them, or truncate their oldest context."],
-};
-
 export function dataPage(description) {
   const spec = description.prepare;
   const controls = {};
@@ -28,41 +12,48 @@ export function dataPage(description) {
   let timer = null;
   let running = null;
 
-  const select = (choices, value) => {
-    const element = h("select");
-    fill(element, choices);
-    element.value = value;
-    return element;
+  // every field from prepare's one definition (its label, help, type, range and default)
+  const control = (o) => {
+    if (o.kind === "bool") {
+      const box = h("input", { type: "checkbox" });
+      box.checked = o.default;
+      return box;
+    }
+    if (o.choices.length) {
+      const element = h("select");
+      fill(element, o.choices);
+      element.value = o.default;
+      return element;
+    }
+    if (o.name === "delimiter") {
+      const element = h("select");
+      fill(element, [["", "detect"], ...o.suggestions.map((d) => [d, d === "\t" ? "tab" : d])]);
+      return element;
+    }
+    if (o.name === "model") return h("select"); // its default follows the format: models()
+    if (o.name === "system") return h("textarea", { rows: 2, maxlength: o.max_length });
+    if (o.all) return h("input", { inputmode: "numeric", value: o.default, autocomplete: "off" });
+    if (o.kind === "int" || o.kind === "float") {
+      const step = o.kind === "int" ? 1 : o.below != null ? 0.05 : "any";
+      const max = o.high ?? (o.below != null ? o.below - step : undefined);
+      return h("input", { type: "number", min: o.low ?? undefined, max, step, value: o.default ?? "" });
+    }
+    return h("input", { value: o.default ?? "", maxlength: o.max_length, autocomplete: "off" });
   };
-  controls.format = select(spec.format.choices, spec.format.default);
-  controls.context = h("input", { inputmode: "numeric", value: spec.context.default, autocomplete: "off" });
-  controls.layout = select(spec.layout.choices, spec.layout.default);
-  controls.valid_ratio = h("input", {
-    type: "number", min: spec.valid_ratio.low, max: 0.95, step: 0.05, value: spec.valid_ratio.default,
-  });
-  controls.system = h("textarea", { rows: 2, maxlength: spec.system.max_bytes });
-  controls.stop = h("input", { type: "checkbox" });
-  controls.stop.checked = spec.stop.default;
-  controls.seed = h("input", { type: "number", min: 0, step: 1, value: spec.seed.default });
-  controls.separator = h("input", { value: "###", autocomplete: "off" });
-  controls.delimiter = select([["", "detect"], [";", ";"], [",", ","], ["\t", "tab"], ["|", "|"]], "");
-  controls.encoding = h("input", { value: "utf-8", autocomplete: "off" });
-  controls.model = h("select");
-  controls.max_tokens = h("input", { type: "number", min: 1, step: 1, placeholder: "the model's limit" });
-  controls.overlong = select(spec.overlong.choices, spec.overlong.default);
-
-  const add = (where, names) => {
-    for (const name of names) {
-      const [label, help] = LABELS[name];
-      $(where).append(field(`opt-${name.replace("_", "-")}`, label, controls[name], help));
+  for (const o of Object.values(spec)) {
+    if (o.form === "main" || o.form === "more") controls[o.name] = control(o);
+  }
+  const add = (where, group) => {
+    for (const o of Object.values(spec).filter((x) => x.form === group)) {
+      $(where).append(field(`opt-${o.name.replaceAll("_", "-")}`, o.label, controls[o.name], o.help));
     }
   };
-  add("#prepare-fields", ["format", "context", "layout", "valid_ratio", "system", "stop"]);
-  add("#prepare-more", ["seed", "separator", "delimiter", "encoding", "model", "max_tokens", "overlong"]);
+  add("#prepare-fields", "main");
+  add("#prepare-more", "more");
 
   const models = () => {
-    const fallback = spec.model.default[controls.format.value];
-    fill(controls.model, [["", `${fallback} (default)`], ...spec.model.choices.filter((m) => m !== fallback)]);
+    const fallback = spec.model.format_defaults[controls.format.value];
+    fill(controls.model, [["", `${fallback} (default)`], ...spec.model.suggestions.filter((m) => m !== fallback)]);
   };
   models();
   const formatChanged = () => {
@@ -102,16 +93,16 @@ export function dataPage(description) {
       throw [controls.valid_ratio, "The validation share is a number from 0 to below 1, such as 0.2."];
     }
     values.valid_ratio = ratio;
-    values.format = controls.format.value;
-    values.layout = controls.layout.value;
-    values.seed = Number(controls.seed.value || 0);
-    values.separator = controls.separator.value || "###";
-    values.encoding = controls.encoding.value.trim() || "utf-8";
-    if (controls.delimiter.value) values.delimiter = controls.delimiter.value;
-    if (controls.model.value) values.model = controls.model.value;
-    if (controls.max_tokens.value) values.max_tokens = Number(controls.max_tokens.value);
-    values.overlong = controls.overlong.value;
-    if (values.format === "prompt-completion") values.stop = controls.stop.checked;
+    for (const o of Object.values(spec)) {
+      const control = controls[o.name];
+      if (!control || o.name in values || o.name === "system") continue; // system: a part of its own
+      // a chosen value as it is (a tab is a delimiter), a typed one without its blanks
+      const value = control.tagName === "SELECT" ? control.value : control.value.trim();
+      if (o.kind === "bool") values[o.name] = control.checked;
+      else if (value === "") continue; // the library's default
+      else if (o.kind === "int" || o.kind === "float") values[o.name] = Number(value);
+      else values[o.name] = value;
+    }
     if (!$("#sheet-field").hidden && sheetSelect.value) values.sheet = sheetSelect.value;
     return values;
   }
@@ -136,8 +127,8 @@ export function dataPage(description) {
     body.append("file", file, file.name);
     body.append("options", JSON.stringify(values));
     const system = controls.system.value.trim();
-    if (new TextEncoder().encode(system).length > spec.system.max_bytes) {
-      showError(controls.system, `The system message is too long: at most ${spec.system.max_bytes} bytes.`);
+    if (new TextEncoder().encode(system).length > spec.system.max_length) {
+      showError(controls.system, `The system message is too long: at most ${spec.system.max_length} bytes.`);
       controls.system.focus();
       return;
     }
