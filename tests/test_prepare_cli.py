@@ -211,28 +211,20 @@ def test_the_flags_defaults_are_the_librarys():
     them there, so `convtune prepare` with no option is `prepare(path, out)`."""
     from convtune import PrepareOptions
     from convtune.cli.prepare_cmd import prepare as command
-    from convtune.server.ui_api import PrepareBody
+    from convtune.dataset.prepare_options import assemble
+    from convtune.server.prepare_body import PrepareBody
 
-    defaults = {param.name: param.default for param in command.params}
+    defaults = {
+        p.name: p.default
+        for p in command.params
+        if p.name not in ("input_path", "out_dir", "as_json")
+    }
     options = PrepareOptions()
-    examples, sheet = options.examples, options.sheet
-    assert (defaults["fmt"], defaults["layout"], defaults["stop"]) == (
-        examples.format,
-        examples.layout,
-        examples.stop,
-    )
-    assert defaults["context"] == str(examples.context)
-    assert (defaults["valid_ratio"], defaults["seed"], defaults["overlong"]) == (
-        options.valid_ratio,
-        options.seed,
-        options.overlong,
-    )
-    assert (defaults["encoding"], defaults["separator"]) == (sheet.encoding, sheet.separator)
-    page = PrepareBody()
-    assert (page.format, page.context, page.layout, page.valid_ratio, page.overlong) == (
-        defaults["fmt"], int(defaults["context"]), defaults["layout"], defaults["valid_ratio"],
-        defaults["overlong"],
-    )  # fmt: skip
+    assert defaults["context"] == str(options.examples.context)  # the flag's text, made a number
+    defaults["context"] = int(defaults["context"])
+    assert assemble(defaults) == options  # every flag's default, as the library has it
+    page = PrepareBody().model_dump(exclude={"save"})
+    assert assemble(page) == options  # the page's request with no option, too
 
 
 def test_multiline_cells_that_hold_and_end_with_the_delimiter_are_read_exactly(tmp_path):

@@ -31,7 +31,7 @@ def flag(option: PrepareOption):
     if option.kind is bool:
         decls = option.cli or (f"{option.flag}/--no-{option.flag[2:]}" if default else option.flag)
         return click.option(decls, option.name, default=default, show_default=True,
-                            help=option.help)  # fmt: skip
+                            is_flag=True, help=option.help)  # fmt: skip
     extra: dict = {}
     if option.choices:
         extra["type"] = click.Choice(option.choices)

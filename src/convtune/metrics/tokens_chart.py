@@ -30,7 +30,7 @@ def _nice(width: float) -> int:
     return int(10 * power)
 
 
-def tokensfigure(
+def tokens_figure(
     data: DatasetReport | Mapping[int, int] | Iterable[int],
     *,
     limit: int | None = None,

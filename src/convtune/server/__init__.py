@@ -1,4 +1,4 @@
-"""`convtune serve`: OpenAI's fine-tuning API (files, jobs, models, chat) over `LocalService`.
+"""`convtune serve`: OpenAI's fine-tuning API (files, jobs, models, chat) over the local backend.
 
 Needs the `serve` extra (fastapi, uvicorn, python-multipart). `create_app` builds the ASGI app;
 `convtune serve` (cli/serve_cmd.py) runs it with uvicorn.
