@@ -23,6 +23,7 @@ COMMANDS = {
     "chat": "chat_cmd:chat",
     "eval": "eval_cmd:eval_command",
     "record": "eval_cmd:record",
+    "migrate": "migrate_cmd:migrate",
     "export": "export_cmd:export",
     "plot": "plot_cmd:plot",
     "serve": "serve_cmd:serve",

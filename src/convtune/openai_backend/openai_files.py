@@ -166,6 +166,18 @@ class OpenAIFiles(Files):
         with self.service.call(f"download file {file_id}"):
             return self.service.client.files.content(file_id).read()
 
+    def uploaded_from(self, file_id: str) -> Path | None:
+        recorded = self.service.record.file(file_id)
+        if recorded is None or not recorded["path"]:
+            return None
+        path = Path(recorded["path"])
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        unchanged = (stat.st_size, stat.st_mtime_ns) == (recorded["bytes"], recorded["mtime_ns"])
+        return path if unchanged else None
+
     def check_uploaded(self, file_id: str, *, training: bool) -> None:
         """Refuse a file with errors (or, for OpenAI, too few examples) before a job uses it.
 
@@ -173,23 +185,13 @@ class OpenAIFiles(Files):
         changed since; else downloaded, if the service allows; else left to the service.
         """
         recorded = self.service.record.file(file_id)
-        if recorded is not None and recorded["path"]:
-            path = Path(recorded["path"])
-            try:
-                stat = path.stat()
-            except OSError:
-                stat = None
-            if stat and (stat.st_size, stat.st_mtime_ns) == (
-                recorded["bytes"],
-                recorded["mtime_ns"],
-            ):
-                # errors and the number of examples, all `_refuse` reads, do not depend on
-                # `training`: a report from the upload serves
-                report = self._checked.get(recorded["sha256"]) or check_file(
-                    path, training=training
-                )
-                self._refuse(report, path, training)
-                return
+        path = self.uploaded_from(file_id)
+        if recorded is not None and path is not None:
+            # errors and the number of examples, all `_refuse` reads, do not depend on
+            # `training`: a report from the upload serves
+            report = self._checked.get(recorded["sha256"]) or check_file(path, training=training)
+            self._refuse(report, path, training)
+            return
         try:
             content = self.raw_content(file_id)
         except NotFound:

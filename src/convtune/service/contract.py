@@ -157,6 +157,12 @@ class Files(Resource, ABC):
         """Where the file's bytes are on this machine (`capabilities.file_paths`)."""
         raise self.unsupported("keeps no files on this machine")
 
+    def uploaded_from(self, file_id: str) -> Path | None:
+        """The file on this machine that convtune uploaded as `file_id`, if it has not changed
+        since (a service that does not let its fine-tuning files be downloaded still has the
+        user's copy); None where convtune does not know it."""
+        return None
+
 
 class Jobs(Resource, ABC):
     """`service.jobs`: OpenAI's /v1/fine_tuning/jobs, with their events and checkpoints."""
