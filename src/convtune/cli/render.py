@@ -115,6 +115,8 @@ def show_prepare(report: PrepareReport) -> None:
         extra.append(f"{report.dropped:,} dropped as too long")
     if report.truncated:
         extra.append(f"{report.truncated:,} truncated")
+    if report.supervised:
+        extra.append(f"{report.supervised:,} supervised, with no rejected reply")
     table.add_row("examples", f"{report.examples:,}" + (f"  ({', '.join(extra)})" if extra else ""))
     warnings = report.warnings + sum(r.warnings for r in (report.train, report.valid) if r)
     table.add_row("warnings", f"{warnings:,}" + ("  (below)" if warnings else ""))

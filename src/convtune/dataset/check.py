@@ -17,6 +17,7 @@ from .examples import SHAREGPT_ROLE
 from .findings import Findings
 from .jsonl import cr_line_endings, json_problem, read_lines
 from .modelinfo import default_model, resolve_model
+from .preference import pair_issue
 from .report import DatasetReport, DatasetStats
 from .tokens import TokenCounter, counter_for
 
@@ -30,10 +31,16 @@ CR_LINE_ENDINGS = (
 )
 
 
+PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
+
+
 def detect_format(record: object) -> str | None:
-    """The dataset format a record is written in, from its keys."""
+    """The dataset format a record is written in, from its keys (any of preference data's
+    three keys makes it preference data, so that a line missing one is told which)."""
     if not isinstance(record, dict):
         return None
+    if any(key in record for key in PREFERENCE_KEYS):
+        return "preference"
     if "messages" in record:
         return "chat"
     if "conversations" in record:
@@ -46,9 +53,12 @@ def detect_format(record: object) -> str | None:
 def validate(record: dict, fmt: str, findings: Findings, line: int) -> bool:
     """Add this record's problems to `findings`; True when it has no error."""
     before = sum(f.count for f in findings.errors)
-    {"chat": _chat, "prompt-completion": _prompt_completion, "sharegpt": _sharegpt}[fmt](
-        record, findings, line
-    )
+    {
+        "chat": _chat,
+        "prompt-completion": _prompt_completion,
+        "sharegpt": _sharegpt,
+        "preference": _preference,
+    }[fmt](record, findings, line)
     return sum(f.count for f in findings.errors) == before
 
 
@@ -147,6 +157,21 @@ def _sharegpt(record: dict, findings: Findings, line: int) -> None:
         findings.error("no_assistant", "an example with no 'gpt' turn", line)
 
 
+def _preference(record: dict, findings: Findings, line: int) -> None:
+    """A preference (DPO) pair: `preference.pair_issue`'s rules, one error per line; a line
+    with no rejected reply is a supervised row, which only convtune's trainer takes."""
+    issue = pair_issue(record)
+    if issue is not None:
+        findings.error(issue.code, "not a valid preference pair", line, detail=issue.message)
+    elif "non_preferred_output" not in record:
+        findings.warning(
+            "supervised_row",
+            "lines with no non_preferred_output: supervised rows, which the local trainer trains"
+            " as supervised fine-tuning; OpenAI refuses a preference file that has any",
+            line,
+        )
+
+
 # -- Legacy actor delimiters ---------------------------------------------------------------------
 
 LABEL_END = re.compile(r"(?:^|\n)([^\n:]{1,40}):$")
@@ -212,6 +237,11 @@ def _records(path: str | Path):
 
 
 def example_tokens(record: dict, fmt: str, counter: TokenCounter) -> int:
+    """An example's tokens. A preference pair's are its input's and both outputs' (each
+    output is a reply to the same input: counted as the messages of the file's line)."""
+    if fmt == "preference":
+        outputs = record["preferred_output"] + record.get("non_preferred_output", [])
+        return counter.count_messages(record["input"]["messages"] + outputs)
     if fmt == "chat":
         return counter.count_messages(record["messages"])
     if fmt == "sharegpt":
@@ -236,8 +266,9 @@ def check_file(
 ) -> DatasetReport:
     """Check a JSONL dataset: every error with its line, warnings, tokens and cost.
 
-    The format (chat, prompt-completion, sharegpt) is detected from the first example; a line in
-    another format is an error. Examples with errors are not counted for tokens.
+    The format (chat, prompt-completion, sharegpt, preference) is detected from the first
+    example and is the report's `format`; a line in another format is an error. Examples with
+    errors are not counted for tokens.
     """
     path = Path(path)
     if max_tokens is not None and max_tokens < 1:
@@ -274,7 +305,7 @@ def check_file(
         if line_format is None:
             findings.error(
                 "unknown_format",
-                "no 'messages', 'prompt'/'completion' or 'conversations' key",
+                "no 'messages', 'prompt'/'completion', 'conversations' or 'input' key",
                 number,
             )
             continue

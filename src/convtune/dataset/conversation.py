@@ -10,11 +10,15 @@ Role = Literal["user", "assistant"]
 
 @dataclass(slots=True)
 class Message:
-    """One spreadsheet cell: who said it, what, and on which line of the input."""
+    """One spreadsheet cell: who said it, what, and on which line of the input.
+
+    `rejected` is the worse reply beside an assistant's (the sheet's rejected-replies column,
+    read for preference data); None where the row has none, and always for the user's."""
 
     role: Role
     text: str
     line: int
+    rejected: str | None = None
 
 
 @dataclass(slots=True)

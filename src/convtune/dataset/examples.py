@@ -3,6 +3,10 @@
 - chat: OpenAI chat fine-tuning, `{"messages": [system?, ...context, reply]}`.
 - prompt-completion: the seed's legacy GPT-3 format, exactly as DESIGN.md gives it.
 - sharegpt: `{"conversations": [{"from": "human"|"gpt", "value": ...}]}` (Axolotl, LLaMA-Factory).
+- preference: OpenAI's preference (DPO) pairs, `{"input": {"messages": [system?, ...context]},
+  "preferred_output": [reply], "non_preferred_output": [rejected reply]}` (see `preference.py`),
+  one per reply, from a sheet with a column of rejected replies. The context holds the earlier
+  replies as they were (the preferred ones), and always the user message the pair answers.
 
 Layouts: `turn` gives one example per reply, with the last `context` messages before it; earlier
 assistant messages in that window carry `"weight": 0` in chat data, so every reply is trained
@@ -17,8 +21,9 @@ from dataclasses import dataclass
 
 from ..errors import OptionError
 from .conversation import Conversation, Message
+from .preference import pair_record
 
-FORMATS = ("chat", "prompt-completion", "sharegpt")
+FORMATS = ("chat", "prompt-completion", "sharegpt", "preference")
 LAYOUTS = ("turn", "conversation")
 # ShareGPT's speakers and chat's roles, both ways: the one map every reader and writer uses
 SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt"}  # role -> "from"
@@ -34,6 +39,7 @@ class ExampleOptions:
     layout: str = "turn"
     system: str | None = None
     stop: bool = True
+    allow_sft_rows: bool = False  # preference: a reply with no rejected one is a supervised row
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -47,7 +53,11 @@ class ExampleOptions:
                 "the prompt-completion format has one example per reply: use --layout turn"
             )
         if self.format == "prompt-completion" and self.system:
-            raise OptionError("--system applies to the chat and sharegpt formats only")
+            raise OptionError("--system applies to the chat, sharegpt and preference formats only")
+        if self.format == "preference" and self.layout != "turn":
+            raise OptionError("the preference format has one pair per reply: use --layout turn")
+        if self.allow_sft_rows and self.format != "preference":
+            raise OptionError("--allow-sft-rows applies to --format preference only")
 
 
 @dataclass(slots=True)
@@ -87,10 +97,17 @@ class ExampleBuilder:
                 yield self.build(conversation, 0, last)
             return
         context = self.options.context
+        if context is not None and self.options.format == "preference":
+            context = max(context, 1)  # a pair answers a message: it is always in the input
         for i, message in enumerate(messages):
             if message.role == "assistant":
                 start = 0 if context is None else max(0, i - context)
                 yield self.build(conversation, start, i)
+
+    def last_start(self, end: int) -> int:
+        """The shortest window's start for the reply at `end` (cutting context to fit):
+        the reply alone, or for a preference pair the message before it too."""
+        return max(0, end - 1) if self.options.format == "preference" else end
 
     def build(self, conversation: Conversation, start: int, end: int) -> Example:
         """The example for messages[start:end] as context and messages[end] as the target."""
@@ -100,6 +117,9 @@ class ExampleBuilder:
             record = {"messages": self._chat(window)}
         elif fmt == "prompt-completion":
             record = self._prompt_completion(window)
+        elif fmt == "preference":
+            *context, reply = window
+            record = pair_record(self._plain(context), reply.text, reply.rejected)
         else:
             record = {"conversations": self._sharegpt(window)}
         return Example(record, conversation, start, end)
@@ -115,6 +135,13 @@ class ExampleBuilder:
                 out.append({"role": "assistant", "content": m.text, "weight": 0})
             else:
                 out.append({"role": m.role, "content": m.text})
+        return out
+
+    def _plain(self, messages: list[Message]) -> list[dict]:
+        """Messages as a preference pair's input has them: no weights (no reply is trained
+        there), the system message first."""
+        out = [{"role": "system", "content": self.options.system}] if self.options.system else []
+        out.extend({"role": m.role, "content": m.text} for m in messages)
         return out
 
     def _prompt_completion(self, window: list[Message]) -> dict:
@@ -141,3 +168,33 @@ class ExampleBuilder:
             else:
                 out.append({"from": who, "value": m.text})
         return out
+
+
+def reply_problem(
+    messages: list[Message], end: int, *, allow_sft_rows: bool
+) -> tuple[str, str] | None:
+    """Why the reply at `messages[end]` cannot be a preference pair, as (code, message), or None.
+
+    A pair answers a user message (OpenAI refuses an input that ends otherwise), needs a rejected
+    reply unless supervised rows are allowed, and one that differs from the preferred reply."""
+    reply = messages[end]
+    if end == 0 or messages[end - 1].role != "user":
+        return (
+            "pair_without_message",
+            "a reply with no message before it in its row cannot be a preference pair: a pair"
+            " answers the user's message (write the message it answers in the first column)",
+        )
+    if reply.rejected is None:
+        if allow_sft_rows:
+            return None
+        return (
+            "no_rejected_reply",
+            "no rejected reply beside this reply: a preference pair needs one (give one, or"
+            " --allow-sft-rows to train such rows as supervised)",
+        )
+    if reply.rejected == reply.text:
+        return (
+            "same_rejected_reply",
+            "the rejected reply is the same as the reply: nothing to prefer (write a worse one)",
+        )
+    return None

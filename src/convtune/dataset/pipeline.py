@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError, OptionError
 from .check import example_tokens
-from .examples import Example, ExampleBuilder, ExampleOptions
+from .examples import Example, ExampleBuilder, ExampleOptions, reply_problem
 from .findings import Finding, Findings, count, first_error
 from .jsonl import AtomicWriter, dumps
 from .modelinfo import default_model, resolve_model
@@ -52,6 +52,12 @@ class PrepareOptions:
         if not 0 <= self.valid_ratio < 1:
             raise OptionError("--valid-ratio must be at least 0 and below 1")
 
+    @property
+    def reads_rejected(self) -> bool:
+        """Whether the sheet's column of rejected replies is read (preference data, or a
+        column named: then other formats read it too, and leave it out)."""
+        return self.examples.format == "preference" or self.sheet.rejected_column is not None
+
 
 @dataclass
 class PrepareReport:
@@ -68,6 +74,7 @@ class PrepareReport:
     valid_conversations: int = 0
     dropped: int = 0
     truncated: int = 0
+    supervised: int = 0  # preference pairs written without a rejected reply (--allow-sft-rows)
     findings: list[Finding] = field(default_factory=list)
     train: DatasetReport | None = None
     valid: DatasetReport | None = None
@@ -90,6 +97,7 @@ class PrepareReport:
             "valid_conversations": self.valid_conversations,
             "dropped": self.dropped,
             "truncated": self.truncated,
+            "supervised": self.supervised,
             "warnings": self.warnings,
             "findings": [f.to_dict() for f in self.findings],
             "train": self.train.to_dict() if self.train else None,
@@ -122,7 +130,8 @@ def prepare(
     """
     options = options or PrepareOptions()
     input_findings = Findings()
-    sheet = open_sheet(input_path, options.sheet, input_findings)
+    sheet = open_sheet(input_path, options.sheet, input_findings, rejected=options.reads_rejected)
+    _rejected_column(sheet, options, input_findings)
     train_path, valid_path = output_paths(input_path, out_dir)
     train = AtomicWriter(train_path, force=options.force)
     valid: AtomicWriter | None = None
@@ -170,6 +179,28 @@ def prepare(
     if valid is not None:
         report.valid = run.valid_stats.finish()
     return report
+
+
+def _rejected_column(sheet, options: PrepareOptions, findings: Findings) -> None:
+    """Preference data from a sheet with no column of rejected replies is an error (unless
+    every row may be supervised); another format leaves a named column out, and says so."""
+    ex = options.examples
+    if ex.format == "preference":
+        if sheet.rejected is None and not ex.allow_sft_rows:
+            raise InputError(
+                "the header row names no column of rejected replies: preference data needs"
+                " one, after the two actors' (such as 'Human;AI;Rejected')",
+                path=sheet.path,
+                line=sheet.header_line,
+                hint="add it, or give --allow-sft-rows to write rows without a rejected reply"
+                " as supervised ones",
+            )
+    elif sheet.rejected is not None:
+        findings.warning(
+            "rejected_not_written",
+            f"the rejected replies (column {sheet.rejected!r}) are in no {ex.format} example:"
+            " --format preference writes them",
+        )
 
 
 def _refuse_empty(
@@ -325,7 +356,10 @@ class _PrepareRun:
                         m.line,
                     )
         limit = self.limit
+        pairs = self.fmt == "preference"
         for example in self.builder.examples(conversation):
+            if pairs and not self.pair_ok(example):
+                continue
             tokens = None
             if counts is not None:
                 tokens = self.per_message.example(  # type: ignore[union-attr]
@@ -343,11 +377,32 @@ class _PrepareRun:
             stats.add(text, example.line, tokens)
             report.examples += 1
 
+    def pair_ok(self, example: Example) -> bool:
+        """Whether a preference pair can be written (an error with its line otherwise);
+        a supervised row is counted, and warned of."""
+        allow = self.options.examples.allow_sft_rows
+        messages = example.conversation.messages
+        problem = reply_problem(messages, example.end, allow_sft_rows=allow)
+        if problem is not None:
+            self.findings.error(*problem, example.line)
+            return False
+        if messages[example.end].rejected is None:
+            self.report.supervised += 1
+            self.findings.warning(
+                "supervised_rows",
+                "replies with no rejected reply, written as supervised rows (--allow-sft-rows):"
+                " the local trainer trains them as supervised fine-tuning; OpenAI refuses a"
+                " preference file that has any",
+                example.line,
+            )
+        return True
+
     def fit(self, example: Example, limit: int) -> tuple[Example, int] | None:
         """The example with its oldest context cut until it fits (policy truncate), or None."""
         assert self.counter is not None
         if self.options.overlong == "truncate":
-            for start in range(example.start + 1, example.end + 1):
+            last = self.builder.last_start(example.end)
+            for start in range(example.start + 1, last + 1):
                 shorter = self.builder.build(example.conversation, start, example.end)
                 tokens = example_tokens(shorter.record, self.fmt, self.counter)
                 if tokens <= limit:

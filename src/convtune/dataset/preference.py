@@ -54,57 +54,83 @@ def is_preference_record(record: Any) -> bool:
     return isinstance(record, dict) and "input" in record and "preferred_output" in record
 
 
-def _output(record: dict, key: str) -> tuple[str | None, str | None]:
+def _output(record: dict, key: str) -> tuple[str | None, Issue | None]:
     """The text of one output list (exactly one assistant message), or why it is not one."""
     value = record.get(key)
+    if key not in record:
+        return None, Issue(f"missing_{key}", f"no {key}")
     if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
-        return None, f"{key} must be a list of one assistant message"
+        return None, Issue(f"bad_{key}", f"{key} must be a list of one assistant message")
     message = value[0]
     if message.get("role") != "assistant":
-        return None, f"{key}'s message must have the role 'assistant', not {message.get('role')!r}"
+        return None, Issue(
+            f"bad_{key}",
+            f"{key}'s message must have the role 'assistant', not {message.get('role')!r}",
+        )
     content = message.get("content")
     if not isinstance(content, str):
-        return None, f"{key}'s content must be text"
+        return None, Issue(f"bad_{key}", f"{key}'s content must be text")
     if not content.strip():
-        return None, f"{key} is empty"
+        return None, Issue(f"empty_{key}", f"{key} is empty")
     return content, None
+
+
+@dataclass(frozen=True)
+class Issue:
+    """Why a line is not a valid pair: a stable code (for `check`'s findings) and the words."""
+
+    code: str
+    message: str
+
+
+def pair_issue(record: Any) -> Issue | None:
+    """Why a parsed JSON line is not a valid preference pair, with its code, or None."""
+    if not isinstance(record, dict):
+        return Issue("not_object", "a line must be a JSON object")
+    unknown = sorted(set(record) - {"input", "preferred_output", "non_preferred_output"})
+    if unknown:
+        return Issue(
+            "unknown_key_example",
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
+        )
+    given = record.get("input")
+    if not isinstance(given, dict):
+        return Issue("bad_input", "input must be an object with messages")
+    messages = given.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return Issue("no_messages", "input.messages must be a non-empty list")
+    for n, message in enumerate(messages, start=1):
+        if not isinstance(message, dict):
+            return Issue("message_not_object", f"input message {n} must be an object")
+        if message.get("role") not in INPUT_ROLES:
+            return Issue(
+                "bad_role",
+                f"input message {n} has the role {message.get('role')!r};"
+                f" expected one of {', '.join(INPUT_ROLES)}",
+            )
+        if not isinstance(message.get("content"), str):
+            return Issue("bad_content", f"input message {n}'s content must be text")
+    if messages[-1]["role"] != "user":
+        return Issue("last_not_user", "input's last message must be the user's (the outputs answer it)")
+    preferred, issue = _output(record, "preferred_output")
+    if issue:
+        return issue
+    if "non_preferred_output" in record:
+        rejected, issue = _output(record, "non_preferred_output")
+        if issue:
+            return issue
+        if rejected == preferred:
+            return Issue(
+                "same_outputs",
+                "preferred_output and non_preferred_output are the same: nothing to prefer",
+            )
+    return None
 
 
 def pair_problem(record: Any) -> str | None:
     """Why a parsed JSON line is not a valid preference pair, or None."""
-    if not isinstance(record, dict):
-        return "a line must be a JSON object"
-    unknown = sorted(set(record) - {"input", "preferred_output", "non_preferred_output"})
-    if unknown:
-        return f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
-    given = record.get("input")
-    if not isinstance(given, dict):
-        return "input must be an object with messages"
-    messages = given.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "input.messages must be a non-empty list"
-    for n, message in enumerate(messages, start=1):
-        if not isinstance(message, dict):
-            return f"input message {n} must be an object"
-        if message.get("role") not in INPUT_ROLES:
-            return (
-                f"input message {n} has the role {message.get('role')!r};"
-                f" expected one of {', '.join(INPUT_ROLES)}"
-            )
-        if not isinstance(message.get("content"), str):
-            return f"input message {n}'s content must be text"
-    if messages[-1]["role"] != "user":
-        return "input's last message must be the user's (the outputs answer it)"
-    preferred, problem = _output(record, "preferred_output")
-    if problem:
-        return problem
-    if "non_preferred_output" in record:
-        rejected, problem = _output(record, "non_preferred_output")
-        if problem:
-            return problem
-        if rejected == preferred:
-            return "preferred_output and non_preferred_output are the same: nothing to prefer"
-    return None
+    issue = pair_issue(record)
+    return issue.message if issue is not None else None
 
 
 def parse_pair(record: Any, line: int = 0) -> PreferencePair:

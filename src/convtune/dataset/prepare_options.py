@@ -109,7 +109,7 @@ OPTIONS: tuple[PrepareOption, ...] = (
     PrepareOption(
         "format", "examples", str,
         "chat: OpenAI chat JSONL; prompt-completion: legacy GPT-3; sharegpt: Axolotl,"
-        " LLaMA-Factory.",
+        " LLaMA-Factory; preference: OpenAI DPO pairs, from a third column of rejected replies.",
         "Format", choices=FORMATS, form="main",
     ),
     PrepareOption(
@@ -136,6 +136,17 @@ OPTIONS: tuple[PrepareOption, ...] = (
         "stop", "examples", bool,
         "prompt-completion: end completions with '\\n<actor 1>: ' so the model learns to stop.",
         "End completions with the next speaker's name", form="main",
+    ),
+    PrepareOption(
+        "rejected_column", "sheet", str,
+        "preference: the header's name of the rejected replies' column (default: the third).",
+        "Rejected replies' column", nullable=True, max_length=200,
+    ),
+    PrepareOption(
+        "allow_sft_rows", "examples", bool,
+        "preference: write a reply with no rejected one as a supervised row (the local trainer"
+        " trains it as supervised; OpenAI refuses such files).",
+        "Allow rows without a rejected reply",
     ),
     PrepareOption("seed", "", int, "Seed of the split.", "Seed of the split", low=0, high=2**31 - 1),
     PrepareOption(

@@ -47,8 +47,14 @@ class XlsxSource:
     position: Callable[[], int]
 
 
-def open_xlsx(path: Path, sheet: str | None, findings: Findings) -> XlsxSource:
-    """Open the chosen sheet of `path`, check its XML, and return its row stream."""
+def open_xlsx(
+    path: Path, sheet: str | None, findings: Findings, *, columns: int | None = ACTOR_COLUMNS
+) -> XlsxSource:
+    """Open the chosen sheet of `path`, check its XML, and return its row stream.
+
+    `columns`: how many columns, from A, hold text that is read (merged cells and formulas
+    without values there are errors); None for every column."""
+    read = columns if columns is not None else 1 << 30
     try:
         import openpyxl
     except ImportError as exc:  # pragma: no cover - a declared dependency
@@ -67,9 +73,9 @@ def open_xlsx(path: Path, sheet: str | None, findings: Findings) -> XlsxSource:
         ws.reset_dimensions()
         xml = ws._worksheet_path  # openpyxl keeps the sheet's part name here
         with zipfile.ZipFile(path) as archive:
-            has_formula = _scan(archive, xml, findings)
+            has_formula = _scan(archive, xml, findings, read)
             if has_formula:
-                _check_formulas(archive, xml, _recalculates(archive), findings)
+                _check_formulas(archive, xml, _recalculates(archive), findings, read)
     except BaseException:
         book.close()
         handle.close()
@@ -110,7 +116,9 @@ def _choose(path: Path, book, name: str | None, findings: Findings):
     return ws
 
 
-def _scan(archive: zipfile.ZipFile, xml: str, findings: Findings) -> bool:
+def _scan(
+    archive: zipfile.ZipFile, xml: str, findings: Findings, columns: int = ACTOR_COLUMNS
+) -> bool:
     """One streaming pass over the sheet's raw XML: merged cells, hidden rows, any formula?"""
     has_formula = False
     refs: set[bytes] = set()
@@ -147,10 +155,10 @@ def _scan(archive: zipfile.ZipFile, xml: str, findings: Findings) -> bool:
     for ref in sorted(refs, key=lambda r: _range(r.decode("ascii", "replace"))):
         text = ref.decode("ascii", "replace")
         first_row, first_col, _last_row, _last_col = _range(text)
-        if first_col <= ACTOR_COLUMNS:
+        if first_col <= columns:
             findings.error(
                 "merged_cells",
-                "merged cells in the first two columns: each row needs its own message and reply"
+                "merged cells in the columns read: each row needs its own message and reply"
                 " cells (select them and unmerge: Home > Merge & Center > Unmerge Cells)",
                 first_row,
                 detail=text,
@@ -185,9 +193,13 @@ def _recalculates(archive: zipfile.ZipFile) -> bool:
 
 
 def _check_formulas(
-    archive: zipfile.ZipFile, xml: str, recalculates: bool, findings: Findings
+    archive: zipfile.ZipFile,
+    xml: str,
+    recalculates: bool,
+    findings: Findings,
+    columns: int = ACTOR_COLUMNS,
 ) -> None:
-    """Errors for formulas in the first two columns whose value was never saved (or is stale)."""
+    """Errors for formulas in the columns read whose value was never saved (or is stale)."""
     c_tag, f_tag, v_tag = MAIN_NS + "c", MAIN_NS + "f", MAIN_NS + "v"
     data = None
     with archive.open(xml) as f:
@@ -206,7 +218,7 @@ def _check_formulas(
                 continue
             ref = elem.get("r", "")
             row, column = _cell(ref) if ref else (0, 0)
-            if column > ACTOR_COLUMNS:
+            if column > columns:
                 continue
             value = elem.find(v_tag)
             saved = value is not None and bool(value.text)

@@ -1,7 +1,9 @@
 """Reading conversation spreadsheets (CSV or .xlsx) into a stream of conversations.
 
 The layout (see DESIGN.md): a header row naming the two actors, one row per exchange (actor 1's
-message, actor 2's reply), and a separator row between conversations. Reading is streaming: only
+message, actor 2's reply), and a separator row between conversations. Preference data adds one
+column, the rejected replies (`Human;AI;Rejected`): read only when asked for (`rejected=True`),
+since in any other sheet a third column is a mistake worth an error. Reading is streaming: only
 the current conversation is held in memory.
 
 The rule this module keeps: a row is never merged, dropped or invented silently. What cannot be
@@ -39,6 +41,7 @@ class SheetOptions:
     encoding: str = "utf-8"  # a byte-order mark (UTF-8, UTF-16, UTF-32) overrides it
     sheet: str | None = None  # .xlsx only: None is the first visible sheet
     separator: str = "###"  # a row whose non-empty cells all equal this ends a conversation
+    rejected_column: str | None = None  # the rejected replies' column (None: the third one)
 
 
 @dataclass
@@ -51,13 +54,22 @@ class Sheet:
     conversations: Iterator[Conversation]
     size: int  # bytes (CSV) or rows (.xlsx), for progress
     position: Callable[[], int]  # how much of `size` has been read
+    rejected: str | None = None  # the rejected replies' column, as the header names it
+    header_line: int = 1
 
 
 Row = tuple[int, list[str]]  # (1-based line number where the row starts, cells)
 
 
-def open_sheet(path: str | Path, options: SheetOptions, findings: Findings) -> Sheet:
+def open_sheet(
+    path: str | Path, options: SheetOptions, findings: Findings, *, rejected: bool = False
+) -> Sheet:
     """Open `path`, read its header row and return the conversation stream.
+
+    `rejected` (or a `rejected_column` in `options`): the sheet may have a column of rejected
+    replies, the one named `rejected_column` or else the header's third; each reply's is its
+    message's `rejected`. A header with no such column gives `Sheet.rejected` None (the caller
+    decides whether rows without rejected replies will do).
 
     Problems that make the output wrong (a bad header, the separator inside a message, extra
     columns, a broken quote...) are errors; oddities that lose nothing (empty conversations, a
@@ -72,20 +84,29 @@ def open_sheet(path: str | Path, options: SheetOptions, findings: Findings) -> S
     if not options.separator.strip():
         raise OptionError("the separator cannot be empty")
     separator = options.separator.strip()
+    rejected = rejected or options.rejected_column is not None
     if _is_workbook(path):
         from .sheet_xlsx import open_xlsx  # zipfile and xml only for workbooks: 2 MB a process
 
-        source = open_xlsx(path, options.sheet, findings)
+        # with rejected replies, formulas and merges are checked in every column: which one
+        # holds them is known only once the header row is read
+        columns = None if rejected else 2
+        source = open_xlsx(path, options.sheet, findings, columns=columns)
         rows, size, position, delimiter = source.rows, source.size, source.position, None
     else:
         csv_source = open_csv(path, options.encoding, options.delimiter, findings, separator)
         rows, size, position = csv_source.rows, csv_source.size, csv_source.position
         delimiter = csv_source.delimiter
-    actors, width = _read_header(path, rows, separator, findings)
-    if delimiter is None:
-        width = None  # .xlsx rows end at their last stored cell: no width to compare
-    conversations = _conversations(path, rows, actors, separator, width, findings)
-    return Sheet(path, actors, delimiter, conversations, size, position)
+    header = _read_header(
+        path, rows, separator, rejected=rejected, rejected_column=options.rejected_column
+    )
+    width = header.width if delimiter is not None else None  # .xlsx rows end at their last
+    # stored cell: no width to compare
+    conversations = _conversations(
+        path, rows, header.actors, separator, width, findings, header.rejected_index
+    )
+    name = header.names[header.rejected_index] if header.rejected_index is not None else None
+    return Sheet(path, header.actors, delimiter, conversations, size, position, name, header.line)
 
 
 def _is_workbook(path: Path) -> bool:
@@ -134,11 +155,28 @@ def _is_workbook(path: Path) -> bool:
 # -- Layout ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Header:
+    """The header row: the two actors, its cells, and where the rejected replies are."""
+
+    actors: tuple[str, str]
+    names: list[str]  # every cell, stripped
+    width: int  # cells, trailing empty ones included
+    line: int
+    rejected_index: int | None = None  # the rejected replies' column (0-based), if read
+
+
 def _read_header(
-    path: Path, rows: Iterator[Row], separator: str, findings: Findings
-) -> tuple[tuple[str, str], int]:
-    """The two actor names from the first non-blank row (blank rows before it are skipped), and
-    how many cells that row has (trailing empty ones included)."""
+    path: Path,
+    rows: Iterator[Row],
+    separator: str,
+    *,
+    rejected: bool = False,
+    rejected_column: str | None = None,
+) -> Header:
+    """The two actor names from the first non-blank row (blank rows before it are skipped), how
+    many cells that row has (trailing empty ones included), and with `rejected` the column of
+    rejected replies."""
     for line, cells in rows:
         names = [c.strip() for c in cells]
         if not any(names):
@@ -161,13 +199,54 @@ def _read_header(
                 line=line,
                 hint="move the table so that it starts in column A",
             )
-        if len(filled) > 2 or any(names[2:]):
+        rejected_index = None
+        if rejected:
+            rejected_index = _rejected_index(path, line, names, rejected_column)
+            if rejected_index is not None:
+                if len(filled) > 3 or any(
+                    n for i, n in enumerate(names[2:], start=2) if i != rejected_index
+                ):
+                    raise InputError(
+                        f"the header row has {len(filled)} non-empty columns; expected the two"
+                        " actors and the rejected replies' column"
+                        f" (got {', '.join(repr(n) for n in filled)})",
+                        path=path,
+                        line=line,
+                        hint="delete the other columns; the wrong delimiter? give it with"
+                        " --delimiter",
+                    )
+                if names[rejected_index] in names[:2]:
+                    raise InputError(
+                        f"the rejected replies' column is named {names[rejected_index]!r}, as"
+                        " an actor is; it must differ",
+                        path=path,
+                        line=line,
+                    )
+                if _sentence(names[rejected_index]):
+                    raise InputError(
+                        "the first row must name the two actors and the rejected replies'"
+                        " column, but looks like an exchange",
+                        path=path,
+                        line=line,
+                        hint="add a header row such as 'Human;AI;Rejected' above the first"
+                        " exchange",
+                    )
+                filled = [n for n in names[:2] if n]
+        if rejected_index is None and (len(filled) > 2 or any(names[2:])):
+            third = " (a column of rejected replies? --format preference reads it)"
             raise InputError(
                 f"the header row has {len(filled)} non-empty columns; expected exactly two"
                 f" actor names (got {', '.join(repr(n) for n in filled)})",
                 path=path,
                 line=line,
-                hint="the wrong delimiter? give it with --delimiter",
+                hint="the wrong delimiter? give it with --delimiter"
+                + (third if len(filled) == 3 and not rejected else "")
+                + (
+                    "; the rejected replies go in the third column, or in the one named with"
+                    " --rejected-column"
+                    if rejected
+                    else ""
+                ),
             )
         if len(filled) == 1 or len(names) < 2 or not names[0] or not names[1]:
             raise InputError(
@@ -198,11 +277,42 @@ def _read_header(
                 line=line,
                 hint="add a header row such as 'Human;AI' above the first exchange",
             )
-        return (names[0], names[1]), len(cells)
+        return Header((names[0], names[1]), names, len(cells), line, rejected_index)
     raise InputError(
         "no exchanges: the file is empty (row 1 must name the two actors, such as 'Human;AI')",
         path=path,
     )
+
+
+def _rejected_index(
+    path: Path, line: int, names: list[str], rejected_column: str | None
+) -> int | None:
+    """The column of rejected replies: the one named `rejected_column` (its exact name, else
+    the one name that matches ignoring case), or the third one; None when the header has no
+    third name and none was named."""
+    if rejected_column is None:
+        return 2 if len(names) > 2 and names[2] else None
+    wanted = rejected_column.strip()
+    matches = [i for i, n in enumerate(names) if n == wanted] or [
+        i for i, n in enumerate(names) if n and n.casefold() == wanted.casefold()
+    ]
+    if len(matches) != 1:
+        how = "two columns are" if matches else "no column is"
+        raise InputError(
+            f"{how} named {wanted!r} in the header row"
+            f" (it names {', '.join(repr(n) for n in names if n)})",
+            path=path,
+            line=line,
+            hint="give --rejected-column the name of the column of rejected replies",
+        )
+    if matches[0] < 2:
+        raise InputError(
+            f"--rejected-column names {wanted!r}, an actor's column: the rejected replies need a"
+            " column of their own, after the two actors'",
+            path=path,
+            line=line,
+        )
+    return matches[0]
 
 
 def _column(index: int) -> str:
@@ -227,8 +337,12 @@ def _conversations(
     separator: str,
     width: int | None,
     findings: Findings,
+    rejected_index: int | None = None,
 ) -> Iterator[Conversation]:
     """Group rows into conversations; see the module docstring for the rules.
+
+    `rejected_index`: the column of rejected replies, if read. Its cell is one more cell of
+    the row for the separator and blank-row rules; filled, it needs a reply beside it.
 
     `width`: a CSV header row's number of cells. Spreadsheet programs write every row with as
     many cells; a longer row with a reply (`a;b;` under `Human;AI`) may be two rows joined by a
@@ -244,6 +358,7 @@ def _conversations(
     for line, cells in rows:
         # Fast path for the common two-column row; strip and drop trailing empty cells.
         n = len(cells)
+        third = ""  # the rejected reply
         if n == 2:
             first = cells[0].strip()
             second = cells[1].strip()
@@ -254,16 +369,28 @@ def _conversations(
         else:
             first = cells[0].strip()
             second = cells[1].strip() if n > 1 else ""
-            extra = [c.strip() for c in cells[2:] if c.strip()]
+            rest = cells[2:]
+            if rejected_index is not None and n > rejected_index:
+                third = cells[rejected_index].strip()
+                rest = cells[2:rejected_index] + cells[rejected_index + 1 :]
+            extra = [c.strip() for c in rest if c.strip()]
             if extra and not (
                 all(c == separator for c in extra)
                 and first in (separator, "")
                 and second in (separator, "")
+                and third in (separator, "")
             ):
                 findings.error(
                     "extra_columns",
-                    "a row has more than two non-empty cells; only the two actors' columns"
-                    " are read (move or delete the text beyond the second column)",
+                    (
+                        "a row has a non-empty cell outside the actors' and the rejected"
+                        " replies' columns (move or delete it)"
+                        if rejected_index is not None
+                        else "a row has more than two non-empty cells; only the two actors'"
+                        " columns are read (move or delete the text beyond the second column;"
+                        " rejected replies? name their column in the header row and give"
+                        " --format preference)"
+                    ),
                     line,
                     detail=f"extra: {extra[0][:60]!r}",
                 )
@@ -290,12 +417,16 @@ def _conversations(
                     detail=repr(first[:60]),
                 )
                 continue
-        if not first and not second:
+        if not first and not second and not third:
             if current is not None and blank is None:
                 blank = line
             continue
-        if first == separator or second == separator:
-            if (first == separator or not first) and (second == separator or not second):
+        if first == separator or second == separator or third == separator:
+            if (
+                (first == separator or not first)
+                and (second == separator or not second)
+                and (third == separator or not third)
+            ):
                 separators += 1
                 if current is None or not current.messages:
                     findings.warning(
@@ -317,15 +448,24 @@ def _conversations(
                 " conversation must hold nothing but the separator (move the text to its own"
                 " row)",
                 line,
-                detail=(second if first == separator else first)[:80],
+                detail=next(c for c in (first, second, third) if c and c != separator)[:80],
             )
             continue
-        if separator in first or separator in second:
+        if separator in first or separator in second or separator in third:
             findings.error(
                 "separator_in_message",
                 f"the separator {separator!r} appears inside a message; the seed forbids it",
                 line,
-                detail=(first if separator in first else second)[:80],
+                detail=next(c for c in (first, second, third) if separator in c)[:80],
+            )
+            continue
+        if third and not second:
+            findings.error(
+                "rejected_without_reply",
+                f"a rejected reply with no reply beside it in the {actor2!r} column: a rejected"
+                " reply is the worse answer to its row's message, beside the better one",
+                line,
+                detail=third[:60],
             )
             continue
         if second == actor2 and first.lstrip("\ufeff").strip() == actor1:
@@ -358,7 +498,7 @@ def _conversations(
             )
         if second:
             replied = True
-            messages.append(Message("assistant", second, line))
+            messages.append(Message("assistant", second, line, third or None))
     if current is not None and current.messages:
         _finish(current, findings)
         yield current

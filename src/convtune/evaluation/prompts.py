@@ -2,7 +2,10 @@
 
 Each example's reference is its last trained reply: the last assistant message without
 `"weight": 0` (chat), the last `gpt` turn (sharegpt), or the completion (prompt-completion, with
-its leading space and stop separator taken off); the prompt is every message before it. A legacy
+its leading space and stop separator taken off); the prompt is every message before it. A
+preference pair's prompt is its input's messages and its reference the preferred (chosen)
+reply: a model is judged against the answers it was taught to prefer, and teacher forcing
+scores those (its `record` is the chat example of input and preferred reply). A legacy
 prompt (`Human: ...\\nAI: ...\\nHuman: ...\\nAI:`) is turned back into messages by its two actor
 labels, so chat models and models trained on legacy data answer the same prompts (a local legacy
 model renders them back into its protocol). A prompt without those labels (`"Hello there"`, or
@@ -84,6 +87,9 @@ def read_prompts(
         if fmt == "prompt-completion":
             actors = actors or _actors(record)
             messages, reference = _legacy(record, actors)
+        elif fmt == "preference":
+            messages, reference = _pair(record)
+            record = {"messages": [*record["input"]["messages"], *record["preferred_output"]]}
         else:
             messages, reference = _conversation(record, sharegpt=fmt == "sharegpt")
         if not any(role == "user" and content.strip() for role, content in messages):
@@ -109,6 +115,12 @@ def _conversation(record: dict, *, sharegpt: bool) -> tuple[tuple[tuple[str, str
     last = max(i for i, (role, _, weight) in enumerate(turns) if role == "assistant" and weight)
     messages = tuple((role, content) for role, content, _ in turns[:last])
     return messages, turns[last][1]
+
+
+def _pair(record: dict) -> tuple[tuple[tuple[str, str], ...], str]:
+    """A preference pair's input messages, and its preferred reply."""
+    messages = tuple((m["role"], m["content"]) for m in record["input"]["messages"])
+    return messages, record["preferred_output"][0]["content"]
 
 
 def _actors(record: dict) -> tuple[str, str]:

@@ -225,7 +225,7 @@ def _preview(sheet: Path, train: Path, options: PrepareOptions) -> list[dict[str
     numbered.close()  # type: ignore[attr-defined]
     lines: dict[str, int] = {}
     findings = Findings()
-    opened = open_sheet(sheet, options.sheet, findings)
+    opened = open_sheet(sheet, options.sheet, findings, rejected=options.reads_rejected)
     builder = ExampleBuilder(opened.actors, options.examples)
     stream = split_stream(opened.conversations, options.valid_ratio, options.seed)
     try:
