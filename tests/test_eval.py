@@ -91,6 +91,21 @@ def test_the_reference_is_the_last_trained_reply(tmp_path):
     assert third.reference == "b" and third.messages == (("user", "a"),)
 
 
+def test_a_preference_file_asks_its_input_and_expects_the_chosen_reply(tmp_path):
+    options = PrepareOptions(examples=ExampleOptions(format="preference"), valid_ratio=0)
+    report = prepare(ROOT / "examples" / "preferences.csv", tmp_path, options)
+    data = read_prompts(report.outputs[0])
+    assert data.format == "preference" and len(data.prompts) == 22 and not data.unasked
+    first, second = data.prompts[:2]
+    assert first.messages == (("user", "Hi, my order CB-20533 hasn't arrived yet. It's been four"
+                                        " days."),)  # fmt: skip
+    assert first.reference.startswith("Sorry for the wait!")  # preferred, not "Wait."
+    assert [r for r, _ in second.messages] == ["user", "assistant", "user"]
+    assert second.messages[1][1] == first.reference  # the history holds the chosen replies
+    # teacher forcing scores the chosen reply: the record is a chat example of it
+    assert second.record["messages"][-1] == {"role": "assistant", "content": second.reference}
+
+
 def test_legacy_prompts_become_messages_again(tmp_path):
     sheet = tmp_path / "seed.csv"
     sheet.write_text(SEED_SHEET, encoding="utf-8")
@@ -498,6 +513,17 @@ def test_local_and_served_models_in_one_run(tiny, other, valid, tmp_path, capsys
     rows = Rows()
     rows.feed(report.read_text(encoding="utf-8"))
     assert rows.tables["summary"] == 3 and rows.tables["examples"] == 6 and rows.urls == []
+
+
+def test_eval_answers_a_preference_file_with_a_local_model(tiny, tmp_path, capsys):
+    options = PrepareOptions(examples=ExampleOptions(format="preference"), valid_ratio=0)
+    pairs = prepare(ROOT / "examples" / "preferences.csv", tmp_path, options).outputs[0]
+    code = main(["eval", str(tiny), "--data", pairs, "--limit", "3", "--max-tokens", "4",
+                 "--json", "--cache", str(tmp_path / "answers.jsonl")])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = json.loads(captured.out)
+    assert out["examples"] == 3 and out["models"][0]["valid_loss"] > 0
 
 
 def test_remote_faults_are_retried_and_answers_are_never_asked_twice(tmp_path, capsys):
