@@ -218,7 +218,7 @@ def test_check_takes_a_valid_pair_file_with_its_tokens(tmp_path):
          "no preferred_output"),
         (pair(user("x"), "A", " "), "empty_non_preferred_output", "non_preferred_output is empty"),
         (pair(user("x"), "Same", "Same"), "same_outputs", "the same: nothing to prefer"),
-        (pair(user("x") + [{"role": "assistant", "content": "y"}], "A"), "last_not_user",
+        (pair([*user("x"), {"role": "assistant", "content": "y"}], "A"), "last_not_user",
          "last message must be the user's"),
     ],
 )  # fmt: skip
@@ -232,7 +232,7 @@ def test_check_names_the_line_of_each_bad_pair(tmp_path, line, code, words):
 
 
 def test_check_warns_of_supervised_rows_and_refuses_mixed_formats(tmp_path):
-    chat = {"messages": user("x") + [{"role": "assistant", "content": "y"}]}
+    chat = {"messages": [*user("x"), {"role": "assistant", "content": "y"}]}
     rows = [pair(user("a"), "b"), pair(user("c"), "d", None), chat]
     report = check_file(write_jsonl(tmp_path / "p.jsonl", rows))
     supervised = next(f for f in report.findings if f.code == "supervised_row")

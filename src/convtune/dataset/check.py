@@ -31,12 +31,13 @@ CR_LINE_ENDINGS = (
 )
 
 
-PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
+PREFERENCE_KEYS = ("preferred_output", "non_preferred_output")
 
 
 def detect_format(record: object) -> str | None:
-    """The dataset format a record is written in, from its keys (any of preference data's
-    three keys makes it preference data, so that a line missing one is told which)."""
+    """The dataset format a record is written in, from its keys (either of preference data's
+    outputs makes it preference data, so that a line missing the other is told so; `input`
+    alone does not: other tools' `input`/`output` lines are no format of convtune's)."""
     if not isinstance(record, dict):
         return None
     if any(key in record for key in PREFERENCE_KEYS):
@@ -305,7 +306,7 @@ def check_file(
         if line_format is None:
             findings.error(
                 "unknown_format",
-                "no 'messages', 'prompt'/'completion', 'conversations' or 'input' key",
+                "no 'messages', 'prompt'/'completion', 'conversations' or 'preferred_output' key",
                 number,
             )
             continue

@@ -111,7 +111,9 @@ def pair_issue(record: Any) -> Issue | None:
         if not isinstance(message.get("content"), str):
             return Issue("bad_content", f"input message {n}'s content must be text")
     if messages[-1]["role"] != "user":
-        return Issue("last_not_user", "input's last message must be the user's (the outputs answer it)")
+        return Issue(
+            "last_not_user", "input's last message must be the user's (the outputs answer it)"
+        )
     preferred, issue = _output(record, "preferred_output")
     if issue:
         return issue
