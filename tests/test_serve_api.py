@@ -235,7 +235,15 @@ def test_job_requests_are_checked_field_by_field(api, tiny):
         ({"model": str(tiny)}, "training_file"),
         ({**base, "training_file": "file-missing"}, "training_file"),
         ({**base, "training_file": "../../etc/passwd"}, "training_file"),
-        ({**base, "method": {"type": "dpo"}}, "method.type"),
+        ({**base, "method": {"type": "reinforcement"}}, "method.type"),
+        ({**base, "method": {"type": "dpo", "supervised": {}}}, "method.supervised"),
+        (
+            {
+                **base,
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {"beta": 1}}},
+            },
+            "method.supervised.hyperparameters.beta",
+        ),
         ({**base, "hyperparameters": {"n_epochs": "many"}}, "hyperparameters.n_epochs"),
         ({**base, "integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations"),
         ({**base, "convtune": {"model_source": "/etc"}}, "convtune.model_source"),

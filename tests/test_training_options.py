@@ -11,7 +11,7 @@ import pytest
 from convtune.cli.main import cli, main
 from convtune.errors import OptionError
 from convtune.local.training import WORKER_OPTIONS, TrainConfig
-from convtune.server.jobs_api import CreateJob, Hyperparameters, LocalOptions
+from convtune.server.jobs_api import CreateJob, DpoHyperparameters, Hyperparameters, LocalOptions
 from convtune.service.training_options import TrainOptions, refuse_trainer_options, specs
 
 
@@ -28,9 +28,14 @@ def test_cli_server_and_trainer_accept_the_same_set():
         "validation_file", "model", "suffix", "seed", "metadata_items", "detach", "no_reuse",
         "backend", "base_url", "api_key",
     }  # fmt: skip
-    # the server: OpenAI's hyperparameters, and convtune's own body without what a client of
-    # a shared server may not choose (how many processes train)
-    served = set(Hyperparameters.model_fields) | set(LocalOptions.model_fields)
+    # the server: OpenAI's method and hyperparameters (beta in method.dpo's), and convtune's own
+    # body without what a client of a shared server may not choose (how many processes train)
+    served = (
+        {"method"}
+        | set(DpoHyperparameters.model_fields)
+        | set(Hyperparameters.model_fields)
+        | set(LocalOptions.model_fields)
+    )
     assert served == {n for n, s in specs().items() if s.api}
     assert options - served == {"nproc_per_node"}
     # the trainer: every option reaches TrainConfig, or is the worker's (tokenizing, processes)

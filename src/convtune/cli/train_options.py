@@ -79,6 +79,6 @@ def given_trainer_options(ctx: click.Context) -> list[str]:
     return [
         name
         for name, spec in specs().items()
-        if not spec.hyperparameter
+        if not (spec.hyperparameter or spec.method)
         and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
     ]

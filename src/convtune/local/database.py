@@ -66,6 +66,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE jobs ADD COLUMN launching_until INTEGER
         """,
     ),
+    (
+        "m004_method",
+        """
+        ALTER TABLE jobs ADD COLUMN method TEXT NOT NULL DEFAULT 'supervised'
+        """,
+    ),
 ]
 
 
@@ -162,6 +168,7 @@ def job_from_row(row: sqlite3.Row) -> Job:
         suffix=row["suffix"],
         estimated_finish=row["estimated_finish"],
         metadata=json.loads(row["metadata"]) if row["metadata"] else None,
+        method=row["method"],
     )
 
 

@@ -63,6 +63,7 @@ class LocalJobs(Jobs):
             seed=request.seed if request.seed is not None else int.from_bytes(os.urandom(3), "big"),
             suffix=request.suffix,
             metadata=request.metadata,
+            method=request.options.method,
         )
         spec = JobSpec(options=request.options, model_source=base.source, base_name=base.name)
         self.service.store.add_job(job, spec)

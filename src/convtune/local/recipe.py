@@ -67,16 +67,19 @@ class FineTuneRecipe:
         ref = resolve_base_model(run.spec.model_source or run.job.model)
         self.model, self.tokenizer, _ = load_base_model(ref)
         self.fmt, self.actors = format_and_actors(self.train_path)
+        if self.fmt == "preference":  # the model answers in chat, as it was trained
+            self.fmt = "chat"
         self.check = AnswerCheck.start(
             run, self.valid_path, self.model, self.tokenizer, self.fmt, self.actors
         )
         max_length = options.max_length
-        self.train_examples, stats = tokenize_file(
+        tokenize = _tokenize_pairs if options.method == "dpo" else tokenize_file
+        self.train_examples, stats = tokenize(
             self.train_path, self.tokenizer, max_length=max_length
         )
         self.valid_examples = None
         if self.valid_path is not None:
-            self.valid_examples, _ = tokenize_file(
+            self.valid_examples, _ = tokenize(
                 self.valid_path, self.tokenizer, max_length=max_length
             )
         if stats.truncated:
@@ -97,11 +100,13 @@ class FineTuneRecipe:
         checkpoints = run.store.list_checkpoints(run.job_id)
         self.resume_from = checkpoints[0][1] if run.resume and checkpoints else None
         self.start_step = checkpoints[0][0].step_number if self.resume_from else 0
+        what = "preference pair" if options.method == "dpo" else "example"
         run.event(
-            f"Training {run.job.model} on {counted(n, 'example')}"
+            f"Training {run.job.model} on {counted(n, what)}"
             f" ({stats.trained_tokens:,} tokens with a loss), {counted(config.n_epochs, 'epoch')},"
             f" batch size {config.batch_size}, "
             + ("LoRA" if config.lora else "full fine-tune")
+            + (f", DPO with beta {config.beta:g}" if config.method == "dpo" else "")
             + (f", resuming from step {self.start_step}" if self.resume_from else "")
         )
         self.rows = self.earlier_metrics(self.start_step)  # the results file covers the job
@@ -201,3 +206,11 @@ class FineTuneRecipe:
         return Saved(
             target / "merged", target / "adapter", self.fmt, self.actors, int(trained), self.rows
         )
+
+
+def _tokenize_pairs(path: Path, tokenizer: Any, *, max_length: int):
+    """A preference file's pairs as token ids (`tokenize_file`'s counterpart for DPO)."""
+    from ..dataset.preference import read_pairs
+    from .training.dpo import tokenize_pairs
+
+    return tokenize_pairs(read_pairs(path), tokenizer, max_length=max_length)

@@ -85,8 +85,8 @@ class Store(Database):
     def add_job(self, job: Job, spec: JobSpec) -> None:
         self.db.execute(
             """INSERT INTO jobs (id, created_at, model, training_file, validation_file, status,
-               hyperparameters, seed, suffix, metadata, options, launching_until)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?)""",
+               hyperparameters, seed, suffix, metadata, options, launching_until, method)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 job.id,
                 job.created_at,
@@ -100,6 +100,7 @@ class Store(Database):
                 json.dumps(job.metadata) if job.metadata is not None else None,
                 json.dumps(spec.to_json()),
                 now() + LAUNCH_GRACE,  # its worker is about to start: not crashed meanwhile
+                job.method,
             ),
         )
 

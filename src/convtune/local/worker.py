@@ -21,7 +21,7 @@ from ..dataset.check import check_file
 from ..dataset.findings import first_error
 from ..metrics.results_csv import write_results
 from ..service.objects import JobError
-from ..service.training_options import TrainOptions
+from ..service.training_options import TrainOptions, method_data_problem
 from ..state.digest import file_sha256
 from ..state.home import data_dir
 from .database import database_path
@@ -119,6 +119,11 @@ class JobRun:
             # the format's own default model counts the tokens, as `convtune check` does: only
             # the errors matter here, and they do not depend on a model
             report = check_file(path, training=role == "training_file")
+            mismatch = method_data_problem(self.spec.options.method, report.format)
+            if mismatch is not None:
+                raise Invalid(
+                    f"invalid {role.replace('_', ' ')} {getattr(job, role)}: {mismatch}", role
+                )
             first = first_error(report.findings)
             if first is not None:
                 more = first.more_text()

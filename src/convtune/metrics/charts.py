@@ -132,7 +132,8 @@ def loss_figure(
     title: str | None = None,
 ) -> Figure:
     """Training loss per step (raw, and smoothed once there are enough steps), validation loss
-    as points, epoch boundaries as dotted lines; steps on x, loss in nats per token on y."""
+    as points, epoch boundaries as dotted lines; steps on x, loss in nats per token on y. A DPO
+    job's figure has a second panel: its reward margin and reward accuracy (`_reward_panel`)."""
     from matplotlib.lines import Line2D
 
     if isinstance(metrics, JobMetrics):
@@ -148,7 +149,10 @@ def loss_figure(
     if not train and not valid and not full:
         raise NoMetrics("no loss values to plot")
     fig = new_figure()
-    ax = fig.add_subplot()
+    rewarded = any("train_reward_margin" in r or "valid_reward_margin" in r for r in rows)
+    if rewarded:
+        fig.set_size_inches(SIZE[0], SIZE[1] * 1.7)
+    ax = fig.add_subplot(2, 1, 1) if rewarded else fig.add_subplot()
     style(ax)
     top = _ceiling([v for _, v in train], [v for _, v in (*valid, *full)])
 
@@ -239,7 +243,42 @@ def loss_figure(
     if last_valid:
         parts.append(f"last validation loss {last_valid[1]:.3f} (step {last_valid[0]:,})")
     titles(fig, ax, heading, parts)
+    if rewarded:
+        _reward_panel(fig.add_subplot(2, 1, 2, sharex=ax), rows, ends, first, last)
     return fig
+
+
+def _reward_panel(ax, rows: list[dict[str, Any]], ends: list[int], first: int, last: int) -> None:
+    """DPO's measures per step: the reward margin (beta x how much more the fine-tune prefers
+    the preferred reply than the reference did; above 0 is learning) on the left axis, the
+    share of pairs with a positive margin (reward accuracy) on the right."""
+    style(ax)
+    for key, colour, label, marker in (
+        ("train_reward_margin", TRAIN, "training reward margin (each step)", None),
+        ("valid_reward_margin", VALID, "validation reward margin", "o"),
+    ):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, color=colour, marker=marker, linewidth=1.4, label=label)
+    ax.axhline(0, color=GREY, linewidth=0.8)
+    ax.set_ylabel("reward margin (nats x beta)")
+    ax.set_xlabel("training step (one optimizer update per batch)")
+    _epochs(ax, [e for e in ends if first <= e < last], first, last)
+    share = ax.twinx()
+    for key, colour, label in (
+        ("train_reward_accuracy", TRAIN, "training reward accuracy"),
+        ("valid_reward_accuracy", VALID, "validation reward accuracy"),
+    ):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            steps, values = zip(*points, strict=True)
+            share.plot(steps, values, color=colour, linestyle=":", linewidth=1.2, label=label)
+    share.set_ylim(-0.02, 1.02)
+    share.set_ylabel("reward accuracy (share of pairs)")
+    handles = ax.get_legend_handles_labels()[0] + share.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.9)
+    ax.set_title("Preference (DPO): reward margin and accuracy", fontsize=10, loc="left")
 
 
 def _epochs(ax, ends: list[int], first: int, last: int) -> None:

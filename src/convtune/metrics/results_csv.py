@@ -30,6 +30,14 @@ METRICS = (
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
     "epoch",
+    *(
+        REWARDS := (  # DPO's: a local DPO job's results CSV has these columns too
+            "train_reward_accuracy",
+            "train_reward_margin",
+            "valid_reward_accuracy",
+            "valid_reward_margin",
+        )
+    ),
 )
 _ALIASES = {"train_accuracy": "train_mean_token_accuracy"}
 _BASE64 = re.compile(rb"^[A-Za-z0-9+/\s]+={0,2}\s*$")
@@ -37,10 +45,12 @@ _BASE64 = re.compile(rb"^[A-Za-z0-9+/\s]+={0,2}\s*$")
 
 def write_results(rows: Iterable[Mapping[str, Any]]) -> str:
     """The results CSV of metrics rows (events' names): one line per row, empty cells for the
-    steps without a validation loss."""
+    steps without a validation loss; a DPO job's rows add the reward columns."""
+    rows = list(rows)
+    rewards = [name for name in REWARDS if any(name in r for r in rows)]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow([*COLUMNS, *rewards])
     for r in rows:
         writer.writerow(
             [
@@ -49,6 +59,7 @@ def write_results(rows: Iterable[Mapping[str, Any]]) -> str:
                 r.get("train_mean_token_accuracy"),
                 r.get("valid_loss", ""),
                 r.get("valid_mean_token_accuracy", ""),
+                *(r.get(name, "") for name in rewards),
             ]
         )
     return out.getvalue()

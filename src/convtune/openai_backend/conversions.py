@@ -54,6 +54,7 @@ def to_job(j) -> Job:
         estimated_finish=data.get("estimated_finish"),
         metadata=data.get("metadata"),
         organization_id=data.get("organization_id") or "",
+        method=method.get("type") or "supervised",
     )
 
 

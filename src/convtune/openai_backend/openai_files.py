@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 from ..dataset.check import check_file
 from ..dataset.findings import counted, first_error
 from ..dataset.report import OPENAI_MIN_EXAMPLES
-from ..errors import ConvtuneError, NotFound, TransientError
+from ..errors import ConvtuneError, InputError, NotFound, TransientError
 from ..metrics.results_csv import decode_base64_results
 from ..service.contract import Files, UploadProgress
 from ..service.objects import FileObject
+from ..service.training_options import method_data_problem
 from ..state.digest import file_sha256
 from .conversions import ProgressReader, to_file
 
@@ -178,7 +179,7 @@ class OpenAIFiles(Files):
         unchanged = (stat.st_size, stat.st_mtime_ns) == (recorded["bytes"], recorded["mtime_ns"])
         return path if unchanged else None
 
-    def check_uploaded(self, file_id: str, *, training: bool) -> None:
+    def check_uploaded(self, file_id: str, *, training: bool, method: str = "supervised") -> None:
         """Refuse a file with errors (or, for OpenAI, too few examples) before a job uses it.
 
         The file is read where it was uploaded from, if convtune uploaded it and it has not
@@ -190,7 +191,7 @@ class OpenAIFiles(Files):
             # errors and the number of examples, all `_refuse` reads, do not depend on
             # `training`: a report from the upload serves
             report = self._checked.get(recorded["sha256"]) or check_file(path, training=training)
-            self._refuse(report, path, training)
+            self._refuse(report, path, training, method)
             return
         try:
             content = self.raw_content(file_id)
@@ -206,10 +207,12 @@ class OpenAIFiles(Files):
             copy.write_bytes(content)
             report = check_file(copy, training=training)
         report.path = name
-        self._refuse(report, Path(name), training)
+        self._refuse(report, Path(name), training, method)
 
-    def _refuse(self, report, path: Path, training: bool) -> None:
+    def _refuse(self, report, path: Path, training: bool, method: str = "supervised") -> None:
         _refuse_errors(report, path)
+        if (problem := method_data_problem(method, report.format)) is not None:
+            raise InputError(problem, path=path)
         if training and self.service.is_openai and report.examples < OPENAI_MIN_EXAMPLES:
             raise ConvtuneError(
                 f"{counted(report.examples, 'example')}: OpenAI refuses to train on fewer than"

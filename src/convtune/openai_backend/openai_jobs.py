@@ -28,20 +28,20 @@ class OpenAIJobs(Jobs):
         metadata = dict(request.metadata or {})
         for key in set(metadata) & set(self.service.tag):
             raise OptionError(f"the metadata key {key} is convtune's own tag")
-        self.service.files.check_uploaded(request.training_file, training=True)
+        method = request.options.method
+        self.service.files.check_uploaded(request.training_file, training=True, method=method)
         if request.validation_file:
-            self.service.files.check_uploaded(request.validation_file, training=False)
+            self.service.files.check_uploaded(
+                request.validation_file, training=False, method=method
+            )
         params: dict[str, Any] = {"model": request.model, "training_file": request.training_file}
         if request.validation_file:
             params["validation_file"] = request.validation_file
         hyperparameters = {
             k: v for k, v in request.options.requested_hyperparameters().items() if v != "auto"
         }
-        if hyperparameters:
-            params["method"] = {
-                "type": "supervised",
-                "supervised": {"hyperparameters": hyperparameters},
-            }
+        if hyperparameters or method != "supervised":
+            params["method"] = {"type": method, method: {"hyperparameters": hyperparameters}}
         if request.suffix is not None:
             params["suffix"] = request.suffix
         if request.seed is not None:

@@ -28,7 +28,7 @@ from pydantic import (
 
 from ..errors import ConvtuneError, OptionError
 from ..service.contract import JobRequest
-from ..service.training_options import Spec, TrainOptions, specs
+from ..service.training_options import METHODS, Spec, TrainOptions, specs
 from . import ids, list_envelope
 from .context import Context
 from .errors import APIError, from_library
@@ -61,11 +61,18 @@ def _options_model(name: str, wanted: Callable[[Spec], bool], doc: str) -> type[
 
 
 Hyperparameters = _options_model(
-    "Hyperparameters", lambda s: s.hyperparameter, "OpenAI's hyperparameters."
+    "Hyperparameters",
+    lambda s: s.hyperparameter and s.only_for is None,
+    "OpenAI's hyperparameters (supervised, and at the top level).",
+)
+DpoHyperparameters = _options_model(
+    "DpoHyperparameters",
+    lambda s: s.hyperparameter and s.only_for in (None, "dpo"),
+    "OpenAI's DPO hyperparameters: the supervised ones and beta.",
 )
 LocalOptions = _options_model(
     "LocalOptions",
-    lambda s: s.api and not s.hyperparameter,
+    lambda s: s.api and not (s.hyperparameter or s.method),
     "convtune's trainer options, as `convtune train` has them (what a client may set).",
 )
 
@@ -74,10 +81,14 @@ class Supervised(_Body):
     hyperparameters: Hyperparameters | None = None
 
 
+class Dpo(_Body):
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(_Body):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: Supervised | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: Dpo | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -197,21 +208,28 @@ def _metadata_filter(request: Request) -> tuple[dict[str, str] | None, bool]:
 
 async def _job_request(ctx: Context, body: CreateJob) -> JobRequest:
     """OpenAI's body as the service's `JobRequest`; what convtune cannot honour is a 400."""
-    if body.method is not None and body.method.type != "supervised":
+    method = body.method.type if body.method is not None else "supervised"
+    if method not in METHODS:
         raise APIError(
             400,
-            f"Fine-tuning method {body.method.type!r} is not available: convtune trains"
-            " supervised only.",
+            f"Fine-tuning method {method!r} is not available: convtune trains"
+            f" {' and '.join(METHODS)}.",
             param="method.type",
             code="unsupported_value",
         )
-    method_hp = (
-        body.method.supervised.hyperparameters if body.method and body.method.supervised else None
-    )
+    for other in ("supervised", "dpo", "reinforcement"):
+        if other != method and getattr(body.method, other, None) is not None:
+            raise APIError(
+                400,
+                f"method.{other} is given but method.type is {method!r}.",
+                param=f"method.{other}",
+            )
+    section = getattr(body.method, method, None) if body.method is not None else None
+    method_hp = section.hyperparameters if section is not None else None
     if method_hp is not None and body.hyperparameters is not None:
         raise APIError(
             400,
-            "Give hyperparameters in method.supervised.hyperparameters or at the top level,"
+            f"Give hyperparameters in method.{method}.hyperparameters or at the top level,"
             " not both.",
             param="hyperparameters",
         )
@@ -233,6 +251,7 @@ async def _job_request(ctx: Context, body: CreateJob) -> JobRequest:
             error = from_library(exc, param=param)
             raise APIError(400, f"Invalid {param}: {exc}", param=param, code=error.code) from None
     given = {
+        "method": method,
         **(hp.model_dump(exclude_none=True) if hp is not None else {}),
         **(body.convtune.model_dump(exclude_none=True) if body.convtune else {}),
     }

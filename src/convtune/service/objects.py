@@ -77,6 +77,7 @@ class Job:
     estimated_finish: int | None = None
     metadata: dict[str, str] | None = None
     organization_id: str = "convtune"
+    method: str = "supervised"  # OpenAI's method.type: supervised or dpo
     object: str = "fine_tuning.job"
 
     @property
@@ -88,8 +89,8 @@ class Job:
         data.pop("suffix")
         data["integrations"] = []
         data["method"] = {
-            "type": "supervised",
-            "supervised": {"hyperparameters": dict(self.hyperparameters)},
+            "type": self.method,
+            self.method: {"hyperparameters": dict(self.hyperparameters)},
         }
         return data
 

@@ -6,8 +6,9 @@ command-line flags: `convtune train`'s options (`cli/train_options.py`), the req
 (`local/worker.py`), and the trainer's configuration (`local/training/config.py`). A field's
 `Spec` carries its help, its type and range, and where it applies:
 
-- `hyperparameter`: one of OpenAI's three (`n_epochs`, `batch_size`,
-  `learning_rate_multiplier`), "auto" or a value, which every backend takes;
+- `hyperparameter`: one of OpenAI's (`n_epochs`, `batch_size`, `learning_rate_multiplier`, and
+  `beta` for DPO), "auto" or a value, which every backend takes;
+- `method`: OpenAI's fine-tuning method (`supervised` or `dpo`), which every backend takes;
 - otherwise a trainer option of the local backend, which the openai backend refuses;
 - `api`: whether a client of `convtune serve` may set it (a request cannot choose how many
   processes train on the server's machine).
@@ -25,6 +26,8 @@ from typing import Any
 from ..errors import OptionError
 
 AUTO = "auto"
+METHODS = ("supervised", "dpo")  # the fine-tuning methods convtune trains (OpenAI's names)
+DPO_BETA = 0.1  # beta's "auto": TRL's default and the DPO paper's
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Spec:
     auto: bool = False  # "auto" is a value: the backend chooses (OpenAI's hyperparameters)
     nullable: bool = False  # None is a value: no limit
     hyperparameter: bool = False  # one of OpenAI's hyperparameters: every backend takes it
+    method: bool = False  # OpenAI's `method.type`: every backend takes it
+    only_for: str | None = None  # the method this hyperparameter belongs to (beta: dpo)
     api: bool = True  # a client of `convtune serve` may set it
 
     def problem(self, name: str, value: Any) -> str | None:
@@ -112,6 +117,26 @@ class TrainOptions:
         auto=True,
         hyperparameter=True,
     )
+    method: str = _option(
+        "supervised",
+        "supervised: learn the replies (chat, prompt-completion or sharegpt data); dpo: learn to"
+        " prefer one reply over another (preference data, `prepare --format preference`), as"
+        " OpenAI's preference fine-tuning.",
+        str,
+        choices=METHODS,
+        method=True,
+    )
+    beta: float | str = _option(
+        AUTO,
+        "DPO only: how far the fine-tune may move from the base model to prefer the preferred"
+        " replies (higher: closer to the base), or auto: 0.1, TRL's and the DPO paper's value.",
+        float,
+        low=1e-6,
+        high=100.0,
+        auto=True,
+        hyperparameter=True,
+        only_for="dpo",
+    )
     lora_r: int = _option(16, "LoRA rank.", int, low=1, high=1024)
     lora_alpha: int = _option(
         32, "LoRA alpha (the adapters' scale is alpha / rank).", int, low=1, high=4096
@@ -160,6 +185,9 @@ class TrainOptions:
             for name, spec in specs().items()
             if (problem := spec.problem(name, getattr(self, name))) is not None
         ]
+        for name, spec in specs().items():
+            if spec.only_for and self.method != spec.only_for and getattr(self, name) != AUTO:
+                problems.append(f"{name} applies to method {spec.only_for} only")
         if problems:
             raise OptionError("; ".join(problems))
 
@@ -179,19 +207,44 @@ class TrainOptions:
         return dataclasses.asdict(self)
 
     def requested_hyperparameters(self) -> dict[str, Any]:
-        """OpenAI's three as the user gave them ("auto" or a value), as OpenAI's
-        `method.supervised.hyperparameters` has them; a job's resolved ones are its trainer
-        configuration's (`TrainConfig.resolved_hyperparameters`)."""
-        return {n: getattr(self, n) for n, s in specs().items() if s.hyperparameter}
+        """OpenAI's hyperparameters as the user gave them ("auto" or a value), as OpenAI's
+        `method.<type>.hyperparameters` has them (beta for DPO only); a job's resolved ones are
+        its trainer configuration's (`TrainConfig.resolved_hyperparameters`)."""
+        return {
+            n: getattr(self, n)
+            for n, s in specs().items()
+            if s.hyperparameter and s.only_for in (None, self.method)
+        }
 
     def trainer_options(self) -> dict[str, Any]:
-        """The local trainer's options (everything but the hyperparameters)."""
-        return {n: getattr(self, n) for n, s in specs().items() if not s.hyperparameter}
+        """The local trainer's options (everything but the hyperparameters and the method)."""
+        return {
+            n: getattr(self, n) for n, s in specs().items() if not (s.hyperparameter or s.method)
+        }
 
     def changed_trainer_options(self) -> list[str]:
         """The trainer options set to something else than their default."""
         defaults = TrainOptions()
         return [n for n, v in self.trainer_options().items() if v != getattr(defaults, n)]
+
+
+METHOD_FORMATS = {  # the data each method trains on (`convtune check` detects the format)
+    "supervised": ("chat", "prompt-completion", "sharegpt"),
+    "dpo": ("preference",),
+}
+
+
+def method_data_problem(method: str, fmt: str | None) -> str | None:
+    """Why a file of format `fmt` cannot train with `method` (None: it can, or the format is
+    unknown, which the file's own check reports)."""
+    if fmt is None or fmt in METHOD_FORMATS.get(method, (fmt,)):
+        return None
+    if method == "dpo":
+        return (
+            f"DPO trains on preference pairs, not {fmt} examples"
+            " (make them with convtune prepare --format preference)"
+        )
+    return f"{method} fine-tuning trains on chat examples, not {fmt} data (use --method dpo)"
 
 
 def specs() -> dict[str, Spec]:
@@ -215,7 +268,7 @@ def refuse_trainer_options(
         raise OptionError(
             f"{listed}: options of the local backend only, not of the {backend} backend",
             hint="OpenAI's parameters are n_epochs, batch_size, learning_rate_multiplier,"
-            " suffix, seed and metadata",
+            " method, beta (dpo), suffix, seed and metadata",
         )
 
 

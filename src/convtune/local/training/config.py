@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ...errors import OptionError
-from ...service.training_options import AUTO, TrainOptions, default, specs
+from ...service.training_options import AUTO, DPO_BETA, TrainOptions, default, specs
 from .attention import ATTENTION_CHOICES
 from .losses import CROSS_ENTROPY
 
@@ -34,6 +34,10 @@ AUTO_PASSES = 400  # examples trained per run: 4 epochs of 100 examples
 AUTO_EPOCHS = (3, 8)  # fewest and most epochs auto gives
 AUTO_MULTIPLIER = 10.0  # x the LoRA base rate: 2e-3
 AUTO_STEP_EXAMPLES = 25  # examples per step in auto: 1 per 25 examples, from 2 to 8
+# DPO moves a model that already answers: its auto rate is the LoRA base rate (2e-4; TRL's DPO
+# examples use 5e-6 to 5e-5 for full fine-tunes), measured by tests/test_dpo.py's learning test
+# and bench/quality.py's dpo recipe
+AUTO_DPO_MULTIPLIER = 1.0
 
 
 def auto_epochs(n_examples: int) -> int:
@@ -134,6 +138,8 @@ class TrainConfig:
         },
     )
     quantize_base: str = _option("quantize_base")
+    method: str = _option("method")
+    beta: float = _option("beta", DPO_BETA)
 
     def __post_init__(self) -> None:
         problems = []
@@ -142,7 +148,7 @@ class TrainConfig:
             if option is None:
                 continue
             value = getattr(self, f.name)
-            if value == AUTO and option in ("n_epochs", "batch_size"):
+            if value == AUTO and option in ("n_epochs", "batch_size", "beta"):
                 problems.append(f"{f.name} must be a number here: resolve 'auto' first")
             elif (problem := specs()[option].problem(f.name, value)) is not None:
                 problems.append(problem)
@@ -174,8 +180,9 @@ class TrainConfig:
         full fine-tune). `trainer` sets the trainer-only fields."""
         lora = not options.full
         multiplier = options.learning_rate_multiplier
+        dpo = options.method == "dpo"
         if multiplier == AUTO:
-            multiplier = AUTO_MULTIPLIER if lora else 1.0
+            multiplier = AUTO_DPO_MULTIPLIER if dpo else AUTO_MULTIPLIER if lora else 1.0
         return cls(
             n_epochs=auto_epochs(examples) if options.n_epochs == AUTO else options.n_epochs,
             batch_size=(
@@ -189,6 +196,8 @@ class TrainConfig:
             max_steps=options.max_steps,
             precision=options.precision,
             quantize_base=options.quantize_base,
+            method=options.method,
+            beta=DPO_BETA if options.beta == AUTO else options.beta,
             seed=seed,
             **trainer,
         )
@@ -208,11 +217,14 @@ class TrainConfig:
             )
         if options.learning_rate_multiplier == AUTO:
             what = "LoRA" if self.lora else "a full fine-tune"
+            what = f"DPO with {what}" if self.method == "dpo" else what
             multiplier = self.resolved_hyperparameters()["learning_rate_multiplier"]
             said.append(
                 f"learning_rate_multiplier {multiplier:g} ({what}: a learning rate of"
                 f" {self.learning_rate:g})"
             )
+        if self.method == "dpo" and options.beta == AUTO:
+            said.append(f"beta {self.beta:g} (TRL's and the DPO paper's)")
         return said
 
     def resolved_hyperparameters(self) -> dict[str, Any]:
@@ -220,11 +232,14 @@ class TrainConfig:
         multiplier = self.learning_rate_multiplier  # as resolved, not divided back
         if multiplier is None:  # a configuration made with a learning rate of its own
             multiplier = self.learning_rate / BASE_LEARNING_RATE[self.lora]
-        return {
+        resolved: dict[str, Any] = {
             "n_epochs": self.n_epochs,
             "batch_size": self.batch_size,
             "learning_rate_multiplier": round(multiplier, 12),
         }
+        if self.method == "dpo":
+            resolved["beta"] = self.beta
+        return resolved
 
 
 @dataclass
@@ -238,6 +253,12 @@ class StepMetrics:
     valid_mean_token_accuracy: float | None
     tokens_per_second: float  # input tokens of this step (all processes) per second of training
     learning_rate: float
+    # DPO only: the share of pairs whose preferred reply the model prefers more than the
+    # reference does (reward accuracy), and the mean reward margin, beta x the log-ratio gap
+    train_reward_accuracy: float | None = None
+    train_reward_margin: float | None = None
+    valid_reward_accuracy: float | None = None
+    valid_reward_margin: float | None = None
 
 
 @dataclass

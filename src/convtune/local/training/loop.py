@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,12 @@ def train(
                         hint="attention varlen, flash or flex, on a GPU",
                     )
                 compile_layers(core_model(model))
-            return TrainingLoop(model, train, valid, config, ctx).run(
+            loop = TrainingLoop
+            if config.method == "dpo":  # preference pairs (`dpo.tokenize_pairs`), not examples
+                from .dpo import PreferenceLoop
+
+                loop = PreferenceLoop
+            return loop(model, train, valid, config, ctx).run(
                 on_metrics, on_epoch_end, should_stop, resume, on_stop
             )
     finally:
@@ -151,14 +156,26 @@ class _Context:
         return torch.autocast(self.device.type, dtype=self.precision)
 
 
+@dataclass
+class Measured:
+    """A step's (or a validation's) figures: the loss, the accuracy, the tokens, and what else
+    the method measures (`extra`, StepMetrics' fields without their train_/valid_ prefix)."""
+
+    loss: float | None = None
+    accuracy: float | None = None
+    loss_tokens: float = 0
+    tokens: float = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
 class TrainingLoop:
     """One run's steps, from its first (or resumed) step to its last or to a stop."""
 
     def __init__(self, model, train, valid, config, ctx: _Context) -> None:
         self.model, self.config, self.dist, self.ctx = model, config, ctx.dist, ctx
         device = ctx.device
-        self.train_set = Examples(train)
-        self.valid_set = Examples(valid) if valid else None
+        self.train_set = self._dataset(train)
+        self.valid_set = self._dataset(valid) if valid else None
         self.rows_per_step = self.train_set.rows_per_step(config.batch_size)
         self.steps_per_epoch = math.ceil(len(self.train_set) / self.rows_per_step)
         self.total_steps = config.max_steps or config.n_epochs * self.steps_per_epoch
@@ -193,25 +210,24 @@ class TrainingLoop:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(config.seed * 1_000_003 + step * 1_009 + dist.rank)  # dropout
-            sums = self._step(batch)
-            loss_sum, correct, count, step_tokens = dist.sum(sums)
+            measured = self._measure(dist.sum(self._step(batch)))
             elapsed = time.perf_counter() - started
             step += 1
             seconds += elapsed
-            tokens += int(step_tokens)
-            loss_tokens += int(count)
-            train_loss = loss_sum / max(count, 1)
+            tokens += int(measured.tokens)
+            loss_tokens += int(measured.loss_tokens)
+            train_loss = measured.loss
             epoch_end = step % self.steps_per_epoch == 0
-            valid = (None, None)
+            valid = Measured()
             if self.valid_set is not None:
                 # the whole set at the end (OpenAI's full validation loss); a batch at each
                 # epoch end and every `eval_every` steps: the whole set each epoch cost a tenth
                 # of a short run's time on a CPU, and the answers, not the loss, choose the model
                 if step == self.total_steps:
-                    valid = _evaluate(self.model, self.valid_set, self.valid_set.all(), self.ctx)
-                    valid_loss = valid[0]
+                    valid = self._validate(self.valid_set.all())
+                    valid_loss = valid.loss
                 elif epoch_end or step % self.eval_every == 0:
-                    valid = _evaluate(self.model, self.valid_set, self._valid_batch(), self.ctx)
+                    valid = self._validate(self._valid_batch())
             if dist.rank == 0:
                 on_metrics(
                     StepMetrics(
@@ -219,11 +235,13 @@ class TrainingLoop:
                         total_steps=self.total_steps,
                         epoch=step / self.steps_per_epoch,
                         train_loss=train_loss,
-                        train_mean_token_accuracy=correct / max(count, 1),
-                        valid_loss=valid[0],
-                        valid_mean_token_accuracy=valid[1],
-                        tokens_per_second=step_tokens / elapsed,
+                        train_mean_token_accuracy=measured.accuracy,
+                        valid_loss=valid.loss,
+                        valid_mean_token_accuracy=valid.accuracy,
+                        tokens_per_second=measured.tokens / elapsed,
                         learning_rate=lr,
+                        **{f"train_{k}": v for k, v in measured.extra.items()},
+                        **{f"valid_{k}": v for k, v in valid.extra.items()},
                     )
                 )
                 if epoch_end:
@@ -298,6 +316,20 @@ class TrainingLoop:
             "lora": c.lora,
             "total_steps": self.total_steps,
         }
+
+    # -- what a method changes: its data, its step, what it measures ------------------------------
+
+    def _dataset(self, examples: list[TokenizedExample]) -> Examples:
+        return Examples(examples)
+
+    def _measure(self, sums: list[float]) -> Measured:
+        """A step's figures from `_step`'s sums (added over ranks)."""
+        loss_sum, correct, count, step_tokens = sums
+        return Measured(loss_sum / max(count, 1), correct / max(count, 1), count, step_tokens)
+
+    def _validate(self, indices: list[int]) -> Measured:
+        loss, accuracy = _evaluate(self.model, self.valid_set, indices, self.ctx)
+        return Measured(loss, accuracy)
 
     def _step(self, batch: list[int]) -> list[float]:
         """Forward and backward over the batch (this rank's share), then the optimizer's step."""
