@@ -216,3 +216,15 @@ def test_all_moves_every_fine_tune_and_one_that_stops_does_not_stop_the_others(t
         "gpt-4o-mini-2024-07-18-acme-One",
         "gpt-4o-mini-2024-07-18-acme-Two",
     ]
+
+
+def test_a_dpo_fine_tune_is_retrained_with_dpo_and_its_beta():
+    from convtune.migration.steps import mapped_options
+
+    dpo = {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": 0.5, "beta": 0.3}
+    kept = mapped_options(dpo, "openai", "dpo")
+    assert (kept.method, kept.n_epochs, kept.batch_size, kept.beta) == ("dpo", 2, "auto", 0.3)
+    assert kept.learning_rate_multiplier == "auto"  # OpenAI's is relative to its own base rate
+    assert mapped_options(dpo, "auto", "dpo") == TrainOptions(method="dpo")
+    supervised = mapped_options({"n_epochs": 3, "batch_size": 8}, "openai")
+    assert (supervised.method, supervised.n_epochs, supervised.beta) == ("supervised", 3, "auto")

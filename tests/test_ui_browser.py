@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EXAMPLE
+from .conftest import EXAMPLE, ROOT
 from .servers import serve
 from .tiny_models import make_tiny_model
 
@@ -33,6 +33,7 @@ ARGS = [
 LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 STEPS = 200
+PREFERENCES = ROOT / "examples" / "preferences.csv"
 BAD_QUOTE = b'Human;AI\nHello;Hi there\n"Broken;oops\nGood;Fine\n'
 
 
@@ -149,6 +150,8 @@ def test_the_whole_flow_in_a_browser(tab, served, tiny, shots):
     epochs = page.get_by_label("Epochs", exact=True)
     expect(epochs).to_have_attribute("max", "50")
     assert page.locator("#option-nproc_per_node").count() == 0  # not for clients
+    expect(page.get_by_label("Method", exact=True)).to_have_value("supervised")
+    expect(page.locator("#option-beta")).to_be_hidden()  # DPO's: shown when dpo is chosen
     page.get_by_label("Base model").fill("no-such-model")  # the server's refusal, at its field
     page.get_by_role("button", name="Start training").click()
     expect(page.locator("#job-model-error")).to_contain_text("unknown base model 'no-such-model'")
@@ -234,6 +237,48 @@ def test_the_whole_flow_in_a_browser(tab, served, tiny, shots):
     expect(phone.locator("#loss-chart")).to_have_attribute("data-points", str(STEPS))
     assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     shot(phone, shots, "phone")
+
+
+def test_preference_data_and_a_dpo_job_in_a_browser(tab, served, tiny):
+    """A spreadsheet with a column of rejected replies becomes preference pairs on the Data
+    page; the Train page sends OpenAI's method object for DPO, with beta; the job's page says
+    its method and its reward margin."""
+    from playwright.sync_api import expect
+
+    one = tab()
+    page = one.page
+    page.goto(f"{one.root}#key={served.key}")
+    page.get_by_label("Format", exact=True).select_option("preference")
+    page.get_by_label("Spreadsheet (CSV or .xlsx)").set_input_files(PREFERENCES)
+    expect(page.locator("#prepare-result")).to_be_visible()
+    expect(page.locator("#preview pre").first).to_contain_text('"preferred_output"')
+    page.get_by_role("button", name="Save as training files").click()
+    expect(page.locator("#saved")).to_contain_text("preferences.valid.jsonl")
+    page.get_by_role("link", name="Train on them →").click()
+
+    expect(page.locator("#page-train")).to_be_visible()
+    page.get_by_label("Base model").fill(str(tiny))
+    method = page.get_by_label("Method", exact=True)
+    method.select_option("dpo")
+    expect(page.locator("#option-beta")).to_be_visible()
+    page.get_by_label("Beta", exact=True).fill("0.25")
+    page.get_by_label("Epochs", exact=True).fill("1")
+    page.get_by_label("Batch size").fill("4")
+    with page.expect_response("**/v1/fine_tuning/jobs") as created:
+        page.get_by_role("button", name="Start training").click()
+    sent = created.value.request.post_data_json
+    assert sent["method"] == {
+        "type": "dpo",
+        "dpo": {"hyperparameters": {"beta": 0.25, "n_epochs": 1, "batch_size": 4}},
+    }
+    expect(page.locator("#page-job")).to_be_visible()
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=120_000)
+    details = page.locator("#job-details")
+    expect(details).to_contain_text("DPO (preference)")
+    expect(details).to_contain_text("beta 0.25")
+    expect(details).to_contain_text(
+        re.compile(r"Reward margin, accuracy-?\d+\.\d{3}, \d+% at step")
+    )
 
 
 def test_a_broken_spreadsheet_is_named_with_its_line_at_the_file_field(tab, served):

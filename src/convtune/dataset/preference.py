@@ -28,7 +28,6 @@ from ..errors import InputError
 from .jsonl import json_problem, read_lines
 
 INPUT_ROLES = ("system", "developer", "user", "assistant")
-METHODS = ("supervised", "dpo")  # the fine-tuning methods convtune trains (OpenAI's names)
 
 
 @dataclass(frozen=True)

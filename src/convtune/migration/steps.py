@@ -73,6 +73,7 @@ def inventory(m: Migration, source: FineTuningService) -> dict[str, Any]:
         "job": job.id,
         "base_model": job.model,
         "hyperparameters": dict(job.hyperparameters),
+        "method": job.method,
         "training_file": job.training_file,
         "validation_file": job.validation_file,
         "suffix": job.suffix,
@@ -178,17 +179,26 @@ def fetch_file(
     )
 
 
-def mapped_options(hyperparameters: dict[str, Any], recipe: str) -> TrainOptions:
-    """The job's epochs and batch size, where they are numbers (`recipe` "openai"), else auto;
-    the learning rate multiplier stays auto: OpenAI's is relative to its own base rate."""
+def mapped_options(
+    hyperparameters: dict[str, Any], recipe: str, method: str = "supervised"
+) -> TrainOptions:
+    """The job's method (a DPO fine-tune is retrained with DPO), and with `recipe` "openai" its
+    epochs, batch size and DPO's beta where they are numbers, else auto; the learning rate
+    multiplier stays auto: OpenAI's is relative to its own base rate."""
     if recipe == "auto":
-        return TrainOptions()
+        return TrainOptions(method=method)
+    names = ("n_epochs", "batch_size", "beta") if method == "dpo" else ("n_epochs", "batch_size")
     kept = {
         k: v
         for k, v in hyperparameters.items()
-        if k in ("n_epochs", "batch_size") and isinstance(v, int) and not isinstance(v, bool)
+        if k in names and isinstance(v, int | float) and not isinstance(v, bool)
     }
-    return TrainOptions(**{k: kept.get(k, AUTO) for k in ("n_epochs", "batch_size")})
+    if "beta" in kept:
+        kept["beta"] = float(kept["beta"])
+    for name in ("n_epochs", "batch_size"):
+        if name in kept and not isinstance(kept[name], int):
+            del kept[name]
+    return TrainOptions(method=method, **{k: kept.get(k, AUTO) for k in names})
 
 
 def retrain(
@@ -217,7 +227,9 @@ def retrain(
                 say("  the job's validation file cannot be read: training without one")
             else:
                 valid_id = local.files.upload(valid).id
-        options = mapped_options(found.get("hyperparameters") or {}, opts.recipe)
+        options = mapped_options(
+            found.get("hyperparameters") or {}, opts.recipe, found.get("method") or "supervised"
+        )
         job = local.jobs.create(
             JobRequest(
                 model=opts.model,

@@ -148,11 +148,17 @@ def training_options() -> list[dict[str, Any]]:
                 "choices": list(spec.choices),
                 "auto": spec.auto,
                 "nullable": spec.nullable,
-                "hyperparameter": spec.hyperparameter,
+                "hyperparameter": spec.hyperparameter or spec.method,  # shown first
+                "only_for": spec.only_for,  # the method it belongs to (beta: dpo)
                 "api": spec.api,  # whether a job request may set it (the page shows only these)
                 "expected": spec.expected() if numeric else None,
-                # where a job request takes it: OpenAI's hyperparameters or convtune's object
-                "field": "hyperparameters" if spec.hyperparameter else "convtune",
+                # where a job request takes it: OpenAI's method type, its hyperparameters, or
+                # convtune's object
+                "field": "method"
+                if spec.method
+                else "hyperparameters"
+                if spec.hyperparameter
+                else "convtune",
             }
         )
     return out

@@ -68,6 +68,15 @@ export function trainPage(description) {
     const range = spec.expected ? ` Accepts ${spec.expected}.` : "";
     $(where).append(field(`option-${spec.name}`, title(spec.name), input, `${spec.help}${range} (${spec.name})`));
   }
+  // an option of one method only (DPO's beta) shows while that method is chosen
+  const methodInput = inputs.method;
+  function showMethodOptions() {
+    for (const spec of specs.filter((s) => s.only_for)) {
+      inputs[spec.name].closest(".field").hidden = methodInput?.value !== spec.only_for;
+    }
+  }
+  methodInput?.addEventListener("change", showMethodOptions);
+  showMethodOptions();
   const form = $("#job-form");
 
   function controlFor(param, message) {
@@ -122,8 +131,10 @@ export function trainPage(description) {
     if (!body.training_file) return showError($("#job-training-file"), "Choose a training file (save one on the Data page).");
     if ($("#job-validation-file").value) body.validation_file = $("#job-validation-file").value;
     if ($("#job-suffix").value.trim()) body.suffix = $("#job-suffix").value.trim();
-    const groups = { hyperparameters: {}, convtune: {} };
+    const groups = { method: {}, hyperparameters: {}, convtune: {} };
+    const type = methodInput ? methodInput.value : "supervised";
     for (const spec of specs) {
+      if (spec.only_for && spec.only_for !== type) continue; // hidden: another method's
       try {
         const given = value(spec, inputs[spec.name]);
         if (given !== undefined) groups[spec.field][spec.name] = given;
@@ -134,8 +145,8 @@ export function trainPage(description) {
         return;
       }
     }
-    if (Object.keys(groups.hyperparameters).length) {
-      body.method = { type: "supervised", supervised: { hyperparameters: groups.hyperparameters } };
+    if (Object.keys(groups.hyperparameters).length || type !== "supervised") {
+      body.method = { type, [type]: { hyperparameters: groups.hyperparameters } };
     }
     if (Object.keys(groups.convtune).length) body.convtune = groups.convtune;
     $("#job-form-status").textContent = "Starting…";
@@ -262,8 +273,12 @@ export function jobPage() {
     const chat = $("#job-chat");
     chat.hidden = !job.fine_tuned_model;
     if (job.fine_tuned_model) chat.href = `#models/${encodeURIComponent(job.fine_tuned_model)}`;
-    const hp = job.method?.supervised?.hyperparameters || job.hyperparameters || {};
+    const method = job.method?.type || "supervised";
+    const hp = job.method?.[method]?.hyperparameters || job.hyperparameters || {};
+    const margin = [...metrics].reverse().find((m) => m.train_reward_margin != null);
     stats($("#job-details"), [
+      ["Method", method === "dpo" ? "DPO (preference)" : "supervised"],
+      ...(margin ? [["Reward margin, accuracy", `${margin.train_reward_margin.toFixed(3)}, ${(100 * margin.train_reward_accuracy).toFixed(0)}% at step ${margin.step}`]] : []),
       ["Base model", job.model],
       ["Training file", job.training_file],
       ["Validation file", job.validation_file || "none"],
