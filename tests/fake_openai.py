@@ -140,9 +140,9 @@ class FakeOpenAI:
         """A job as if someone created it (no convtune tag unless `metadata` says so)."""
         with self._lock:
             job_id = self.new_id("ftjob-")
-            hyperparameters = (
-                (body.get("method") or {}).get("supervised", {}).get("hyperparameters", {})
-            )
+            method = body.get("method") or {}
+            kind = method.get("type") or "supervised"
+            hyperparameters = (method.get(kind) or {}).get("hyperparameters", {})
             data = {
                 "id": job_id,
                 "object": "fine_tuning.job",
@@ -161,10 +161,7 @@ class FakeOpenAI:
                         "learning_rate_multiplier", "auto"
                     ),
                 },
-                "method": {
-                    "type": "supervised",
-                    "supervised": {"hyperparameters": hyperparameters},
-                },
+                "method": {"type": kind, kind: {"hyperparameters": hyperparameters}},
                 "organization_id": "org-fake",
                 "result_files": [],
                 "seed": body.get("seed", 42),

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from convtune.errors import Conflict, ConvtuneError, NotFound, OptionError, TransientError
+from convtune.errors import (
+    Conflict,
+    ConvtuneError,
+    InputError,
+    NotFound,
+    OptionError,
+    TransientError,
+)
 from convtune.openai_backend import OpenAIService, wind_down_warning
 from convtune.service.backoff import MAX_BACKOFF
 from convtune.service.contract import ChatRequest, JobRequest
@@ -190,6 +197,34 @@ def test_openai_parameters_are_sent_as_openai_names_them(fake, train, tmp_path):
     assert sent["metadata"] == tag(team="care")
     assert job.hyperparameters == {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 0.5}
     assert job.suffix == "support" and job.seed == 7
+
+
+def test_dpo_is_sent_as_openai_names_it_and_a_chat_file_is_refused(fake, train, tmp_path):
+    from convtune.dataset.preference import pair_record
+
+    pairs = tmp_path / "prefs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps(pair_record([{"role": "user", "content": f"q{i}"}], "Gladly!", "No.")) + "\n"
+            for i in range(12)
+        ),
+        encoding="utf-8",
+    )
+    service = service_for(fake)
+    file_id = service.files.upload(pairs).id
+    job = service.jobs.create(
+        JobRequest(MODEL, file_id, options=TrainOptions(method="dpo", beta=0.25, n_epochs=2))
+    )
+    [sent] = [r["json"] for r in posts(fake, "/fine_tuning/jobs")]
+    assert sent["method"] == {
+        "type": "dpo",
+        "dpo": {"hyperparameters": {"beta": 0.25, "n_epochs": 2}},
+    }
+    assert job.method == "dpo" and job.to_dict()["method"]["dpo"]["hyperparameters"]["beta"] == 0.25
+    chat_id = service.files.upload(train).id
+    with pytest.raises(InputError, match="DPO trains on preference pairs, not chat examples"):
+        service.jobs.create(JobRequest(MODEL, chat_id, options=TrainOptions(method="dpo")))
+    assert len(posts(fake, "/fine_tuning/jobs")) == 1  # refused before anything was sent
 
 
 def test_create_job_refuses_what_openai_would(fake, train, tmp_path):

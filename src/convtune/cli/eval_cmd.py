@@ -115,7 +115,8 @@ Examples:
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
     help="Chat, prompt-completion or sharegpt JSONL: each example's last trained reply is the"
-    " reference, everything before it the prompt.",
+    " reference, everything before it the prompt; preference JSONL: the input is the prompt,"
+    " the preferred output the reference.",
 )
 @click.option(
     "--reference",

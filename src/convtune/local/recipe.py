@@ -139,6 +139,11 @@ class FineTuneRecipe:
             message = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
             if m.valid_loss is not None:
                 message += f", validation loss={m.valid_loss:.4f}"
+            if m.train_reward_margin is not None:  # DPO's
+                message += (
+                    f", reward margin={m.train_reward_margin:.4f}"
+                    f" (accuracy {m.train_reward_accuracy:.0%})"
+                )
             run.event(message, type="metrics", data=data)
             if run.rank == 0 and m.step:
                 rate = (time.monotonic() - started) / max(1, m.step - self.start_step)

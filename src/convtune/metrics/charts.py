@@ -212,7 +212,11 @@ def loss_figure(
     ax.set_xlim(first - pad, last + pad)
     thousands(ax.xaxis)
     ax.set_xlabel("training step (one optimizer update per batch)")
-    ax.set_ylabel("loss (cross-entropy, nats per token)")
+    ax.set_ylabel(
+        "DPO loss (-log sigmoid of the margin, per pair)"
+        if rewarded
+        else "loss (cross-entropy, nats per token)"
+    )
     handles, _ = ax.get_legend_handles_labels()
     if top is not None:
         values = [v for _, v in (*train, *valid, *full)]
