@@ -232,3 +232,33 @@ def test_serve_trains_dpo_as_openai_takes_it(served, tiny, tmp_path):
         client.fine_tuning.jobs.create(
             model=str(tiny), training_file=train_id, method={"type": "reinforcement"}
         )
+
+
+def test_train_refuses_data_of_the_other_method_before_uploading(tmp_path, isolated_home):
+    import subprocess
+
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "yo"},
+                ]
+            }
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    prefs = write_pairs(tmp_path / "prefs.jsonl", TRAIN_QUESTIONS)
+    for path, flags, said in (
+        (chat, ["--method", "dpo"], "DPO trains on preference pairs, not chat examples"),
+        (prefs, [], "supervised fine-tuning trains on chat examples, not preference data"),
+        (chat, ["--beta", "0.2"], "beta applies to method dpo only"),
+    ):
+        result = subprocess.run(
+            [CONVTUNE, "train", str(path), *flags], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode != 0 and said in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (isolated_home / "files").exists() or not any((isolated_home / "files").iterdir())

@@ -9,9 +9,10 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from ..errors import OptionError
+from ..dataset.check import file_format
+from ..errors import InputError, OptionError
 from ..service.contract import FineTuningService, JobRequest
-from ..service.training_options import refuse_trainer_options
+from ..service.training_options import method_data_problem, refuse_trainer_options
 from . import render
 from .backend import Backend, again, backend_option, service_class, service_for
 from .follow_view import follow_to_end
@@ -86,6 +87,10 @@ def train(
             refuse_trainer_options(given_trainer_options(ctx), backend.name, flags=True)
         except OptionError as exc:
             raise click.UsageError(exc.message) from None
+    for path in filter(None, (training_file, validation_file)):  # before anything is uploaded
+        problem = method_data_problem(options.method, file_format(path))
+        if problem is not None:
+            raise InputError(problem, path=path)
     service = service_for(backend)
     for notice in service.notices():
         render.err.print(f"[yellow]warning:[/] {escape(notice)}", highlight=False)

@@ -212,6 +212,12 @@ class LegacyDelimiters:
                 break
 
 
+def file_format(path: str | Path) -> str | None:
+    """The format of a dataset's first example (None: not one convtune knows), reading no more
+    of the file than that line: what a command checks before it uploads anything."""
+    return detect_format(next((record for _, record in _records(path)), None))
+
+
 def format_and_actors(path: str | Path) -> tuple[str, tuple[str, str] | None]:
     """A dataset's format, and for legacy data the two actor labels it was written with (a
     model trained on it must be prompted with the same `Human:`/`AI:` protocol)."""
