@@ -277,9 +277,12 @@ def test_a_job_with_a_validation_file_keeps_its_best_answers_and_says_whether_it
     step answer a probe; the best is kept; the verdict (with its intervals) ends the job, and
     `train` prints it. --keep-last and --no-learning-check turn each part off."""
     untied = make_tiny_model(isolated_home.parent / "untied", tied=False)  # says something
+    # seed 3: here the probe keeps epoch 3, not the last (seeds 0-2 and 4-9 keep the last): the
+    # path where the verdict leaves the probe's prompts out and the cache gets the probe's
+    # answers. Another CPU's rounding may choose otherwise: both paths are checked below
     result = convtune(
         "train", data["train"], "--validation-file", data["valid"], "--model", untied,
-        "--n-epochs", "4", "--batch-size", "8",
+        "--n-epochs", "4", "--batch-size", "8", "--seed", "3",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Did it learn?" in result.stdout and "validation prompts)" in result.stdout

@@ -113,7 +113,8 @@ def test_the_options_are_described_from_their_one_definition(api):
         assert (option["low"], option["high"]) == (spec.low, spec.high)
         assert option["choices"] == list(spec.choices) and option["auto"] == spec.auto
         assert option["api"] == spec.api and option["default"] == default(name)
-        assert option["field"] == ("hyperparameters" if spec.hyperparameter else "convtune")
+        where = "method" if spec.method else "hyperparameters" if spec.hyperparameter else "convtune"
+        assert option["field"] == where and option["only_for"] == spec.only_for
     assert training["nproc_per_node"]["api"] is False  # shown to no client
     assert training["n_epochs"]["expected"] == "'auto' or an integer from 1 to 50"
     prepare_options = described["prepare"]

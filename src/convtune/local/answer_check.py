@@ -49,6 +49,8 @@ class AnswerCheck:
         self.actors = actors
         self.base: dict[int, Answer] = {}  # prompt index -> the base model's answer
         self.results: list[ProbeResult] = []
+        self.probe_answers: dict[int, list[Answer]] = {}  # step -> its answers to the probe
+        self.kept_step: int | None = None  # the earlier epoch's step `_keep_best` chose
 
     @classmethod
     def start(
@@ -114,6 +116,7 @@ class AnswerCheck:
         prompts = self.held.probe
         result = probe_result(epoch, step, [a.text for a in answers], prompts)
         self.results = [r for r in self.results if r.step != step] + [result]
+        self.probe_answers[step] = answers
         base = self._base_means(prompts)
         shown = ", ".join(f"{g} {result.means[g]:.2f} (base {base[g]:.2f})" for g in GRADERS)
         self.run.event(
@@ -173,6 +176,7 @@ class AnswerCheck:
             return False
         folder = self.run.folder / "checkpoints" / f"step-{chosen.step}"
         load_checkpoint(model, None, folder)
+        self.kept_step = chosen.step
         self.run.event(
             f"Keeping the model of epoch {chosen.epoch} (step {chosen.step}): its answers scored"
             f" best ({score}, against {last.means[GRADERS[0]]:.3f} at the last step, {last_step});"
@@ -192,6 +196,8 @@ class AnswerCheck:
             }
         tuned = [known[p.index] for p in prompts]
         self._cache(self.run.model_id(), prompts, tuned)
+        if chosen and self.kept_step in self.probe_answers:  # the kept model's, at its probe
+            self._cache(self.run.model_id(), self.held.probe, self.probe_answers[self.kept_step])
         result = verdict(
             self.run.base_name,
             prompts,
