@@ -29,7 +29,8 @@ def test_cli_server_and_trainer_accept_the_same_set():
         "backend", "base_url", "api_key",
     }  # fmt: skip
     # the server: OpenAI's method and hyperparameters (beta in method.dpo's), and convtune's own
-    # body without what a client of a shared server may not choose (how many processes train)
+    # body without what a client of a shared server may not choose (how many processes and
+    # machines train, and how they meet)
     served = (
         {"method"}
         | set(DpoHyperparameters.model_fields)
@@ -37,7 +38,8 @@ def test_cli_server_and_trainer_accept_the_same_set():
         | set(LocalOptions.model_fields)
     )
     assert served == {n for n, s in specs().items() if s.api}
-    assert options - served == {"nproc_per_node"}
+    launch = {"nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "fsdp"}
+    assert options - served == launch
     # the trainer: every option reaches TrainConfig, or is the worker's (tokenizing, processes)
     derived = {
         f.metadata["option"] for f in dataclasses.fields(TrainConfig) if "option" in f.metadata

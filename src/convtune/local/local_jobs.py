@@ -85,12 +85,11 @@ class LocalJobs(Jobs):
             pause_requested=0,
             launching_until=now() + LAUNCH_GRACE,
         )
-        nproc = int(spec.options.nproc_per_node or 1)
         child = process.start_worker(
             job_id,
             self.service.home,
             self.job_dir(job_id) / "worker.log",
-            nproc=nproc,
+            process.Launch.of(spec.options),
             resume=resume,
         )
         self._children[job_id] = child

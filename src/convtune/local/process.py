@@ -15,7 +15,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..service.training_options import TrainOptions
 
 WORKER_MODULE = "convtune.local.worker"
 # what a worker must not inherit from the process that starts it: the server's keys
@@ -23,23 +28,58 @@ PRIVATE_ENVIRONMENT = ("CONVTUNE_API_KEYS",)
 _GONE = (OSError, subprocess.TimeoutExpired, ChildProcessError)  # a process already gone
 
 
-def worker_command(job_id: str, *, nproc: int = 1, resume: bool = False) -> list[str]:
+@dataclass(frozen=True)
+class Launch:
+    """How a job's processes start and meet: one process, `nproc` on this machine, or a share
+    of a run over `nnodes` machines that meet at node 0 (torchrun's static rendezvous). A job
+    keeps it in its options, so a resumed job starts the way it first did."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int = 29500
+
+    @classmethod
+    def of(cls, options: TrainOptions) -> Launch:
+        return cls(
+            int(options.nproc_per_node or 1),
+            int(options.nnodes or 1),
+            int(options.node_rank or 0),
+            options.master_addr,
+            int(options.master_port or 29500),
+        )
+
+    def torchrun_args(self) -> list[str] | None:
+        """torchrun's arguments, or None for a single process. On one machine `--standalone`
+        picks a free port, so that two jobs never meet each other."""
+        if self.nnodes == 1 and self.nproc == 1:
+            return None
+        if self.nnodes == 1:
+            rendezvous = ["--standalone"]
+        else:
+            rendezvous = [
+                f"--nnodes={self.nnodes}",
+                f"--node-rank={self.node_rank}",
+                f"--master-addr={self.master_addr}",
+                f"--master-port={self.master_port}",
+            ]
+        return [*rendezvous, f"--nproc-per-node={self.nproc}"]
+
+
+def worker_command(job_id: str, launch: Launch = Launch(), *, resume: bool = False) -> list[str]:
     """`python -m convtune.local.worker JOB`, or under torchrun for several processes."""
-    if nproc > 1:
-        command = [
-            str(Path(sys.executable).with_name("torchrun")),
-            f"--nproc_per_node={nproc}",
-            "-m",
-            WORKER_MODULE,
-            job_id,
-        ]
+    args = launch.torchrun_args()
+    if args is not None:
+        torchrun = str(Path(sys.executable).with_name("torchrun"))
+        command = [torchrun, *args, "-m", WORKER_MODULE, job_id]
     else:
         command = [sys.executable, "-m", WORKER_MODULE, job_id]
     return [*command, "--resume"] if resume else command
 
 
 def start_worker(
-    job_id: str, home: Path, log: Path, *, nproc: int = 1, resume: bool = False
+    job_id: str, home: Path, log: Path, launch: Launch = Launch(), *, resume: bool = False
 ) -> subprocess.Popen:
     """Start the job's worker in a new session, its output appended to `log`."""
     env = dict(os.environ, CONVTUNE_HOME=str(home), PYTHONUNBUFFERED="1")
@@ -48,7 +88,7 @@ def start_worker(
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
-            worker_command(job_id, nproc=nproc, resume=resume),
+            worker_command(job_id, launch, resume=resume),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

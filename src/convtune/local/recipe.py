@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..dataset.check import format_and_actors
 from ..dataset.findings import counted
+from ..errors import ConvtuneError
+from ..state.digest import file_sha256
 from .answer_check import AnswerCheck
 from .store import now
 
@@ -64,6 +66,7 @@ class FineTuneRecipe:
         from .training import TrainConfig
 
         run, options = self.run, self.run.spec.options
+        seed = self.agree()
         ref = resolve_base_model(run.spec.model_source or run.job.model)
         self.model, self.tokenizer, _ = load_base_model(ref)
         self.fmt, self.actors = format_and_actors(self.train_path)
@@ -90,7 +93,7 @@ class FineTuneRecipe:
             )
         self.stats = stats
         n = len(self.train_examples)
-        self.config = config = TrainConfig.from_options(options, n, seed=run.job.seed)
+        self.config = config = TrainConfig.from_options(options, n, seed=seed)
         run.record_resolved(config.resolved_hyperparameters())
         chosen = config.auto_choices(options, n)
         if chosen and not run.resume:
@@ -110,6 +113,46 @@ class FineTuneRecipe:
             + (f", resuming from step {self.start_step}" if self.resume_from else "")
         )
         self.rows = self.earlier_metrics(self.start_step)  # the results file covers the job
+
+    def agree(self) -> int:
+        """The run's seed, once every process holds the same data.
+
+        Under torchrun each machine's job was made on its own (`--nnodes`): the files must be the
+        same bytes everywhere (each rank trains its share of every batch of them), and the seed,
+        which orders the examples and makes the adapters, is node 0's.
+        """
+        from .training.runtime import Distributed
+
+        run = self.run
+        self.dist = dist = Distributed.start()
+        if dist.world == 1:
+            return run.job.seed
+        digests = (
+            file_sha256(self.train_path),
+            file_sha256(self.valid_path) if self.valid_path else None,
+        )
+        everyone = dist.gather(digests)
+        for rank, theirs in enumerate(everyone):
+            for index, role in enumerate(("training", "validation")):
+                if theirs[index] != everyone[0][index]:
+                    raise ConvtuneError(
+                        f"the {role} file of rank {rank} is not the one of rank 0"
+                        " (every node must train on the same files)"
+                    )
+        seed = dist.from_rank0(run.job.seed)
+        if seed != run.job.seed and run.reporter:  # the job shows the seed it trained with
+            run.store.update_job(run.job_id, seed=seed)
+            run.event(f"Seed {seed}: node 0's (every node orders the examples alike)")
+        return seed
+
+    @property
+    def world(self) -> int:
+        """How many processes train together."""
+        return self.dist.world
+
+    def from_leader(self, value):
+        """Rank 0's `value` on every process (a run of several processes)."""
+        return self.dist.from_rank0(value)
 
     def earlier_metrics(self, up_to: int) -> list[dict]:
         """The metrics of steps 1..`up_to`, done before a resume: the last run of each step is

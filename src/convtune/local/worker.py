@@ -1,7 +1,10 @@
 """The process that runs one local fine-tuning job: `python -m convtune.local.worker JOB [--resume]`.
 
-It is the training entry point and runs unchanged under `torchrun --nproc_per_node N` (DDP):
-every rank trains, rank 0 alone talks to the store (status, events, checkpoints, the model).
+It is the training entry point and runs unchanged under torchrun (`process.Launch`): every rank
+trains; rank 0 alone reports the metrics and writes the checkpoints and the model. Each machine
+of a run over several (`--nnodes`) has a job of its own in its own store, which its first
+process (local rank 0) moves through its states; node 0's job holds the model, the others end
+without one.
 This module moves the job through its states, as OpenAI's jobs go: validate the files (no model
 loaded yet), queue, wait for a slot, run the recipe (`recipe.FineTuneRecipe`: set up, train,
 save), register the model, succeed; or end paused, cancelled or failed. It reads what to train
@@ -41,7 +44,10 @@ class Gone(Exception):
 
 class JobRun:
     def __init__(self, job_id: str, *, resume: bool) -> None:
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.rank = int(os.environ.get("RANK", "0"))  # the run's: rank 0 saves the model
+        # this machine's first process: it reports to this machine's store (its job's status)
+        self.reporter = int(os.environ.get("LOCAL_RANK", "0")) == 0
+        self.leader_paused: bool | None = None  # how rank 0 stopped a run of several nodes
         self.home = data_dir()
         self.store = Store(database_path(self.home))
         self.job_id = job_id
@@ -55,36 +61,40 @@ class JobRun:
         self.folder = self.home / "jobs" / job_id
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    # -- store helpers (rank 0 only) -----------------------------------------------------------
+    # -- store helpers (each machine's first process) -------------------------------------------
 
     def event(self, message: str, **kw) -> None:
-        if self.rank == 0:
+        if self.reporter:
             self.store.add_event(self.job_id, message, **kw)
 
     def advance(self, status: str) -> None:
         """validating_files, queued, running: the worker's own steps; a job cancelled meanwhile
         stops the worker."""
-        if self.rank == 0 and not self.store.advance(self.job_id, status):
+        if self.reporter and not self.store.advance(self.job_id, status):
             raise Stop()
 
     def stop_requested(self) -> bool:
         """True once a cancel or a pause was asked for (a flag in the store, or SIGTERM)."""
         if self.stopping:
             return True
-        if self.rank == 0:
+        if self.reporter:
             runtime = self.store.job_runtime(self.job_id)
             if runtime.get("cancel_requested") or runtime.get("pause_requested"):
                 self.stopping = True
         return self.stopping
 
     def pausing(self) -> bool:
-        return self.rank == 0 and bool(self.store.job_runtime(self.job_id).get("pause_requested"))
+        """Whether this stop is a pause: asked of this job, or (a run of several nodes) of node
+        0's job, which keeps the checkpoint every node resumes from."""
+        if self.leader_paused is not None:
+            return self.leader_paused
+        return self.reporter and bool(self.store.job_runtime(self.job_id).get("pause_requested"))
 
     def wait_for_slot(self) -> None:
         """Run now, or wait in line while `max_running` jobs already run (`convtune serve
         --concurrency`). Waiting happens before torch is imported: a queued job costs little."""
         limit = self.spec.max_running
-        if self.rank != 0 or not limit:
+        if not self.reporter or not limit:
             self.advance("running")
             return
         told = False
@@ -102,7 +112,7 @@ class JobRun:
             time.sleep(1.0)
 
     def fail(self, code: str, message: str, param: str | None = None) -> None:
-        if self.rank == 0:
+        if self.reporter:
             self.store.mark_failed(self.job_id, JobError(code, message, param))
 
     # -- the job -------------------------------------------------------------------------------
@@ -148,9 +158,18 @@ class JobRun:
         recipe = FineTuneRecipe(self, train_path, valid_path)
         recipe.setup()
         result = recipe.train()
+        if result.stopped and recipe.world > 1:  # every node ends as node 0's job does
+            self.leader_paused = recipe.from_leader(self.rank == 0 and self.pausing())
         if self.stop_requested() or result.stopped:
             raise Stop()
         if self.rank != 0:
+            if self.reporter:  # another machine's share of the run: node 0 has the model
+                options = self.options
+                self.event(
+                    f"Node {options.node_rank} of {options.nnodes} done; node 0"
+                    f" ({options.master_addr}) saved the model"
+                )
+                self.store.mark_succeeded(self.job_id)
             return
         model_id = self.model_id()
         saved = recipe.save(result, self.home / "models" / model_id.replace(":", "_"))
@@ -175,7 +194,7 @@ class JobRun:
     def record_resolved(self, hyperparameters: dict) -> None:
         """What "auto" became, beside the options as given (the spec) and as OpenAI shows it
         (the job's hyperparameters)."""
-        if self.rank == 0:
+        if self.reporter:
             self.spec = self.spec.with_(resolved=hyperparameters)
             self.store.save_spec(self.job_id, self.spec)
             self.store.update_job(self.job_id, hyperparameters=hyperparameters)
@@ -224,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     except Gone:
         return 0
     except Stop:
-        if run.rank == 0 and run.pausing():
+        if run.reporter and run.pausing():
             run.store.mark_paused(job_id)
-        elif run.rank == 0:
+        elif run.reporter:
             run.store.mark_cancelled(job_id)
         return 0
     except Invalid as exc:

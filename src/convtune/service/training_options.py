@@ -178,6 +178,42 @@ class TrainOptions:
     nproc_per_node: int = _option(
         1, "Processes to train with (torchrun, DDP): one per GPU.", int, low=1, high=1024, api=False
     )
+    nnodes: int = _option(
+        1,
+        "Machines to train on together (torchrun's rendezvous): run the same command on each,"
+        " with its own --node-rank and the same --master-addr and --master-port.",
+        int,
+        low=1,
+        high=1024,
+        api=False,
+    )
+    node_rank: int = _option(
+        0,
+        "This machine's place among the nodes, 0 to nnodes-1; node 0 reports the metrics and"
+        " saves the model.",
+        int,
+        low=0,
+        high=1023,
+        api=False,
+    )
+    master_addr: str | None = _option(
+        None,
+        "The address of node 0, which every node reaches (needed with --nnodes above 1).",
+        str,
+        nullable=True,
+        api=False,
+    )
+    master_port: int = _option(
+        29500, "The port on node 0 where the nodes meet.", int, low=1, high=65535, api=False
+    )
+    fsdp: bool = _option(
+        False,
+        "Shard the weights, gradients and optimizer state across the processes (PyTorch's FSDP2,"
+        " fully_shard), LoRA included: for a model that does not fit one GPU. Needs several"
+        " processes (--nproc-per-node or --nnodes).",
+        bool,
+        api=False,
+    )
 
     def __post_init__(self) -> None:
         problems = [
@@ -188,8 +224,29 @@ class TrainOptions:
         for name, spec in specs().items():
             if spec.only_for and self.method != spec.only_for and getattr(self, name) != AUTO:
                 problems.append(f"{name} applies to method {spec.only_for} only")
+        problems += self._launch_problems()
         if problems:
             raise OptionError("; ".join(problems))
+
+    def _launch_problems(self) -> list[str]:
+        """What is wrong with how the job's processes meet (ranges are checked already)."""
+        problems = []
+        if isinstance(self.node_rank, int) and isinstance(self.nnodes, int):
+            if self.node_rank >= self.nnodes:
+                problems.append(
+                    f"node_rank must be below nnodes ({self.nnodes}), not {self.node_rank}"
+                )
+            if self.nnodes > 1 and not self.master_addr:
+                problems.append("nnodes above 1 needs master_addr: the address of node 0")
+            if self.fsdp and self.nnodes * int(self.nproc_per_node or 1) < 2:
+                problems.append(
+                    "fsdp shards across processes: give nproc_per_node or nnodes above 1"
+                )
+        if self.master_addr is not None and not (
+            isinstance(self.master_addr, str) and self.master_addr.strip()
+        ):
+            problems.append("master_addr must be a host name or an address")
+        return problems
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainOptions:

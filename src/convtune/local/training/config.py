@@ -22,7 +22,16 @@ from .losses import CROSS_ENTROPY
 
 BASE_LEARNING_RATE = {True: 2e-4, False: 2e-5}  # LoRA, full fine-tune (x the multiplier)
 # options that shape the job rather than the loop: the worker reads them (tokenizing, processes)
-WORKER_OPTIONS = ("max_length", "nproc_per_node", "keep_last", "learning_check")
+WORKER_OPTIONS = (
+    "max_length",
+    "nproc_per_node",
+    "nnodes",
+    "node_rank",
+    "master_addr",
+    "master_port",
+    "keep_last",
+    "learning_check",
+)
 
 # What "auto" resolves to, measured by bench/quality.py (BENCHMARKS.md, "What the fine-tune
 # answers"): on SmolLM2-135M, OpenAI's own rule (3 epochs at the base rate) leaves the answers
@@ -140,6 +149,7 @@ class TrainConfig:
     quantize_base: str = _option("quantize_base")
     method: str = _option("method")
     beta: float = _option("beta", DPO_BETA)
+    fsdp: bool = _option("fsdp")
 
     def __post_init__(self) -> None:
         problems = []
@@ -158,6 +168,8 @@ class TrainConfig:
                 problems.append(
                     f"{f.name} must be one of {', '.join(choices)}, not {getattr(self, f.name)!r}"
                 )
+        if self.fsdp and self.quantize_base != "none":
+            problems.append("fsdp: not with quantize_base 4bit (FSDP2 shards float weights)")
         if self.quantize_base != "none" and not self.lora:
             problems.append("quantize_base 4bit (QLoRA) trains LoRA adapters: not with full=True")
         for name in ("eval_every", "threads", "micro_batch_tokens"):
@@ -198,6 +210,7 @@ class TrainConfig:
             quantize_base=options.quantize_base,
             method=options.method,
             beta=DPO_BETA if options.beta == AUTO else options.beta,
+            fsdp=options.fsdp,
             seed=seed,
             **trainer,
         )

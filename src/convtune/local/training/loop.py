@@ -194,6 +194,7 @@ class TrainingLoop:
         step = 0
         if resume is not None:
             step = load_checkpoint(self.model, self.optimizer, resume, expect=self._identity())
+        step = self._share_resume(step)
         dist.broadcast_(self.params)
         wants = _positional(on_epoch_end)
         tokens = loss_tokens = 0
@@ -266,6 +267,20 @@ class TrainingLoop:
             precision="bf16" if self.ctx.precision is not None else "fp32",
             device=str(self.ctx.device),
         )
+
+    def _share_resume(self, step: int) -> int:
+        """Rank 0's place (step and optimizer state; its weights follow by `broadcast_`) on every
+        rank: over several machines, only node 0's job has the checkpoint to resume from."""
+        dist = self.dist
+        if dist.world == 1:
+            return step
+        leader = dist.from_rank0(step)
+        if dist.sum([float(step != leader)])[0]:
+            mine = self.optimizer.state_dict() if dist.rank == 0 else None
+            state = dist.from_rank0(_on_cpu(mine))  # sent as bytes, loaded anywhere
+            if step != leader:
+                self.optimizer.load_state_dict(state)
+        return leader
 
     def _epoch_end(self, on_epoch_end: Callable, wants: int, step: int) -> None:
         epoch = step // self.steps_per_epoch
@@ -413,6 +428,17 @@ def evaluate(
         return _evaluate(model, data, data.all(), ctx)
     finally:
         restore_model(model)
+
+
+def _on_cpu(value: Any) -> Any:
+    """An optimizer's state with its tensors on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
 
 
 def _positional(callback: Callable) -> int:

@@ -17,6 +17,7 @@ in a single process each of its operations is a no-op.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -90,6 +91,26 @@ class Distributed:
         with torch.no_grad():
             for p in params:
                 dist.broadcast(p.data, src=0)
+
+    def from_rank0(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object), on every rank."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's `value`, in rank order, on every rank."""
+        if self.world == 1:
+            return [value]
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
 
     def _comm_device(self) -> torch.device:
         return (
