@@ -61,7 +61,7 @@ class AnswerCheck:
         options = run.options
         if valid_path is None or run.rank != 0:
             return None
-        if options.keep_last and not options.learning_check:
+        if options.keeps_last_epoch and not options.learning_check:
             return None
         check = cls(run, held_out(valid_path, seed=run.job.seed), tokenizer, fmt, actors)
         prompts = check._base_prompts()
@@ -107,7 +107,8 @@ class AnswerCheck:
     def probe(self, epoch: int, step: int, total_steps: int, answering: Callable[[], Any]) -> None:
         """At an epoch end in the run's second half: the model as it is answers the probe (the
         last step's answers are `finish`'s, in one batch with the verdict's)."""
-        if self.run.options.keep_last or not probed(step, total_steps) or step >= total_steps:
+        keeps_last = self.run.options.keeps_last_epoch
+        if keeps_last or not probed(step, total_steps) or step >= total_steps:
             return
         with answering() as model:
             self._record(epoch, step, self._answer(model, self.held.probe))

@@ -67,7 +67,7 @@ class FineTuneRecipe:
 
         run, options = self.run, self.run.spec.options
         seed = self.agree()
-        ref = resolve_base_model(run.spec.model_source or run.job.model)
+        self.ref = ref = resolve_base_model(run.spec.model_source or run.job.model)
         self.model, self.tokenizer, _ = load_base_model(ref)
         self.fmt, self.actors = format_and_actors(self.train_path)
         if self.fmt == "preference":  # the model answers in chat, as it was trained
@@ -110,6 +110,11 @@ class FineTuneRecipe:
             f" batch size {config.batch_size}, "
             + ("LoRA" if config.lora else "full fine-tune")
             + (f", DPO with beta {config.beta:g}" if config.method == "dpo" else "")
+            + (
+                f", sharded (FSDP) across {self.world} processes, keeping the last epoch"
+                if options.fsdp
+                else ""
+            )
             + (f", resuming from step {self.start_step}" if self.resume_from else "")
         )
         self.rows = self.earlier_metrics(self.start_step)  # the results file covers the job
@@ -153,6 +158,23 @@ class FineTuneRecipe:
     def from_leader(self, value):
         """Rank 0's `value` on every process (a run of several processes)."""
         return self.dist.from_rank0(value)
+
+    def plain_copy(self, weights: dict) -> Any:
+        """The base model again, unsharded, on the CPU, with a sharded run's trained `weights`
+        (its adapters, or every weight of a full fine-tune) loaded by name: what is saved and
+        answers."""
+        import torch
+
+        from .base_models import load_base_model
+        from .training.adapters import prepare_model, restore_model
+
+        model, _, _ = load_base_model(self.ref)
+        model = prepare_model(model, self.config, torch.device("cpu"), None)
+        restore_model(model)
+        unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
+        if unexpected:
+            raise ConvtuneError(f"the trained weights do not fit the model: {unexpected[:3]}")
+        return model
 
     def earlier_metrics(self, up_to: int) -> list[dict]:
         """The metrics of steps 1..`up_to`, done before a resume: the last run of each step is
@@ -238,18 +260,17 @@ class FineTuneRecipe:
         from .training import merge_and_save
 
         options = self.run.spec.options
+        model = result.model if result.weights is None else self.plain_copy(result.weights)
         if self.check is not None:
             epoch = int(self.rows[-1]["epoch"]) if self.rows else 0
             self.check.finish(
-                result.model,
+                model,
                 result.steps,
                 epoch,
-                keep_last=options.keep_last,
+                keep_last=options.keeps_last_epoch,
                 verdict=options.learning_check,
             )
-        merge_and_save(
-            result.model, self.tokenizer, target / "merged", adapter_folder=target / "adapter"
-        )
+        merge_and_save(model, self.tokenizer, target / "merged", adapter_folder=target / "adapter")
         trained = result.trained_tokens or self.stats.trained_tokens * self.config.n_epochs
         return Saved(
             target / "merged", target / "adapter", self.fmt, self.actors, int(trained), self.rows

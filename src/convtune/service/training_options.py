@@ -228,6 +228,12 @@ class TrainOptions:
         if problems:
             raise OptionError("; ".join(problems))
 
+    @property
+    def keeps_last_epoch(self) -> bool:
+        """Whether the job keeps its last epoch's model without probing earlier ones: asked
+        (keep_last), or sharded (fsdp: the model answers only once training has ended)."""
+        return bool(self.keep_last or self.fsdp)
+
     def _launch_problems(self) -> list[str]:
         """What is wrong with how the job's processes meet (ranges are checked already)."""
         problems = []
@@ -238,6 +244,8 @@ class TrainOptions:
                 )
             if self.nnodes > 1 and not self.master_addr:
                 problems.append("nnodes above 1 needs master_addr: the address of node 0")
+            if self.fsdp and self.quantize_base != "none":
+                problems.append("fsdp: not with quantize_base 4bit (FSDP2 shards float weights)")
             if self.fsdp and self.nnodes * int(self.nproc_per_node or 1) < 2:
                 problems.append(
                     "fsdp shards across processes: give nproc_per_node or nnodes above 1"

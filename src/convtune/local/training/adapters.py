@@ -33,7 +33,12 @@ def core_model(model: Any) -> Any:
 
 
 def prepare_model(
-    model: Any, config: TrainConfig, device: torch.device, precision: torch.dtype | None
+    model: Any,
+    config: TrainConfig,
+    device: torch.device,
+    precision: torch.dtype | None,
+    *,
+    sharded: bool = False,
 ) -> Any:
     """The model on its device, with LoRA adapters (float32) or every weight trainable.
 
@@ -41,13 +46,16 @@ def prepare_model(
     originals are put back by `restore_model`): autocast would otherwise convert every weight at
     every forward pass, and the stream between layers would be float32. peft's conversion of
     each LoRA input to float32 (which autocast converts straight back) is switched off.
+
+    `sharded`: the model stays on the CPU and in float32; FSDP2 moves each share to the device
+    and computes in `precision` itself (`sharding.shard`).
     """
     quantize = config.quantize_base == "4bit"
     if quantize:  # the model moves to the GPU once quantized, not before
         problem = quantization_problem(device)
         if problem is not None:
             raise OptionError(f"quantize_base 4bit: {problem}", hint="quantize_base none")
-    else:
+    elif not sharded:
         model.to(device)
     if config.lora and not hasattr(model, "peft_config"):
         from peft import LoraConfig, get_peft_model
@@ -70,7 +78,7 @@ def prepare_model(
         for module in model.modules():
             if hasattr(module, "lora_A"):
                 module.cast_input_dtype_enabled = False
-        if precision is not None:
+        if precision is not None and not sharded:
             originals = []
             for p in model.parameters():
                 if not p.requires_grad and p.dtype == torch.float32:

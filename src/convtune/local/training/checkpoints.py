@@ -54,6 +54,7 @@ def save_checkpoint(
     step: int,
     epoch: int,
     identity: dict | None = None,
+    gathered: tuple[dict, dict] | None = None,
 ) -> Path:
     """Write a checkpoint folder: the trainable weights, the optimizer, the step.
 
@@ -66,7 +67,11 @@ def save_checkpoint(
 
     folder = Path(folder)
     with staged_folder(folder) as staging:
-        if hasattr(model, "peft_config"):
+        if gathered is not None:  # a sharded run's (`sharding.gather`), by parameter names
+            weights, optimizer_state = gathered
+            save_file(_unshared(weights), str(staging / WEIGHTS_FILE))
+            torch.save(optimizer_state, staging / OPTIMIZER_FILE)
+        elif hasattr(model, "peft_config"):
             model.save_pretrained(staging / ADAPTER_DIR)
         else:
             weights = {
@@ -75,7 +80,8 @@ def save_checkpoint(
                 if p.requires_grad
             }
             save_file(weights, str(staging / WEIGHTS_FILE))
-        torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
+        if gathered is None:
+            torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
         state = {"step": step, "epoch": epoch, "identity": identity or {}}
         (staging / STATE_FILE).write_text(json.dumps(state, indent=1))
     return folder
@@ -92,20 +98,7 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    try:
-        state = json.loads((folder / STATE_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConvtuneError(
-            "not a checkpoint: no readable trainer_state.json", path=folder
-        ) from exc
-    saved = state.get("identity", {})
-    for key, value in (expect or {}).items():
-        if key in saved and saved[key] != value:
-            raise ConvtuneError(
-                f"the checkpoint was made with {key}={saved[key]}, this run has {value}",
-                path=folder,
-                hint="resume with the same data and hyperparameters",
-            )
+    step = read_state(folder, expect)
     device = next(model.parameters()).device
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
@@ -125,7 +118,49 @@ def load_checkpoint(
         optimizer.load_state_dict(
             torch.load(folder / OPTIMIZER_FILE, map_location=device, weights_only=True)
         )
+    return step
+
+
+def read_state(folder: Path, expect: dict | None = None) -> int:
+    """A checkpoint's step, once its run is known to be this one (`expect`)."""
+    folder = Path(folder)
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConvtuneError(
+            "not a checkpoint: no readable trainer_state.json", path=folder
+        ) from exc
+    saved = state.get("identity", {})
+    for key, value in (expect or {}).items():
+        if key in saved and saved[key] != value:
+            raise ConvtuneError(
+                f"the checkpoint was made with {key}={saved[key]}, this run has {value}",
+                path=folder,
+                hint="resume with the same data and hyperparameters",
+            )
     return int(state["step"])
+
+
+def read_gathered(folder: Path, expect: dict | None = None) -> tuple[int, dict, dict]:
+    """A sharded run's checkpoint: its step, weights and optimizer state, by parameter names."""
+    from safetensors.torch import load_file
+
+    step = read_state(folder, expect)
+    weights = load_file(str(Path(folder) / WEIGHTS_FILE))
+    state = torch.load(Path(folder) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    return step, weights, state
+
+
+def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors as safetensors writes them: contiguous, none sharing another's memory (tied
+    embeddings gather as one tensor under two names)."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in weights.items():
+        pointer = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.clone().contiguous() if pointer in seen else tensor.contiguous()
+        seen.add(pointer)
+    return out
 
 
 # -- the finished model -------------------------------------------------------------------------

@@ -168,8 +168,6 @@ class TrainConfig:
                 problems.append(
                     f"{f.name} must be one of {', '.join(choices)}, not {getattr(self, f.name)!r}"
                 )
-        if self.fsdp and self.quantize_base != "none":
-            problems.append("fsdp: not with quantize_base 4bit (FSDP2 shards float weights)")
         if self.quantize_base != "none" and not self.lora:
             problems.append("quantize_base 4bit (QLoRA) trains LoRA adapters: not with full=True")
         for name in ("eval_every", "threads", "micro_batch_tokens"):
@@ -289,3 +287,6 @@ class TrainResult:
     peak_memory_mb: float  # the process's peak resident memory (CUDA: peak allocated)
     precision: str = "fp32"
     device: str = "cpu"
+    # a sharded (fsdp) run's trained weights, whole, by name, on rank 0 (None elsewhere): what
+    # a plain copy of the model loads to be saved and to answer (`model` stays sharded)
+    weights: dict[str, Any] | None = None

@@ -227,7 +227,7 @@ class PreferenceLoop(TrainingLoop):
             reference = pairs.reference[rows].to(policy.device, torch.float32)
             losses, margins, wins = dpo_losses(policy, reference, counts, indexed, self.config.beta)
             if backward:
-                (losses.sum() / scale).backward()
+                (losses.sum() * self.dist.loss_scale / scale).backward()
             preferred = [w for w, _ in indexed]
             contrasted = ~torch.isnan(margins)
             sums += torch.tensor(

@@ -38,7 +38,7 @@ from ..loss_masks import TokenizedExample
 from .adapters import compile_layers, core_model, prepare_model, restore_model
 from .attention import choose_kernel, is_packed, model_windows, use_packed_attention
 from .batching import Examples, micro_batches, rank_share
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, read_gathered, save_checkpoint
 from .config import StepMetrics, TrainConfig, TrainResult
 from .losses import choose_loss, fused_cross_entropy, output_weight, plain_cross_entropy
 from .runtime import (
@@ -50,6 +50,7 @@ from .runtime import (
     pick_device,
     set_threads,
 )
+from .sharding import gather, scatter
 
 
 def train(
@@ -87,7 +88,9 @@ def train(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the adapters' initial weights, equal on every rank
-            model = prepare_model(model, config, device, precision)
+            model = prepare_model(model, config, device, precision, sharded=config.fsdp)
+            if config.fsdp:
+                _shard(model, config, dist, device, precision)
             ctx = _Context.make(model, config, dist, device, precision, training=True)
             if config.compile:
                 if ctx.packed and ctx.kernel == "segments":
@@ -108,6 +111,27 @@ def train(
     finally:
         restore_model(model)
         torch.set_num_threads(threads_before)
+
+
+def _shard(model, config: TrainConfig, dist: Distributed, device, precision) -> None:
+    """FSDP2 over the process group (`sharding`), or why it cannot run."""
+    problems = []
+    if dist.world == 1:
+        problems.append("it shards across processes: run it under several (torchrun)")
+    if config.compile:
+        problems.append("not with compile yet")
+    if config.quantize_base != "none":
+        problems.append("not with quantize_base 4bit (FSDP2 shards float weights)")
+    if config.cross_entropy not in ("auto", "plain"):
+        problems.append(
+            f"not with cross_entropy {config.cross_entropy} (it reads the sharded head)"
+        )
+    if problems:
+        raise OptionError("fsdp: " + "; ".join(problems))
+    from .sharding import shard
+
+    shard(model, device, precision, dist.world)
+    dist.sharded = True
 
 
 @dataclass
@@ -132,7 +156,8 @@ class _Context:
         packed = is_packed(core)
         dtype = precision or next(core.parameters()).dtype
         kernel = choose_kernel(config.attention, device, dtype, core.config, training=training)
-        loss = choose_loss(config.cross_entropy, device, core)
+        # a sharded head is whole only inside the model's forward pass: the plain loss there
+        loss = "plain" if dist.sharded else choose_loss(config.cross_entropy, device, core)
         budget = config.micro_batch_tokens or default_micro_batch_tokens(
             core.config, device, precision, checkpointing=config.gradient_checkpointing
         )
@@ -188,13 +213,17 @@ class TrainingLoop:
             **fused_kwargs(device),
         )
         self.valid_cursor = 0
+        self._gathered: tuple[dict, dict] = ({}, {})  # a sharded run's last gathered state
 
     def run(self, on_metrics, on_epoch_end, should_stop, resume, on_stop=None) -> TrainResult:
         config, dist = self.config, self.dist
-        step = 0
-        if resume is not None:
-            step = load_checkpoint(self.model, self.optimizer, resume, expect=self._identity())
-        step = self._share_resume(step)
+        if dist.sharded:
+            step = self._resume_sharded(resume)
+        else:
+            step = 0
+            if resume is not None:
+                step = load_checkpoint(self.model, self.optimizer, resume, expect=self._identity())
+            step = self._share_resume(step)
         dist.broadcast_(self.params)
         wants = _positional(on_epoch_end)
         tokens = loss_tokens = 0
@@ -229,6 +258,8 @@ class TrainingLoop:
                     valid_loss = valid.loss
                 elif epoch_end or step % self.eval_every == 0:
                     valid = self._validate(self._valid_batch())
+            if epoch_end and dist.sharded:  # every rank gathers the checkpoint rank 0 writes
+                self._gathered = gather(self.model, self.optimizer)
             if dist.rank == 0:
                 on_metrics(
                     StepMetrics(
@@ -249,11 +280,15 @@ class TrainingLoop:
                     self._epoch_end(on_epoch_end, wants, step)
             if step < self.total_steps and dist.sum([1.0 if should_stop() else 0.0])[0]:
                 stopped = True
+                if dist.sharded:
+                    self._gathered = gather(self.model, self.optimizer)
                 if on_stop is not None and dist.rank == 0:
                     on_stop(step, step // self.steps_per_epoch, self._saver(step))
                 break
+        whole = gather(self.model)[0] if dist.sharded else None
         return TrainResult(
             model=self.model,
+            weights=whole if dist.rank == 0 else None,
             steps=step,
             total_steps=self.total_steps,
             stopped=stopped,
@@ -267,6 +302,27 @@ class TrainingLoop:
             precision="bf16" if self.ctx.precision is not None else "fp32",
             device=str(self.ctx.device),
         )
+
+    def _resume_sharded(self, resume: Path | None) -> int:
+        """A sharded run's resume: rank 0 reads the checkpoint (only node 0's job has one) and
+        every rank takes its shards of it; the step it resumes at."""
+        dist = self.dist
+        found: tuple[int, dict, dict] | None = None
+        said: int | str | None = None  # what every rank learns: the step, or why not
+        if dist.rank == 0 and resume is not None:
+            try:
+                found = read_gathered(resume, expect=self._identity())
+                said = found[0]
+            except ConvtuneError as exc:
+                said = str(exc)
+        said = dist.from_rank0(said)
+        if isinstance(said, str):
+            raise ConvtuneError(said)
+        if said is None:
+            return 0
+        step, weights, state = found if found is not None else (said, {}, {})
+        scatter(self.model, self.optimizer, weights, state)
+        return step
 
     def _share_resume(self, step: int) -> int:
         """Rank 0's place (step and optimizer state; its weights follow by `broadcast_`) on every
@@ -292,6 +348,8 @@ class TrainingLoop:
         """The model ready to generate, as it is now (eval mode, its plain attention, float32
         weights, the cache on), then back to training exactly as it was: what a checkpoint of
         this step would answer, without saving and loading it."""
+        if self.dist.sharded:  # rank 0 alone cannot run a model whose weights every rank holds
+            raise ConvtuneError("a sharded (fsdp) model answers once training has ended")
         model, ctx = self.model, self.ctx
         core = core_model(model)
         restore_model(model)
@@ -317,6 +375,7 @@ class TrainingLoop:
                 step=step,
                 epoch=step // self.steps_per_epoch,
                 identity=self._identity(),
+                gathered=self._gathered if self.dist.sharded else None,
             )
 
         return save
@@ -330,6 +389,7 @@ class TrainingLoop:
             "seed": c.seed,
             "lora": c.lora,
             "total_steps": self.total_steps,
+            "fsdp": c.fsdp,
         }
 
     # -- what a method changes: its data, its step, what it measures ------------------------------
@@ -355,7 +415,7 @@ class TrainingLoop:
         for micro in micro_batches(mine, examples.lengths, ctx.micro_batch_tokens):
             with ctx.autocast():
                 loss, correct, count = _forward(self.model, examples, micro, ctx)
-            (loss / total_loss_tokens).backward()
+            (loss * self.dist.loss_scale / total_loss_tokens).backward()
             sums += torch.stack([loss.detach().double().cpu(), correct, count])
         self.dist.sum_gradients_(self.params)
         if self.config.max_grad_norm:

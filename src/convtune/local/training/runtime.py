@@ -32,6 +32,17 @@ class Distributed:
             local_rank,
             local_world,
         )
+        # FSDP2 (`sharding`) reduces the gradients itself and each rank holds only its share of
+        # the weights: summing the gradients or broadcasting the weights here would be wrong
+        self.sharded = False
+
+    @property
+    def loss_scale(self) -> int:
+        """What a rank's loss is multiplied by before its backward pass. The gradients must be
+        the sum of the ranks' (each loss is divided by the loss tokens of the whole step); FSDP
+        averages them, and gloo has no sum with a factor (PREMUL_SUM) to undo that, so a sharded
+        run scales its losses by the world instead."""
+        return self.world if self.sharded else 1
 
     @classmethod
     def start(cls) -> Distributed:
@@ -59,7 +70,7 @@ class Distributed:
 
     def sum_gradients_(self, params: list[torch.Tensor]) -> None:
         """Sum the gradients of all ranks, in buckets of at most 32M values."""
-        if self.world == 1:
+        if self.world == 1 or self.sharded:
             return
         import torch.distributed as dist
 
@@ -84,7 +95,7 @@ class Distributed:
 
     def broadcast_(self, params: list[torch.Tensor]) -> None:
         """Rank 0's weights everywhere (they are equal already: this is a guarantee)."""
-        if self.world == 1:
+        if self.world == 1 or self.sharded:
             return
         import torch.distributed as dist
 
