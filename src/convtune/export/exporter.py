@@ -60,6 +60,7 @@ class ExportResult:
     files: list[Path] = field(default_factory=list)
     ollama_template: bool = False  # the Modelfile has a TEMPLATE proven equal to the chat template
     notes: list[str] = field(default_factory=list)  # what a user should know about the export
+    vllm_command: str | None = None  # an adapter's `vllm serve` line (None: vLLM refuses it)
 
 
 def export_model(
@@ -126,10 +127,44 @@ def _write(
         assert source.adapter is not None
         _copy_folder(source.adapter, staging)
         result = ExportResult(source.name, out, "adapter")
+        result.vllm_command, problems = _ready_for_vllm(staging, source, out)
+        result.notes += [f"vLLM would refuse this adapter: {p}" for p in problems]
     files = sorted({*_files_in(staging), "README.txt"})
     (staging / "README.txt").write_text(_readme(result, source, files), encoding="utf-8")
     result.files = sorted(out / p.name for p in staging.iterdir())
     return result
+
+
+def _ready_for_vllm(
+    folder: Path, source: ExportSource, out: Path
+) -> tuple[str | None, list[str]]:
+    """Give an adapter folder's config the layer names vLLM compares (`short_target_modules`);
+    its `vllm serve` line, or why vLLM would refuse it. A model trained on prompt/completion
+    data answers in its own protocol: the line gives vLLM the adapter's chat template."""
+    import json
+
+    from safetensors import safe_open
+
+    from .vllm_lora import adapter_problems, serve_command, short_target_modules
+
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as weights:
+        names = weights.keys()
+        shapes = {key: weights.get_slice(key).get_shape() for key in names}
+    targets = config.get("target_modules")
+    if isinstance(targets, list) and (short := short_target_modules(targets)) is not None:
+        config["target_modules"] = short
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
+    problems = adapter_problems(config, shapes)
+    if problems:
+        return None, problems
+    base = str(config.get("base_model_name_or_path") or "BASE")
+    template = None
+    if source.format == "prompt-completion" and (folder / "chat_template.jinja").is_file():
+        template = str(out / "chat_template.jinja")
+    command = serve_command(base, [(source.name, str(out))], int(config["r"]), template)
+    return command, []
 
 
 def _files_in(folder: Path) -> list[str]:
@@ -311,6 +346,15 @@ def _readme(result: ExportResult, source: ExportSource, files: list[str]) -> str
             "A PEFT LoRA adapter; load it on its base model:",
             f'  PeftModel.from_pretrained(base_model, "{where}")',
         ]
+        if result.vllm_command:
+            lines += [
+                "",
+                "vLLM's OpenAI server, with this adapter as the model of that name (add more"
+                " NAME=FOLDER pairs, and --max-loras N, for several fine-tunes of one base; the"
+                " base is the folder the adapter was trained on: copy it with"
+                " convtune export BASE --format hf):",
+                f"  {result.vllm_command}",
+            ]
     if source.format == "prompt-completion":
         first, second = source.actors or ("Human", "AI")
         lines += [
