@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ class Backend:
     name: str = "local"
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    engine: str = "auto"  # what generates a local model's answers (`--engine`)
 
     def __str__(self) -> str:
         return self.name
@@ -35,17 +37,24 @@ def resolve(
     return Backend(name, base_url or None, api_key or None)
 
 
-def backend_option(f=None, *, mixed: bool = False):
+def backend_option(f=None, *, mixed: bool = False, engine: bool = False):
     """Add --backend, --base-url and --api-key; the command receives one `backend` (a Backend).
 
     `mixed`: the command names models of several backends (MODEL@BACKEND); --backend and
-    --base-url are then the default for models without one."""
+    --base-url are then the default for models without one. `engine`: the command generates
+    answers, and takes --engine for local models."""
     if f is None:
-        return functools.partial(backend_option, mixed=mixed)
+        return functools.partial(backend_option, mixed=mixed, engine=engine)
 
     @functools.wraps(f)
     def command(*args, backend, base_url, api_key, **kwargs):
-        return f(*args, backend=resolve(backend, base_url, api_key, mixed=mixed), **kwargs)
+        chosen = resolve(backend, base_url, api_key, mixed=mixed)
+        if engine:
+            chosen = dataclasses.replace(chosen, engine=kwargs.pop("engine"))
+        return f(*args, backend=chosen, **kwargs)
+
+    if engine:
+        command = engine_option(command)
 
     command = click.option(
         "--api-key",
@@ -71,6 +80,15 @@ def backend_option(f=None, *, mixed: bool = False):
     )(command)
 
 
+def engine_option(f):
+    """--engine, from its one definition (`convtune.local.engines`)."""
+    from ..local.engines import ENGINE_HELP, ENGINES
+
+    return click.option(
+        "--engine", type=click.Choice(ENGINES), default="auto", show_default=True, help=ENGINE_HELP
+    )(f)
+
+
 def service_class(backend: Backend | str = "local") -> type[FineTuningService]:
     """The class of the backend the options name (`convtune.backends`): its capabilities are
     known before a key is read or a connection made."""
@@ -82,7 +100,7 @@ def service_for(backend: Backend | str = "local") -> FineTuningService:
     if isinstance(backend, str):
         backend = Backend(backend)
     if not service_class(backend).capabilities.remote:  # --api-key of eval's MODEL@openai
-        return backends.connect(backend.name)
+        return backends.connect(backend.name, engine=backend.engine)
     return backends.connect(backend.name, api_key=backend.api_key, base_url=backend.base_url)
 
 

@@ -28,7 +28,7 @@ Examples:
 @click.option("--max-tokens", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.7, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for sampling.")
-@backend_option
+@backend_option(engine=True)
 def chat(
     model: str,
     message: str | None,

@@ -87,7 +87,7 @@ def _services(backend: Backend):
 
     @functools.cache
     def service(name: str, base_url: str | None) -> FineTuningService:
-        return service_for(Backend(name, base_url, backend.api_key))
+        return service_for(Backend(name, base_url, backend.api_key, backend.engine))
 
     return lambda target: service(target.backend, target.base_url)
 
@@ -154,7 +154,7 @@ Examples:
 @click.option(
     "--no-teacher-forcing", is_flag=True, help="Skip the validation loss of local models."
 )
-@backend_option(mixed=True)
+@backend_option(mixed=True, engine=True)
 def eval_command(
     models: tuple[str, ...],
     data: Path | None,
@@ -306,7 +306,7 @@ Examples:
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @generation_options
-@backend_option
+@backend_option(engine=True)
 def record(
     model: str,
     data: Path,

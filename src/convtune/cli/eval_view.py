@@ -65,7 +65,7 @@ def show_result(result: EvalResult) -> None:
     for column in ("valid loss", "p50 s", "p90 s", "tok/s", "cost", "errors"):
         table.add_column(column, justify="right")
     for m in result.models:
-        row = [escape(m.model)]
+        row = [escape(m.model) + (f" [dim]({escape(m.engine)})[/]" if m.engine else "")]
         for name in result.graders:
             i = m.metrics.get(name)
             row.append("—" if i is None else f"{i.mean:.3f} [{i.low:.3f}, {i.high:.3f}]")

@@ -13,6 +13,7 @@ import click
 from .. import backends
 from ..errors import ConvtuneError
 from ..local.local_service import DEFAULT_MAX_BATCH
+from .backend import engine_option
 
 
 @click.command(
@@ -71,6 +72,7 @@ Examples:
     default=None,
     help="Requests per key: N/s, N/min or N/h (429 with Retry-After past it). Default: no limit.",
 )
+@engine_option
 def serve(
     host: str,
     port: int,
@@ -79,6 +81,7 @@ def serve(
     max_batch: int,
     max_upload_mb: float,
     rate_limit: str | None,
+    engine: str,
 ) -> None:
     """Serve OpenAI's fine-tuning and chat API on this machine.
 
@@ -111,7 +114,9 @@ def serve(
             " this machine can try keys, in clear text; put a TLS proxy in front",
             err=True,
         )
-    service = backends.connect(backends.DEFAULT, max_running=concurrency, max_batch=max_batch)
+    service = backends.connect(
+        backends.DEFAULT, max_running=concurrency, max_batch=max_batch, engine=engine
+    )
     for job_id, what in service.jobs.recover():
         click.echo(f"convtune serve: job {job_id} {what} after the restart", err=True)
     app = create_app(

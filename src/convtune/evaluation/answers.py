@@ -150,9 +150,30 @@ def _is_entry(line: str) -> bool:
     return isinstance(entry, dict) and "key" in entry and "answer" in entry
 
 
-def answer_key(target: Target, prompt: Prompt, settings: Settings) -> str:
-    raw = json.dumps([target.key(), prompt.key(), asdict(settings)], sort_keys=True)
+def answer_key(
+    target: Target, prompt: Prompt, settings: Settings, engine: str | None = None
+) -> str:
+    """The cache key of an answer. A local model's engine other than transformers (the one
+    earlier answers came from) is part of it: an int8 engine's answers are not transformers'."""
+    model = target.key() if engine in (None, "transformers") else f"{target.key()}|{engine}"
+    raw = json.dumps([model, prompt.key(), asdict(settings)], sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+def engine_name(service: FineTuningService, target: Target) -> str | None:
+    """The engine that answers a local `target` (None for a remote one)."""
+    engine_of = getattr(service.chat, "engine_of", None)
+    if service.capabilities.remote or engine_of is None:
+        return None
+    return engine_of(target.model).name
+
+
+def engine_label(service: FineTuningService, target: Target) -> str | None:
+    """How results name a local target's engine: "ctranslate2 (int8)", "transformers (float32)"."""
+    engine_of = getattr(service.chat, "engine_of", None)
+    if service.capabilities.remote or engine_of is None:
+        return None
+    return engine_of(target.model).label
 
 
 def ask(
@@ -179,8 +200,9 @@ def ask(
         check_target(service, target, prompts, settings, cache, on_retry)
     answers: dict[int, Answer] = {}
     missing: list[Prompt] = []
+    engine = engine_name(service, target)
     for prompt in prompts:
-        found = cache.get(answer_key(target, prompt, settings))
+        found = cache.get(answer_key(target, prompt, settings, engine))
         if found is not None:
             answers[prompt.index] = found
             if on_answer is not None:
@@ -194,7 +216,7 @@ def ask(
     def one(prompt: Prompt) -> Answer:
         answer = ask_one(service, target, prompt, settings, on_retry)
         if answer.error is None:
-            cache.put(answer_key(target, prompt, settings), answer)
+            cache.put(answer_key(target, prompt, settings, engine), answer)
         return answer
 
     batches = service.capabilities.remote or service.capabilities.batches_chat

@@ -165,7 +165,9 @@ def _summary_table(result: EvalResult, colours: dict[str, str]) -> str:
         name = escape(model.model)
         cells = [
             f'<td class="name" data-sort="{name}">{swatch}{name}</td>',
-            f'<td data-sort="{escape(model.backend)}">{escape(model.backend)}</td>',
+            f'<td data-sort="{escape(model.backend)}">{escape(model.backend)}'
+            + (f" ({escape(model.engine)})" if model.engine else "")
+            + "</td>",
         ]
         cells += [_interval_cell(model.metrics.get(name)) for name in result.graders]
         cells += [

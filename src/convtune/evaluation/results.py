@@ -98,6 +98,7 @@ class EvaluatedModel:
     valid_loss: float | None = None
     valid_mean_token_accuracy: float | None = None
     load_seconds: float | None = None  # loading the local model before its answers were timed
+    engine: str | None = None  # what generated a local model's answers: "ctranslate2 (int8)"
 
 
 @dataclass
@@ -116,6 +117,7 @@ class ModelSummary:
     valid_mean_token_accuracy: float | None = None
     error_messages: list[tuple[str, int]] = field(default_factory=list)  # reason, examples
     load_seconds: float | None = None
+    engine: str | None = None  # a local model's engine
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -135,6 +137,8 @@ class ModelSummary:
         }
         if self.load_seconds is not None:
             out["load_seconds"] = round(self.load_seconds, 3)
+        if self.engine is not None:
+            out["engine"] = self.engine
         if self.valid_loss is not None:
             out["valid_loss"] = self.valid_loss
         if self.valid_mean_token_accuracy is not None:
@@ -297,6 +301,7 @@ def _summarize_model(
         valid_mean_token_accuracy=model.valid_mean_token_accuracy,
         error_messages=list(reasons.items()),
         load_seconds=model.load_seconds,
+        engine=model.engine,
     )
 
 

@@ -23,6 +23,7 @@ from .answers import (
     ask,
     check_model,
     check_target,
+    engine_label,
     first_answer,
     request_answer,
 )
@@ -191,6 +192,7 @@ def evaluate(
                 loss,
                 accuracy,
                 load_seconds=loaded[0] if loaded else None,
+                engine=engine_label(service, target),
             )
         )
     return summarize(

@@ -107,6 +107,18 @@ def load_base_model(
     return model, tokenizer, folder
 
 
+def base_folder(ref: BaseModelRef) -> Path | None:
+    """The Hugging Face folder of a base model, without loading it (None for a hub id: its
+    files are found as it loads)."""
+    if ref.kind == "hub":
+        return None
+    folder = Path(ref.source)
+    if ref.kind in ("smollm2", "gguf"):
+        with quiet():
+            folder = gguf_cache(folder, ref.name)
+    return folder
+
+
 def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

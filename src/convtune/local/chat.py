@@ -4,11 +4,14 @@ Chat-format models answer through their chat template and stop at its end-of-tur
 trained on legacy prompt/completion data speak the same `Human:`/`AI:` protocol they learned:
 the history written as the prompt was, and generation stops at the stop separator.
 
-A loaded model serves many callers (`convtune serve` takes hundreds of requests at once). With
-`max_batch` above 1 (the default), the replies asked of one model at the same time are generated
-together by its `BatchEngine` (`generation.py`: continuous batching, up to `max_batch` rows per
-forward pass). With `max_batch=1`, or a model whose cache the engine cannot batch, each reply is
-one `generate` call in a thread of its own, one at a time per model (a lock per model).
+A loaded model serves many callers (`convtune serve` takes hundreds of requests at once). The
+engine that generates (`engines.choose`: the service's `engine`, "auto" by default) is
+CTranslate2 on a CPU (`ct2_engine.Ct2Engine`: the model converted once, the replies waiting
+generated together in batches) or transformers. With transformers and `max_batch` above 1, the
+replies asked of one model at the same time are generated together by its `BatchEngine`
+(`generation.py`: continuous batching, up to `max_batch` rows per forward pass); with
+`max_batch=1`, or a model whose cache the engine cannot batch, each reply is one `generate` call
+in a thread of its own, one at a time per model (a lock per model).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from ..errors import ConvtuneError
 from ..service.contract import ChatReply, ChatRequest
+from .engines import EngineChoice
 from .generation import BatchEngine, Generation
 
 
@@ -90,8 +94,12 @@ class LocalChat:
     format: str = "chat"
     actors: tuple[str, str] | None = None
     max_batch: int = 1  # replies generated together; 1: one at a time (`load` takes the service's)
+    engine: EngineChoice = field(default_factory=lambda: EngineChoice("transformers"))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _engine: BatchEngine | None = field(default=None, init=False, repr=False, compare=False)
+    _ct2: Any = field(default=None, init=False, repr=False, compare=False)  # a Ct2Engine
+    _eos: frozenset[int] = field(default=frozenset(), init=False, repr=False, compare=False)
+    _torch: Callable[[], Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.model is not None and self.max_batch > 1 and BatchEngine.supports(self.model):
@@ -100,12 +108,14 @@ class LocalChat:
     @property
     def batched(self) -> bool:
         """Whether replies are generated together (else one `generate` call at a time)."""
-        return self._engine is not None
+        return self._engine is not None or (self._ct2 is not None and self.max_batch > 1)
 
     def close(self) -> None:
         """End the replies under way (as if their readers had gone)."""
         if self._engine is not None:
             self._engine.close()
+        if self._ct2 is not None:
+            self._ct2.close()
 
     @classmethod
     def load(cls, service, model_id: str) -> LocalChat:
@@ -115,7 +125,8 @@ class LocalChat:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from .base_models import load_base_model, resolve_base_model
+        from .base_models import base_folder, load_base_model, resolve_base_model
+        from .engines import choose
 
         hf_logging.disable_progress_bar()  # a chat prints replies, not loading bars
 
@@ -127,14 +138,60 @@ class LocalChat:
                     f"the weights of {model_id} are missing from {path}",
                     hint=f"delete it with: convtune models delete {model_id}",
                 )
+            choice = choose(service.engine, path)
+            if choice.name != "transformers":
+                return cls._converted(service, path, record["format"], record["actors"], choice)
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             fmt, actors = record["format"], record["actors"]
         else:
-            model, tokenizer, _ = load_base_model(resolve_base_model(model_id))
+            ref = resolve_base_model(model_id)
+            folder = base_folder(ref)
+            choice = choose(service.engine, folder)
+            if choice.name != "transformers" and folder is not None:
+                return cls._converted(service, folder, "chat", None, choice)
+            model, tokenizer, _ = load_base_model(ref)
             fmt, actors = "chat", None
         model.eval()
-        return cls(model, tokenizer, fmt, actors, service.max_batch)
+        return cls(model, tokenizer, fmt, actors, service.max_batch, choice)
+
+    @classmethod
+    def _converted(
+        cls, service, folder: Path, fmt: str, actors: Any, choice: EngineChoice
+    ) -> LocalChat:
+        """A chat whose replies CTranslate2 generates, from the model converted once."""
+        import ctranslate2
+        from transformers import AutoTokenizer
+
+        from .ct2_engine import Ct2Engine
+        from .engines import QUANTIZATION, converted, threads
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if not tokenizer.chat_template and fmt == "chat":
+            raise ConvtuneError(f"{folder.name} has no chat template", path=folder)
+        model = str(converted(folder, service.home, choice.name))
+
+        def generator() -> Any:
+            return ctranslate2.Generator(
+                model,
+                device="cpu",
+                compute_type=QUANTIZATION[choice.name],
+                intra_threads=threads(),
+            )
+
+        chat = cls(None, tokenizer, fmt, actors, service.max_batch, choice)
+        chat._ct2 = Ct2Engine(generator(), tokenizer, service.max_batch, fresh=generator)
+        chat._eos = _end_tokens(folder, tokenizer)
+
+        def torch_model() -> Any:  # scoring (teacher forcing) needs the model itself
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+            return model.eval()
+
+        chat._torch = torch_model
+        return chat
 
     def score(self, records: list[dict], *, max_length: int = 1024) -> tuple[float, float]:
         """Mean loss and next-token accuracy on the trained parts of `records` (teacher forcing
@@ -146,6 +203,8 @@ class LocalChat:
         if not examples:
             raise ConvtuneError("no example has a trained token to score")
         with self._lock:
+            if self.model is None and self._torch is not None:
+                self.model = self._torch()
             return evaluate(self.model, examples)
 
     def prompt(self, messages: list[dict[str, str]]) -> tuple[str, list[str]]:
@@ -175,11 +234,14 @@ class LocalChat:
         stops = [*stops, *(s for s in request.stop if s)]
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         reply = Reply(len(ids), request.max_tokens)
-        # the batch engine puts only the reply's tokens; `generate` puts the prompt first
+        # the batch engines put only the reply's tokens; `generate` puts the prompt first
+        batched = self._engine is not None or self._ct2 is not None
         streamer = TextIteratorStreamer(
-            self.tokenizer, skip_prompt=self._engine is None, skip_special_tokens=True
+            self.tokenizer, skip_prompt=not batched, skip_special_tokens=True
         )
-        if self._engine is not None:
+        if self._ct2 is not None:
+            self._submit_ct2(request, ids, stops, reply, streamer)
+        elif self._engine is not None:
             self._submit(request, ids, stops, reply, streamer)
         else:
             self._start_thread(request, ids, stops, reply, streamer)
@@ -222,6 +284,32 @@ class LocalChat:
         reply._wait = job.wait
         try:
             self._engine.submit(job)  # type: ignore[union-attr]
+        except RuntimeError as exc:  # the model was unloaded meanwhile
+            raise ConvtuneError(f"cannot generate: {exc}") from None
+
+    def _submit_ct2(
+        self, request: ChatRequest, ids: list[int], stops: list[str], reply: Reply, streamer: Any
+    ) -> None:
+        from .ct2_engine import Ct2Generation
+
+        job = Ct2Generation(
+            prompt=ids,
+            max_tokens=request.max_tokens,
+            stops=stops,
+            do_sample=request.temperature > 0,
+            processors=None,
+            generator=None,
+            streamer=streamer,
+            cancelled=reply.done,
+            on_end=reply._ended,
+            eos=self._eos,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+        )
+        reply._wait = job.wait
+        try:
+            self._ct2.submit(job)
         except RuntimeError as exc:  # the model was unloaded meanwhile
             raise ConvtuneError(f"cannot generate: {exc}") from None
 
@@ -315,6 +403,22 @@ class LocalChat:
         if self.tokenizer.eos_token_id is not None:
             found.add(self.tokenizer.eos_token_id)
         return found
+
+
+def _end_tokens(folder: Path, tokenizer: Any) -> frozenset[int]:
+    """The tokens that end a reply: the generation config's end tokens and the tokenizer's."""
+    import json
+
+    found: set[int] = set()
+    try:
+        config = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+        eos = config.get("eos_token_id")
+        found.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    except (OSError, ValueError):
+        pass
+    if tokenizer.eos_token_id is not None:
+        found.add(int(tokenizer.eos_token_id))
+    return frozenset(int(i) for i in found)
 
 
 def _until_stop(

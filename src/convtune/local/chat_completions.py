@@ -13,6 +13,7 @@ from ..service.contract import Chat, ChatReply, ChatRequest
 
 if TYPE_CHECKING:  # loading a chat model needs torch
     from .chat import LocalChat
+    from .engines import EngineChoice
     from .local_service import LocalService
 
 CHAT_MODELS_KEPT = 4  # models kept loaded for chat; the least recently used is dropped first
@@ -47,6 +48,20 @@ class LocalChatCompletions(Chat):
                 while len(self._models) > CHAT_MODELS_KEPT:  # replies under way go on
                     self._models.pop(next(iter(self._models)))
         return chat
+
+    def engine_of(self, model: str) -> EngineChoice:
+        """The engine that answers `model` with this service's `engine` (without loading it)."""
+        from pathlib import Path
+
+        from .base_models import base_folder
+        from .engines import EngineChoice, choose
+
+        if self.service.engine in ("auto", "transformers"):  # no folder needed
+            return EngineChoice("transformers")
+        record = self.service.store.get_model(model)
+        if record is not None:
+            return choose(self.service.engine, Path(record["path"]))
+        return choose(self.service.engine, base_folder(self.service.models.base_model(model)))
 
     def _key(self, model: str) -> str:
         """One cache entry per model, however its path is spelled (`/a/b`, `/a//b`, `/a/./b`)."""

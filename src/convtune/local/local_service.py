@@ -33,6 +33,9 @@ class LocalService(FineTuningService):
     `max_batch` caps how many chat replies one model generates together (`convtune serve
     --max-batch`): replies asked at the same time share each forward pass; 1 generates them one
     after another.
+
+    `engine` is what generates them (`engines.ENGINES`; `--engine` of chat, eval, record and
+    serve): "auto" answers with CTranslate2 on a CPU where it is installed and proven.
     """
 
     name = "local"
@@ -54,7 +57,12 @@ class LocalService(FineTuningService):
         *,
         max_running: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
+        engine: str = "auto",
     ) -> None:
+        from .engines import ENGINES
+
+        if engine not in ENGINES:
+            raise OptionError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         if max_running is not None and max_running < 1:
             raise OptionError("the number of jobs running at once must be 1 or more")
         if max_batch < 1:
@@ -62,6 +70,7 @@ class LocalService(FineTuningService):
         self.home: Path = home or data_dir()
         self.max_running = max_running
         self.max_batch = max_batch
+        self.engine = engine  # what generates chat replies (`engines.choose`)
         self.store = Store(database_path(self.home))
         self.files = LocalFiles(self)
         self.jobs = LocalJobs(self)
