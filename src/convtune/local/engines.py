@@ -127,8 +127,11 @@ def _key(folder: Path, quantization: str) -> str:
 
 
 def threads() -> int:
-    """CTranslate2's threads per model: OMP_NUM_THREADS when set, else the physical cores."""
+    """CTranslate2's threads per model: OMP_NUM_THREADS when set, else half the cores. Its
+    threads stall each other on a small machine: on 2 shared cores, int8 SmolLM2 answered
+    56-62 tokens/s with one thread and 18-29 with two (BENCHMARKS.md, "Answering faster")."""
     value = os.environ.get("OMP_NUM_THREADS", "")
     if value.isdigit() and int(value) > 0:
         return int(value)
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return max(1, cores // 2)
