@@ -135,9 +135,7 @@ def _write(
     return result
 
 
-def _ready_for_vllm(
-    folder: Path, source: ExportSource, out: Path
-) -> tuple[str | None, list[str]]:
+def _ready_for_vllm(folder: Path, source: ExportSource, out: Path) -> tuple[str | None, list[str]]:
     """Give an adapter folder's config the layer names vLLM compares (`short_target_modules`);
     its `vllm serve` line, or why vLLM would refuse it. A model trained on prompt/completion
     data answers in its own protocol: the line gives vLLM the adapter's chat template."""

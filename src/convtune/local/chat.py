@@ -163,7 +163,7 @@ class LocalChat:
         import ctranslate2
         from transformers import AutoTokenizer
 
-        from .ct2_engine import Ct2Engine
+        from .ct2_engine import Ct2Engine, end_tokens
         from .engines import QUANTIZATION, converted, threads
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -181,7 +181,7 @@ class LocalChat:
 
         chat = cls(None, tokenizer, fmt, actors, service.max_batch, choice)
         chat._ct2 = Ct2Engine(generator(), tokenizer, service.max_batch, fresh=generator)
-        chat._eos = _end_tokens(folder, tokenizer)
+        chat._eos = end_tokens(folder, tokenizer)
 
         def torch_model() -> Any:  # scoring (teacher forcing) needs the model itself
             import torch
@@ -403,22 +403,6 @@ class LocalChat:
         if self.tokenizer.eos_token_id is not None:
             found.add(self.tokenizer.eos_token_id)
         return found
-
-
-def _end_tokens(folder: Path, tokenizer: Any) -> frozenset[int]:
-    """The tokens that end a reply: the generation config's end tokens and the tokenizer's."""
-    import json
-
-    found: set[int] = set()
-    try:
-        config = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
-        eos = config.get("eos_token_id")
-        found.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    except (OSError, ValueError):
-        pass
-    if tokenizer.eos_token_id is not None:
-        found.add(int(tokenizer.eos_token_id))
-    return frozenset(int(i) for i in found)
 
 
 def _until_stop(

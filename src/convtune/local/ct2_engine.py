@@ -21,9 +21,11 @@ transformers path's does.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .generation import Generation
@@ -75,9 +77,7 @@ class Ct2Engine:
                 raise RuntimeError("the model was unloaded")
             self._waiting.append(job)
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="convtune-ct2", daemon=True
-                )
+                self._thread = threading.Thread(target=self._loop, name="convtune-ct2", daemon=True)
                 self._thread.start()
 
     def close(self) -> None:
@@ -174,3 +174,16 @@ def _ids(tokens: list[int]) -> Any:
 
     return torch.tensor(tokens)
 
+
+def end_tokens(folder: Path, tokenizer: Any) -> frozenset[int]:
+    """The tokens that end a reply: the generation config's end tokens and the tokenizer's."""
+    found: set[int] = set()
+    try:
+        config = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+        eos = config.get("eos_token_id")
+        found.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    except (OSError, ValueError):
+        pass
+    if tokenizer.eos_token_id is not None:
+        found.add(int(tokenizer.eos_token_id))
+    return frozenset(int(i) for i in found)

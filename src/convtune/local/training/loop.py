@@ -38,9 +38,10 @@ from ..loss_masks import TokenizedExample
 from .adapters import compile_layers, core_model, prepare_model, restore_model
 from .attention import choose_kernel, is_packed, model_windows, use_packed_attention
 from .batching import Examples, micro_batches, rank_share
-from .checkpoints import load_checkpoint, read_gathered, save_checkpoint
+from .checkpoints import load_checkpoint, save_checkpoint
 from .config import StepMetrics, TrainConfig, TrainResult
 from .losses import choose_loss, fused_cross_entropy, output_weight, plain_cross_entropy
+from .resuming import resume_sharded, share_resume
 from .runtime import (
     Distributed,
     autocast_dtype,
@@ -50,7 +51,7 @@ from .runtime import (
     pick_device,
     set_threads,
 )
-from .sharding import gather, scatter
+from .sharding import gather, shard_run
 
 
 def train(
@@ -90,7 +91,7 @@ def train(
             torch.manual_seed(config.seed)  # the adapters' initial weights, equal on every rank
             model = prepare_model(model, config, device, precision, sharded=config.fsdp)
             if config.fsdp:
-                _shard(model, config, dist, device, precision)
+                shard_run(model, config, dist, device, precision)
             ctx = _Context.make(model, config, dist, device, precision, training=True)
             if config.compile:
                 if ctx.packed and ctx.kernel == "segments":
@@ -111,27 +112,6 @@ def train(
     finally:
         restore_model(model)
         torch.set_num_threads(threads_before)
-
-
-def _shard(model, config: TrainConfig, dist: Distributed, device, precision) -> None:
-    """FSDP2 over the process group (`sharding`), or why it cannot run."""
-    problems = []
-    if dist.world == 1:
-        problems.append("it shards across processes: run it under several (torchrun)")
-    if config.compile:
-        problems.append("not with compile yet")
-    if config.quantize_base != "none":
-        problems.append("not with quantize_base 4bit (FSDP2 shards float weights)")
-    if config.cross_entropy not in ("auto", "plain"):
-        problems.append(
-            f"not with cross_entropy {config.cross_entropy} (it reads the sharded head)"
-        )
-    if problems:
-        raise OptionError("fsdp: " + "; ".join(problems))
-    from .sharding import shard
-
-    shard(model, device, precision, dist.world)
-    dist.sharded = True
 
 
 @dataclass
@@ -218,12 +198,12 @@ class TrainingLoop:
     def run(self, on_metrics, on_epoch_end, should_stop, resume, on_stop=None) -> TrainResult:
         config, dist = self.config, self.dist
         if dist.sharded:
-            step = self._resume_sharded(resume)
+            step = resume_sharded(dist, self.model, self.optimizer, resume, self._identity())
         else:
             step = 0
             if resume is not None:
                 step = load_checkpoint(self.model, self.optimizer, resume, expect=self._identity())
-            step = self._share_resume(step)
+            step = share_resume(dist, self.optimizer, step)
         dist.broadcast_(self.params)
         wants = _positional(on_epoch_end)
         tokens = loss_tokens = 0
@@ -302,41 +282,6 @@ class TrainingLoop:
             precision="bf16" if self.ctx.precision is not None else "fp32",
             device=str(self.ctx.device),
         )
-
-    def _resume_sharded(self, resume: Path | None) -> int:
-        """A sharded run's resume: rank 0 reads the checkpoint (only node 0's job has one) and
-        every rank takes its shards of it; the step it resumes at."""
-        dist = self.dist
-        found: tuple[int, dict, dict] | None = None
-        said: int | str | None = None  # what every rank learns: the step, or why not
-        if dist.rank == 0 and resume is not None:
-            try:
-                found = read_gathered(resume, expect=self._identity())
-                said = found[0]
-            except ConvtuneError as exc:
-                said = str(exc)
-        said = dist.from_rank0(said)
-        if isinstance(said, str):
-            raise ConvtuneError(said)
-        if said is None:
-            return 0
-        step, weights, state = found if found is not None else (said, {}, {})
-        scatter(self.model, self.optimizer, weights, state)
-        return step
-
-    def _share_resume(self, step: int) -> int:
-        """Rank 0's place (step and optimizer state; its weights follow by `broadcast_`) on every
-        rank: over several machines, only node 0's job has the checkpoint to resume from."""
-        dist = self.dist
-        if dist.world == 1:
-            return step
-        leader = dist.from_rank0(step)
-        if dist.sum([float(step != leader)])[0]:
-            mine = self.optimizer.state_dict() if dist.rank == 0 else None
-            state = dist.from_rank0(_on_cpu(mine))  # sent as bytes, loaded anywhere
-            if step != leader:
-                self.optimizer.load_state_dict(state)
-        return leader
 
     def _epoch_end(self, on_epoch_end: Callable, wants: int, step: int) -> None:
         epoch = step // self.steps_per_epoch
@@ -488,17 +433,6 @@ def evaluate(
         return _evaluate(model, data, data.all(), ctx)
     finally:
         restore_model(model)
-
-
-def _on_cpu(value: Any) -> Any:
-    """An optimizer's state with its tensors on the CPU."""
-    if isinstance(value, torch.Tensor):
-        return value.cpu()
-    if isinstance(value, dict):
-        return {k: _on_cpu(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_on_cpu(v) for v in value)
-    return value
 
 
 def _positional(callback: Callable) -> int:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ...errors import OptionError
 from .adapters import core_model
 
 
@@ -43,10 +44,23 @@ def shard(model: Any, device: torch.device, precision: torch.dtype | None, world
     fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
-def is_sharded(model: Any) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
+def shard_run(model: Any, config: Any, dist: Any, device: torch.device, precision) -> None:
+    """FSDP2 over the run's process group (`config.fsdp`), or one line saying why it cannot."""
+    problems = []
+    if dist.world == 1:
+        problems.append("it shards across processes: run it under several (torchrun)")
+    if config.compile:
+        problems.append("not with compile yet")
+    if config.quantize_base != "none":
+        problems.append("not with quantize_base 4bit (FSDP2 shards float weights)")
+    if config.cross_entropy not in ("auto", "plain"):
+        problems.append(
+            f"not with cross_entropy {config.cross_entropy} (it reads the sharded head)"
+        )
+    if problems:
+        raise OptionError("fsdp: " + "; ".join(problems))
+    shard(model, device, precision, dist.world)
+    dist.sharded = True
 
 
 def _options(**kw: Any):
