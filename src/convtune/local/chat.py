@@ -146,10 +146,11 @@ class LocalChat:
             fmt, actors = record["format"], record["actors"]
         else:
             ref = resolve_base_model(model_id)
-            folder = base_folder(ref)
-            choice = choose(service.engine, folder)
-            if choice.name != "transformers" and folder is not None:
-                return cls._converted(service, folder, "chat", None, choice)
+            choice = EngineChoice("transformers")
+            if service.engine not in ("auto", "transformers"):  # it reads the model's folder
+                folder = base_folder(ref)
+                choice = choose(service.engine, folder)  # or why it cannot (no folder: a hub id)
+                return cls._converted(service, folder, "chat", None, choice)  # type: ignore[arg-type]
             model, tokenizer, _ = load_base_model(ref)
             fmt, actors = "chat", None
         model.eval()

@@ -59,15 +59,14 @@ class Ct2Engine:
         max_batch: int,
         *,
         fresh: Callable[[], Any],
-        on_idle: Callable[[], None] = lambda: None,
     ) -> None:
         self.generator = generator
         self.fresh = fresh  # a new Generator of the same model (seeded requests)
         self.tokenizer = tokenizer
         self.max_batch = max(1, max_batch)
-        self._on_idle = on_idle
         self._guard = threading.Lock()
         self._waiting: list[Ct2Generation] = []
+        self._running: list[Ct2Generation] = []
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -84,7 +83,7 @@ class Ct2Engine:
         """End every reply (as if its reader had gone) and wait for the thread to stop."""
         with self._guard:
             self._closed = True
-            for job in self._waiting:
+            for job in [*self._waiting, *self._running]:  # running ones end at their next token
                 job.cancelled.set()
             thread = self._thread
         if thread is not None:
@@ -103,8 +102,10 @@ class Ct2Engine:
                 batch = [j for j in self._waiting if j.batch_key() == key][: self.max_batch]
                 for job in batch:
                     self._waiting.remove(job)
+                self._running = batch
             self._run(batch)
-        self._on_idle()
+            with self._guard:
+                self._running = []
 
     def _run(self, batch: list[Ct2Generation]) -> None:
         import ctranslate2
