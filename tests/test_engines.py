@@ -65,8 +65,8 @@ def answer(chat: LocalChat, messages, **kw) -> tuple[str, str | None]:
 def test_float32_gives_transformers_greedy_answers(tiny, prompts, tmp_path):
     exact = chat(tmp_path, tiny, "ctranslate2-float32")
     reference = chat(tmp_path, tiny, "transformers", max_batch=1)
-    assert exact.engine.label == "ctranslate2 (float32)" and exact.model is None
-    assert reference.engine.label == "transformers (float32)"
+    assert exact.engine.label == "ctranslate2 float32" and exact.model is None
+    assert reference.engine.label == "transformers float32"
     differ = [i for i, m in enumerate(prompts) if answer(exact, m)[0] != answer(reference, m)[0]]
     assert differ == [], f"{len(differ)} of {len(prompts)} answers differ"
     assert any(answer(reference, m)[0].strip() for m in prompts)  # it says something
@@ -90,7 +90,7 @@ def test_replies_asked_together_are_the_ones_asked_alone(tiny, prompts, tmp_path
 
 def test_int8_streams_stops_and_samples_as_the_transformers_path(tiny, prompts, tmp_path):
     fast = chat(tmp_path, tiny, "ctranslate2")
-    assert fast.engine.label == "ctranslate2 (int8)"
+    assert fast.engine.label == "ctranslate2 int8"
     messages = prompts[0]
     text, finish = answer(fast, messages, max_tokens=5)
     assert finish == "length" and fast.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -156,5 +156,33 @@ def test_chat_and_eval_take_engine_and_eval_says_which_answered(tiny, valid_file
         assert ran.returncode == 0, ran.stderr
         (model,) = json.loads(ran.stdout)["models"]
         results[engine] = model
-    assert results["ctranslate2"]["engine"] == "ctranslate2 (int8)"
-    assert results["transformers"]["engine"] == "transformers (float32)"
+    assert results["ctranslate2"]["engine"] == "ctranslate2 int8"
+    assert results["transformers"]["engine"] == "transformers float32"
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_the_other_proven_families_answer_as_transformers(tiny, prompts, family, tmp_path):
+    """Qwen2 (q/k/v biases) and Mistral: float32 CTranslate2 gives transformers' greedy
+    answers, as for Llama. Outputs untied, so that a random model says something (tied ones,
+    as SmolLM2's: bench/engines.py, 25 greedy answers of 25 identical)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    config = AutoConfig.for_model(
+        family, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=1024, tie_word_embeddings=False,
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model = AutoModelForCausalLM.from_config(config)
+    folder = tmp_path / family
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    exact = chat(tmp_path, folder, "ctranslate2-float32")
+    reference = chat(tmp_path, folder, "transformers", max_batch=1)
+    asked = prompts[:6]
+    expected = [answer(reference, m)[0] for m in asked]
+    assert [answer(exact, m)[0] for m in asked] == expected
+    assert any(text.strip() for text in expected)  # the model says something

@@ -169,7 +169,7 @@ def engine_name(service: FineTuningService, target: Target) -> str | None:
 
 
 def engine_label(service: FineTuningService, target: Target) -> str | None:
-    """How results name a local target's engine: "ctranslate2 (int8)", "transformers (float32)"."""
+    """How results name a local target's engine: "ctranslate2 int8", "transformers float32"."""
     engine_of = getattr(service.chat, "engine_of", None)
     if service.capabilities.remote or engine_of is None:
         return None

@@ -98,7 +98,7 @@ class EvaluatedModel:
     valid_loss: float | None = None
     valid_mean_token_accuracy: float | None = None
     load_seconds: float | None = None  # loading the local model before its answers were timed
-    engine: str | None = None  # what generated a local model's answers: "ctranslate2 (int8)"
+    engine: str | None = None  # what generated a local model's answers: "ctranslate2 int8"
 
 
 @dataclass

@@ -51,10 +51,10 @@ class EngineChoice:
 
     @property
     def label(self) -> str:
-        """How reports name it: 'ctranslate2 (int8)', 'transformers (float32)'."""
+        """How reports name it: 'ctranslate2 int8', 'transformers float32'."""
         if self.name == "transformers":
-            return "transformers (float32)"
-        return f"ctranslate2 ({QUANTIZATION[self.name]})"
+            return "transformers float32"
+        return f"ctranslate2 {QUANTIZATION[self.name]}"
 
 
 def choose(engine: str, folder: Path | None) -> EngineChoice:
