@@ -200,8 +200,9 @@ def test_launch_commands():
 
 
 def test_two_nodes_pause_together_and_resume_where_node_0_stopped(tiny, chats, tmp_path):
-    """Pausing node 0's job stops both nodes after the same step; node 1's job is paused too
-    (not cancelled), and resuming each job brings the run back from node 0's checkpoint."""
+    """Pausing one node's job (here node 1's, which holds no checkpoint) stops both nodes after
+    the same step; both jobs are paused (not cancelled), node 0 keeps the checkpoint, and
+    resuming each job brings the run back from it."""
     port = free_port()
     node = [tmp_path / "node0", tmp_path / "node1"]
     args = ["--model", tiny, "--n-epochs", 8, "--batch-size", 2, "--seed", 5, "--detach"]
@@ -212,14 +213,14 @@ def test_two_nodes_pause_together_and_resume_where_node_0_stopped(tiny, chats, t
     jobs = [job_id_from(r.stdout) for r in started]
     services = [LocalService(home) for home in node]
     wait_for(lambda: len(losses(services[0], jobs[0])) >= 3, 180)
-    paused = convtune(node[0], "jobs", "pause", jobs[0])
+    paused = convtune(node[1], "jobs", "pause", jobs[1])
     assert paused.returncode == 0, paused.stderr
     for service, job_id in zip(services, jobs, strict=True):
         assert wait_status(
             service, job_id, ("paused", "cancelled", "failed", "succeeded")
         ).status == ("paused")
-    (checkpoint,) = [c for c in services[0].jobs.list_checkpoints(jobs[0])]
-    stopped_at = checkpoint.step_number
+    checkpoints = services[0].jobs.list_checkpoints(jobs[0])  # epochs' and the pause's
+    stopped_at = max(c.step_number for c in checkpoints)
     assert 3 <= stopped_at < 96 and services[1].jobs.list_checkpoints(jobs[1]) == []
 
     for home, job_id in zip(node, jobs, strict=True):
@@ -242,7 +243,7 @@ FSDP_SCRIPT = textwrap.dedent(
     from convtune.local.training import TrainConfig, train
 
     folder, out, fsdp = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
-    pairs = json.loads(sys.argv[4])
+    pairs, batch_size = json.loads(sys.argv[4]), int(sys.argv[5])
     tokenizer = AutoTokenizer.from_pretrained(folder)
     records = [
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
@@ -250,7 +251,8 @@ FSDP_SCRIPT = textwrap.dedent(
     ]
     examples, _ = tokenize_records(records, tokenizer, max_length=128)
     config = TrainConfig(
-        n_epochs=2, batch_size=5, learning_rate=3e-3, precision="fp32", seed=3, fsdp=fsdp
+        n_epochs=2, batch_size=batch_size, learning_rate=3e-3, precision="fp32", seed=3,
+        fsdp=fsdp,
     )
 
     def run(resume=None):
@@ -282,13 +284,12 @@ FSDP_SCRIPT = textwrap.dedent(
 )
 
 
-def test_fsdp_over_two_processes_trains_as_one_process_does(tiny, tmp_path):
-    """FSDP2 with LoRA over two gloo processes: the same losses and adapters as one unsharded
-    process; rank 0 gets the trained adapters whole; a checkpoint it wrote resumes exactly."""
+def run_fsdp_script(tiny: Path, tmp_path: Path, batch_size: int) -> tuple[dict, dict, dict]:
+    """(one process, FSDP rank 0, FSDP rank 1): what the script saved."""
     script = tmp_path / "fsdp_train.py"
     script.write_text(FSDP_SCRIPT, encoding="utf-8")
     pairs = [("Hello", "Hey"), ("Good morning", "Good morning to you"), ("Oh okey", "Yeah")]
-    data = json.dumps(pairs * 5)  # 15 examples: 3 steps of 5 an epoch
+    data = json.dumps(pairs * 5)  # 15 examples
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     torchrun = str(Path(sys.executable).parent / "torchrun")
     for name, command in (
@@ -297,16 +298,22 @@ def test_fsdp_over_two_processes_trains_as_one_process_does(tiny, tmp_path):
     ):
         flag = "1" if name == "fsdp" else "0"
         ran = subprocess.run(
-            [*command, str(script), str(tiny), str(tmp_path / name), flag, data],
+            [*command, str(script), str(tiny), str(tmp_path / name), flag, data, str(batch_size)],
             capture_output=True,
             text=True,
             env=env,
             timeout=240,
         )
         assert ran.returncode == 0, ran.stderr[-3000:]
-    one = torch.load(tmp_path / "single.rank0.pt")
-    sharded = torch.load(tmp_path / "fsdp.rank0.pt")
-    other = torch.load(tmp_path / "fsdp.rank1.pt")
+    return tuple(
+        torch.load(tmp_path / f"{name}.pt") for name in ("single.rank0", "fsdp.rank0", "fsdp.rank1")
+    )
+
+
+def test_fsdp_over_two_processes_trains_as_one_process_does(tiny, tmp_path):
+    """FSDP2 with LoRA over two gloo processes: the same losses and adapters as one unsharded
+    process; rank 0 gets the trained adapters whole; a checkpoint it wrote resumes exactly."""
+    one, sharded, other = run_fsdp_script(tiny, tmp_path, batch_size=5)  # 3 steps an epoch
     assert (
         sharded["metrics"] == pytest.approx(one["metrics"], rel=1e-5) and len(one["metrics"]) == 6
     )
@@ -317,6 +324,16 @@ def test_fsdp_over_two_processes_trains_as_one_process_does(tiny, tmp_path):
         assert torch.allclose(sharded["weights"][name], weight, atol=1e-5), name
         assert torch.equal(sharded["resumed"][name], sharded["weights"][name]), name
     assert sharded["resumed_metrics"] == sharded["metrics"][3:]
+
+
+def test_fsdp_ranks_with_nothing_to_train_keep_in_step(tiny, tmp_path):
+    """One example a step over two processes: rank 1 has none, and still takes part in every
+    gather and reduction (a pass that counts for nothing), so the run ends, as one process's."""
+    one, sharded, _ = run_fsdp_script(tiny, tmp_path, batch_size=1)
+    assert len(one["metrics"]) == 30
+    assert sharded["metrics"] == pytest.approx(one["metrics"], rel=1e-5)
+    for name, weight in one["weights"].items():
+        assert torch.allclose(sharded["weights"][name], weight, atol=1e-5), name
 
 
 def test_an_fsdp_job_saves_a_model_that_chats(tiny, chats, tmp_path):

@@ -186,3 +186,20 @@ def test_the_other_proven_families_answer_as_transformers(tiny, prompts, family,
     expected = [answer(reference, m)[0] for m in asked]
     assert [answer(exact, m)[0] for m in asked] == expected
     assert any(text.strip() for text in expected)  # the model says something
+
+
+def test_a_repetition_penalty_is_refused_rather_than_answered_otherwise(tiny, tmp_path):
+    """A generation config with a repetition penalty (as Qwen2's instruct models have):
+    CTranslate2 would count repetitions in the reply only, transformers in the prompt too, so
+    the engine is refused in one line rather than answer otherwise."""
+    folder = tmp_path / "penalised"
+    folder.mkdir()
+    for path in tiny.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    config = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+    (folder / "generation_config.json").write_text(
+        json.dumps({**config, "repetition_penalty": 1.3})
+    )
+    with pytest.raises(OptionError, match="penalises repetitions"):
+        choose("ctranslate2", folder)
+    assert choose("transformers", folder).name == "transformers"

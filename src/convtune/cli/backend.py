@@ -51,6 +51,10 @@ def backend_option(f=None, *, mixed: bool = False, engine: bool = False):
         chosen = resolve(backend, base_url, api_key, mixed=mixed)
         if engine:
             chosen = dataclasses.replace(chosen, engine=kwargs.pop("engine"))
+            if chosen.engine != "auto" and chosen.name != "local" and not mixed:
+                raise click.UsageError(
+                    "--engine chooses how local models answer, not --backend openai"
+                )
         return f(*args, backend=chosen, **kwargs)
 
     if engine:

@@ -24,6 +24,7 @@ from .answers import (
     check_model,
     check_target,
     engine_label,
+    engine_name,
     first_answer,
     request_answer,
 )
@@ -104,10 +105,11 @@ class CachedJudge:
     def __call__(self, messages: list[dict]) -> str:
         if self._broken is not None:
             raise JudgeError(self._broken)
-        key = answer_key(self.target, _judge_prompt(messages), self.settings)
+        service = self.services(self.target)
+        engine = engine_name(service, self.target)  # a local judge's engine keys its answers
+        key = answer_key(self.target, _judge_prompt(messages), self.settings, engine)
         answer = self.cache.get(key)
         if answer is None:
-            service = self.services(self.target)
             try:
                 answer = request_answer(service, self.target, messages, self.settings)
             except (NotFound, KeyRefused, TransientError) as error:

@@ -146,10 +146,13 @@ def _ready_for_vllm(folder: Path, source: ExportSource, out: Path) -> tuple[str 
     from .vllm_lora import adapter_problems, serve_command, short_target_modules
 
     config_path = folder / "adapter_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as weights:
-        names = weights.keys()
-        shapes = {key: weights.get_slice(key).get_shape() for key in names}
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as weights:
+            names = weights.keys()
+            shapes = {key: weights.get_slice(key).get_shape() for key in names}
+    except Exception as exc:  # a broken adapter: exported as it is, with the reason
+        return None, [f"its files cannot be read ({type(exc).__name__}: {exc})"]
     targets = config.get("target_modules")
     if isinstance(targets, list) and (short := short_target_modules(targets)) is not None:
         config["target_modules"] = short

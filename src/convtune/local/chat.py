@@ -5,9 +5,9 @@ trained on legacy prompt/completion data speak the same `Human:`/`AI:` protocol 
 the history written as the prompt was, and generation stops at the stop separator.
 
 A loaded model serves many callers (`convtune serve` takes hundreds of requests at once). The
-engine that generates (`engines.choose`: the service's `engine`, "auto" by default) is
-CTranslate2 on a CPU (`ct2_engine.Ct2Engine`: the model converted once, the replies waiting
-generated together in batches) or transformers. With transformers and `max_batch` above 1, the
+engine that generates (`engines.choose`: the service's `engine`; "auto" is transformers for now)
+is transformers or CTranslate2 (`ct2_engine.Ct2Engine`: the model converted once, the replies
+waiting generated together in batches). With transformers and `max_batch` above 1, the
 replies asked of one model at the same time are generated together by its `BatchEngine`
 (`generation.py`: continuous batching, up to `max_batch` rows per forward pass); with
 `max_batch=1`, or a model whose cache the engine cannot batch, each reply is one `generate` call
@@ -164,7 +164,7 @@ class LocalChat:
         import ctranslate2
         from transformers import AutoTokenizer
 
-        from .ct2_engine import Ct2Engine, end_tokens
+        from .ct2_engine import Ct2Engine, choosing_options, end_tokens
         from .engines import QUANTIZATION, converted, threads
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -181,7 +181,13 @@ class LocalChat:
             )
 
         chat = cls(None, tokenizer, fmt, actors, service.max_batch, choice)
-        chat._ct2 = Ct2Engine(generator(), tokenizer, service.max_batch, fresh=generator)
+        chat._ct2 = Ct2Engine(
+            generator(),
+            tokenizer,
+            service.max_batch,
+            fresh=generator,
+            choosing=choosing_options(folder),
+        )
         chat._eos = end_tokens(folder, tokenizer)
 
         def torch_model() -> Any:  # scoring (teacher forcing) needs the model itself

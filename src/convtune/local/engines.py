@@ -83,6 +83,16 @@ def _problem(folder: Path | None) -> str | None:
     if not families & PROVEN:
         family = ", ".join(sorted(families)) or "an unknown family"
         return f"CTranslate2 is not proven here for {family}"
+    from .ct2_engine import generation_config
+
+    choosing = generation_config(folder)
+    if choosing.get("repetition_penalty") not in (None, 1, 1.0) or choosing.get(
+        "no_repeat_ngram_size"
+    ):
+        return (
+            "the model's generation config penalises repetitions, which CTranslate2 counts in"
+            " the reply only and transformers in the prompt too"
+        )
     return None
 
 
@@ -102,8 +112,11 @@ def converted(folder: Path, home: Path, engine: str) -> Path:
         (staging / "model" / "source.json").write_text(
             json.dumps({"source": str(folder), "quantization": quantization}), encoding="utf-8"
         )
-        if not target.exists():
+        try:
             os.rename(staging / "model", target)
+        except OSError:
+            if not (target / "model.bin").is_file():  # else another process converted it first
+                raise
     except Exception as exc:  # a model CTranslate2's converter does not take
         raise ConvtuneError(
             f"cannot convert {folder} for CTranslate2: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from .local_service import LocalService
 
 SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+RESUME_WAIT = 5.0  # seconds a resume waits for the job's previous worker to exit by itself
 
 
 class LocalJobs(Jobs):
@@ -153,6 +155,7 @@ class LocalJobs(Jobs):
             raise Conflict(
                 f"job {job_id} is {job.status}; only paused, failed or cancelled jobs resume"
             )
+        self._end_lingering_worker(job_id)
         # compare and set: of two resumes at once, one moves the job and starts a worker
         if not self.service.store.requeue(
             job_id,
@@ -162,6 +165,16 @@ class LocalJobs(Jobs):
             raise Conflict(f"job {job_id} is being resumed already")
         self._start(job_id, self.service.store.job_spec(job_id), resume=True)
         return self.get(job_id)
+
+    def _end_lingering_worker(self, job_id: str) -> None:
+        """A job's end is written by its worker, which may still be leaving: under torchrun over
+        several machines, node 0's torchrun waits at exit (up to 5 minutes) for the others', and
+        a node that was stopped never comes; meanwhile it holds the port the new run meets on.
+        Its job has ended, so after `RESUME_WAIT` seconds it is stopped."""
+        deadline = time.monotonic() + RESUME_WAIT
+        while self._worker_alive(job_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self._stop_worker(job_id, grace=10.0)
 
     def _resume_point(self, job_id: str) -> str:
         checkpoints = self.service.store.list_checkpoints(job_id)

@@ -35,7 +35,7 @@ class LocalService(FineTuningService):
     after another.
 
     `engine` is what generates them (`engines.ENGINES`; `--engine` of chat, eval, record and
-    serve): "auto" answers with CTranslate2 on a CPU where it is installed and proven.
+    serve): "auto" is transformers for now (`engines` says why).
     """
 
     name = "local"

@@ -132,17 +132,22 @@ class FineTuneRecipe:
         self.dist = dist = Distributed.start()
         if dist.world == 1:
             return run.job.seed
-        digests = (
-            file_sha256(self.train_path),
-            file_sha256(self.valid_path) if self.valid_path else None,
-        )
-        everyone = dist.gather(digests)
+        # what every process must share: the files, the base model, the options (all but where
+        # this machine stands among the others): anything else breaks the collectives later
+        options = {k: v for k, v in run.spec.options.to_dict().items() if k not in ("node_rank",)}
+        mine = {
+            "the training file": file_sha256(self.train_path),
+            "the validation file": file_sha256(self.valid_path) if self.valid_path else None,
+            "the base model": run.base_name,
+            **{f"option {k}": v for k, v in options.items()},
+        }
+        everyone = dist.gather(mine)
         for rank, theirs in enumerate(everyone):
-            for index, role in enumerate(("training", "validation")):
-                if theirs[index] != everyone[0][index]:
+            for what, value in theirs.items():
+                if value != everyone[0].get(what):
                     raise ConvtuneError(
-                        f"the {role} file of rank {rank} is not the one of rank 0"
-                        " (every node must train on the same files)"
+                        f"{what} of rank {rank} is not the one of rank 0 (every node must train"
+                        " the same model on the same files with the same options)"
                     )
         seed = dist.from_rank0(run.job.seed)
         if seed != run.job.seed and run.reporter:  # the job shows the seed it trained with
@@ -233,8 +238,6 @@ class FineTuneRecipe:
 
         def on_stop(step: int, epoch: int, save) -> None:
             """A pause keeps its place: a checkpoint at this step (unless one is there)."""
-            if not run.pausing():
-                return
             if any(c.step_number == step for c, _, _ in run.store.list_checkpoints(run.job_id)):
                 return
             checkpoint(step, epoch, save, "paused")
@@ -250,6 +253,7 @@ class FineTuneRecipe:
             should_stop=run.stop_requested,
             resume=self.resume_from,
             on_stop=on_stop,
+            should_pause=run.pause_asked,
         )
 
     # -- save ----------------------------------------------------------------------------------

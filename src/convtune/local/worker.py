@@ -47,7 +47,7 @@ class JobRun:
         self.rank = int(os.environ.get("RANK", "0"))  # the run's: rank 0 saves the model
         # this machine's first process: it reports to this machine's store (its job's status)
         self.reporter = int(os.environ.get("LOCAL_RANK", "0")) == 0
-        self.leader_paused: bool | None = None  # how rank 0 stopped a run of several nodes
+        self.run_paused: bool | None = None  # whether training stopped for a pause (any node's)
         self.home = data_dir()
         self.store = Store(database_path(self.home))
         self.job_id = job_id
@@ -83,12 +83,16 @@ class JobRun:
                 self.stopping = True
         return self.stopping
 
-    def pausing(self) -> bool:
-        """Whether this stop is a pause: asked of this job, or (a run of several nodes) of node
-        0's job, which keeps the checkpoint every node resumes from."""
-        if self.leader_paused is not None:
-            return self.leader_paused
+    def pause_asked(self) -> bool:
+        """Whether a pause was asked of this machine's job."""
         return self.reporter and bool(self.store.job_runtime(self.job_id).get("pause_requested"))
+
+    def pausing(self) -> bool:
+        """Whether this stop is a pause: asked of this job, or, once training has stopped, of
+        any node's job (every node then pauses, and node 0 keeps the checkpoint)."""
+        if self.run_paused is not None:
+            return self.run_paused
+        return self.pause_asked()
 
     def wait_for_slot(self) -> None:
         """Run now, or wait in line while `max_running` jobs already run (`convtune serve
@@ -158,19 +162,30 @@ class JobRun:
         recipe = FineTuneRecipe(self, train_path, valid_path)
         recipe.setup()
         result = recipe.train()
-        if result.stopped and recipe.world > 1:  # every node ends as node 0's job does
-            self.leader_paused = recipe.from_leader(self.rank == 0 and self.pausing())
-        if self.stop_requested() or result.stopped:
+        if result.stopped:  # every node ends as the run does: paused, or cancelled
+            self.run_paused = result.paused
+        stop = result.stopped or self.stop_requested()
+        if recipe.world > 1 and not result.stopped:  # a stop asked after the last step: anywhere
+            stop = bool(recipe.dist.sum([1.0 if stop else 0.0])[0])
+        if stop:
             raise Stop()
-        if self.rank != 0:
-            if self.reporter:  # another machine's share of the run: node 0 has the model
-                options = self.options
-                self.event(
-                    f"Node {options.node_rank} of {options.nnodes} done; node 0"
-                    f" ({options.master_addr}) saved the model"
-                )
-                self.store.mark_succeeded(self.job_id)
+        if self.rank != 0:  # another process of the run: rank 0 saves, then says how it went
+            said = recipe.from_leader(None)
+            if self.reporter:
+                self.follower_done(said)
             return
+        try:
+            model_id = self.save(recipe, result)
+        except Exception as exc:
+            if recipe.world > 1:  # the other processes wait for the outcome
+                recipe.from_leader(f"{type(exc).__name__}: {exc}")
+            raise
+        if recipe.world > 1:
+            recipe.from_leader(model_id)
+        self.store.mark_succeeded(self.job_id)
+
+    def save(self, recipe: FineTuneRecipe, result) -> str:
+        """Save the model, register it and the results file; its id."""
         model_id = self.model_id()
         saved = recipe.save(result, self.home / "models" / model_id.replace(":", "_"))
         self.store.add_model(
@@ -189,7 +204,22 @@ class JobRun:
             trained_tokens=saved.trained_tokens,
         )
         self.event(f"New fine-tuned model created: {model_id}")
-        self.store.mark_succeeded(self.job_id)
+        return model_id
+
+    def follower_done(self, said: str | None) -> None:
+        """The end of the job of a machine other than node 0's, once node 0 has saved (`said`:
+        the model's id) or failed to (why); on node 0, the other processes end with its job."""
+        options = self.options
+        if options.node_rank == 0:
+            return
+        if said is not None and said.startswith("ft:"):
+            self.event(
+                f"Node {options.node_rank} of {options.nnodes} done; node 0"
+                f" ({options.master_addr}) saved the model as {said}"
+            )
+            self.store.mark_succeeded(self.job_id)
+        else:
+            self.fail("training_failed", f"node 0 could not save the model: {said}")
 
     def record_resolved(self, hyperparameters: dict) -> None:
         """What "auto" became, beside the options as given (the spec) and as OpenAI shows it

@@ -88,7 +88,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    model: Any, optimizer: torch.optim.Optimizer | None, folder: Path, *, expect: dict | None = None
+    model: Any, optimizer: torch.optim.Optimizer | None, folder: Path, expect: dict | None = None
 ) -> int:
     """Load a checkpoint written by `save_checkpoint` into `model` (and `optimizer`); its step.
 

@@ -287,6 +287,7 @@ class TrainResult:
     peak_memory_mb: float  # the process's peak resident memory (CUDA: peak allocated)
     precision: str = "fp32"
     device: str = "cpu"
+    paused: bool = False  # the stop was a pause (any rank's should_pause)
     # a sharded (fsdp) run's trained weights, whole, by name, on rank 0 (None elsewhere): what
     # a plain copy of the model loads to be saved and to answer (`model` stays sharded)
     weights: dict[str, Any] | None = None

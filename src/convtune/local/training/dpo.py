@@ -213,7 +213,8 @@ class PreferenceLoop(TrainingLoop):
     def _pass(self, pairs: PairSet, chosen: list[int], *, backward: bool, scale: float = 1.0):
         """Forward (and backward) over some pairs; the sums a step reports."""
         sums = torch.zeros(8, dtype=torch.float64)
-        for micro in micro_batches(chosen, pairs.lengths, self.ctx.micro_batch_tokens):
+        micros = micro_batches(chosen, pairs.lengths, self.ctx.micro_batch_tokens)
+        for micro, counts in self.dist.passes(micros, [0]):
             rows = pairs.flat(micro)
             local = {row: k for k, row in enumerate(rows)}
             indexed = [
@@ -227,7 +228,10 @@ class PreferenceLoop(TrainingLoop):
             reference = pairs.reference[rows].to(policy.device, torch.float32)
             losses, margins, wins = dpo_losses(policy, reference, counts, indexed, self.config.beta)
             if backward:
-                (losses.sum() * self.dist.loss_scale / scale).backward()
+                weight = self.dist.loss_scale / scale if counts else 0.0
+                (losses.sum() * weight).backward()
+            if not counts:
+                continue
             preferred = [w for w, _ in indexed]
             contrasted = ~torch.isnan(margins)
             sums += torch.tensor(

@@ -22,7 +22,6 @@ the step, so a checkpoint (`checkpoints`) continues the run as if it had never s
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -38,10 +37,11 @@ from ..loss_masks import TokenizedExample
 from .adapters import compile_layers, core_model, prepare_model, restore_model
 from .attention import choose_kernel, is_packed, model_windows, use_packed_attention
 from .batching import Examples, micro_batches, rank_share
-from .checkpoints import load_checkpoint, save_checkpoint
+from .callbacks import positional_arguments
+from .checkpoints import save_checkpoint
 from .config import StepMetrics, TrainConfig, TrainResult
 from .losses import choose_loss, fused_cross_entropy, output_weight, plain_cross_entropy
-from .resuming import resume_sharded, share_resume
+from .resuming import resume_sharded, resume_unsharded
 from .runtime import (
     Distributed,
     autocast_dtype,
@@ -66,6 +66,7 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     resume: Path | None = None,
     on_stop: Callable[[int, int, Callable[[Path], Path]], None] | None = None,
+    should_pause: Callable[[], bool] = lambda: False,
 ) -> TrainResult:
     """Fine-tune `model` on `train`; metrics after every step, validation now and then.
 
@@ -75,9 +76,10 @@ def train(
     ready to generate (what the checkpoint would answer), and puts it back to training after.
     `resume` is a checkpoint folder: the run continues from it exactly. Under torchrun only rank
     0 calls `on_metrics` and `on_epoch_end`; `should_stop` is asked on every rank and any rank
-    stopping stops all of them after the current step; then rank 0 calls
+    stopping stops all of them after the current step. The stop is a pause when any rank's
+    `should_pause` says so (on another machine, a pause asked of its own job); then rank 0 calls
     ``on_stop(step, epoch, save)``, `epoch` being the whole epochs done by then (a pause keeps
-    its place in a checkpoint there).
+    its place in a checkpoint there), and the result says `paused` on every rank.
     """
     if not train:
         raise ConvtuneError("no training examples")
@@ -107,7 +109,7 @@ def train(
 
                 loop = PreferenceLoop
             return loop(model, train, valid, config, ctx).run(
-                on_metrics, on_epoch_end, should_stop, resume, on_stop
+                on_metrics, on_epoch_end, should_stop, resume, on_stop, should_pause
             )
     finally:
         restore_model(model)
@@ -195,21 +197,18 @@ class TrainingLoop:
         self.valid_cursor = 0
         self._gathered: tuple[dict, dict] = ({}, {})  # a sharded run's last gathered state
 
-    def run(self, on_metrics, on_epoch_end, should_stop, resume, on_stop=None) -> TrainResult:
+    def run(
+        self, on_metrics, on_epoch_end, should_stop, resume, on_stop=None, should_pause=None
+    ) -> TrainResult:
         config, dist = self.config, self.dist
-        if dist.sharded:
-            step = resume_sharded(dist, self.model, self.optimizer, resume, self._identity())
-        else:
-            step = 0
-            if resume is not None:
-                step = load_checkpoint(self.model, self.optimizer, resume, expect=self._identity())
-            step = share_resume(dist, self.optimizer, step)
+        resuming = resume_sharded if dist.sharded else resume_unsharded
+        step = resuming(dist, self.model, self.optimizer, resume, self._identity())
         dist.broadcast_(self.params)
-        wants = _positional(on_epoch_end)
+        wants = positional_arguments(on_epoch_end)
         tokens = loss_tokens = 0
         seconds = 0.0
         train_loss = valid_loss = None
-        stopped = False
+        stopped = paused = False
         self.model.train()
         while step < self.total_steps:
             started = time.perf_counter()
@@ -260,9 +259,11 @@ class TrainingLoop:
                     self._epoch_end(on_epoch_end, wants, step)
             if step < self.total_steps and dist.sum([1.0 if should_stop() else 0.0])[0]:
                 stopped = True
-                if dist.sharded:
+                asked = should_pause is not None and should_pause()
+                paused = bool(dist.sum([1.0 if asked else 0.0])[0])  # any rank's, everyone's
+                if dist.sharded and paused:  # every rank gathers the checkpoint rank 0 writes
                     self._gathered = gather(self.model, self.optimizer)
-                if on_stop is not None and dist.rank == 0:
+                if on_stop is not None and dist.rank == 0 and paused:
                     on_stop(step, step // self.steps_per_epoch, self._saver(step))
                 break
         whole = gather(self.model)[0] if dist.sharded else None
@@ -272,6 +273,7 @@ class TrainingLoop:
             steps=step,
             total_steps=self.total_steps,
             stopped=stopped,
+            paused=paused,
             trained_tokens=tokens,
             loss_tokens=loss_tokens,
             seconds=seconds,
@@ -357,11 +359,14 @@ class TrainingLoop:
         total_loss_tokens = max(1, sum(examples.loss_tokens[i] for i in batch))
         mine = rank_share(batch, examples.lengths, self.dist.rank, self.dist.world)
         sums = torch.zeros(3, dtype=torch.float64)
-        for micro in micro_batches(mine, examples.lengths, ctx.micro_batch_tokens):
+        micros = micro_batches(mine, examples.lengths, ctx.micro_batch_tokens)
+        for micro, counts in self.dist.passes(micros, batch[:1]):
             with ctx.autocast():
                 loss, correct, count = _forward(self.model, examples, micro, ctx)
-            (loss * self.dist.loss_scale / total_loss_tokens).backward()
-            sums += torch.stack([loss.detach().double().cpu(), correct, count])
+            weight = self.dist.loss_scale / total_loss_tokens if counts else 0.0
+            (loss * weight).backward()
+            if counts:
+                sums += torch.stack([loss.detach().double().cpu(), correct, count])
         self.dist.sum_gradients_(self.params)
         if self.config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm, foreach=True)
@@ -406,10 +411,12 @@ def _evaluate(
     was_training = model.training
     model.eval()
     with torch.no_grad():  # not inference_mode: the cached masks are reused by training
-        for micro in micro_batches(mine, examples.lengths, ctx.micro_batch_tokens):
+        micros = micro_batches(mine, examples.lengths, ctx.micro_batch_tokens)
+        for micro, counts in ctx.dist.passes(micros, indices[:1]):
             with ctx.autocast():
                 loss, correct, count = _forward(model, examples, micro, ctx)
-            sums += torch.stack([loss.double().cpu(), correct, count])
+            if counts:
+                sums += torch.stack([loss.double().cpu(), correct, count])
     model.train(was_training)
     loss_sum, correct, count = ctx.dist.sum(sums.tolist())
     return loss_sum / max(count, 1), correct / max(count, 1)
@@ -433,15 +440,3 @@ def evaluate(
         return _evaluate(model, data, data.all(), ctx)
     finally:
         restore_model(model)
-
-
-def _positional(callback: Callable) -> int:
-    """How many positional arguments an `on_epoch_end` callback takes (2 to 4)."""
-    try:
-        parameters = inspect.signature(callback).parameters.values()
-    except (TypeError, ValueError):
-        return 2
-    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
-        return 4
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return min(4, max(2, len(positional)))

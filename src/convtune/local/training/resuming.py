@@ -15,15 +15,42 @@ from typing import Any
 import torch
 
 from ...errors import ConvtuneError
-from .checkpoints import read_gathered
+from .checkpoints import load_checkpoint, read_gathered
 from .runtime import Distributed
 from .sharding import scatter
 
 
-def share_resume(dist: Distributed, optimizer: torch.optim.Optimizer, step: int) -> int:
-    """Rank 0's step and optimizer state on every rank (an unsharded run); the step."""
+def resume_unsharded(
+    dist: Distributed,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    resume: Path | None,
+    identity: dict,
+) -> int:
+    """An unsharded run's resume: each rank reads the checkpoint it has (on several machines,
+    node 0's ranks alone), then every rank takes rank 0's place (`share_resume`); the step."""
+    step, problem = 0, None
+    try:
+        if resume is not None:
+            step = load_checkpoint(model, optimizer, resume, identity)
+    except (ConvtuneError, OSError, ValueError, RuntimeError) as exc:
+        if dist.world == 1:
+            raise
+        problem = f"cannot resume from {resume}: {exc}"  # every rank's error
+    return share_resume(dist, optimizer, step, problem)
+
+
+def share_resume(
+    dist: Distributed, optimizer: torch.optim.Optimizer, step: int, problem: str | None = None
+) -> int:
+    """Rank 0's step and optimizer state on every rank (an unsharded run); the step. A rank
+    that could not read its checkpoint (`problem`) makes every rank fail with that reason,
+    rather than leave the others waiting for it."""
     if dist.world == 1:
         return step
+    problems = [p for p in dist.gather(problem) if p]
+    if problems:
+        raise ConvtuneError(problems[0])
     leader = dist.from_rank0(step)
     if dist.sum([float(step != leader)])[0]:
         mine = optimizer.state_dict() if dist.rank == 0 else None
@@ -48,8 +75,8 @@ def resume_sharded(
         try:
             found = read_gathered(resume, expect=identity)
             said = found[0]
-        except ConvtuneError as exc:
-            said = str(exc)
+        except (ConvtuneError, OSError, ValueError, RuntimeError) as exc:
+            said = f"cannot resume from {resume}: {exc}"
     said = dist.from_rank0(said)
     if isinstance(said, str):
         raise ConvtuneError(said)

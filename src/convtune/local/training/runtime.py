@@ -103,6 +103,17 @@ class Distributed:
             for p in params:
                 dist.broadcast(p.data, src=0)
 
+    def passes(self, micros: list[list[int]], filler: list[int]) -> list[tuple[list[int], bool]]:
+        """This rank's forward passes, each with whether it counts. Under FSDP every forward
+        gathers weights and every backward reduces gradients with all ranks, so every rank must
+        make as many passes: one with fewer (a smaller share of the batch, or none) adds passes
+        over `filler` that count for nothing (a zero loss)."""
+        counted = [(micro, True) for micro in micros]
+        if not self.sharded:
+            return counted
+        most = max(self.gather(len(micros)))
+        return counted + [(filler, False)] * (most - len(micros))
+
     def from_rank0(self, value: Any) -> Any:
         """Rank 0's `value` (any picklable object), on every rank."""
         if self.world == 1:
