@@ -214,7 +214,7 @@ class PreferenceLoop(TrainingLoop):
         """Forward (and backward) over some pairs; the sums a step reports."""
         sums = torch.zeros(8, dtype=torch.float64)
         micros = micro_batches(chosen, pairs.lengths, self.ctx.micro_batch_tokens)
-        for micro, counts in self.dist.passes(micros, [0]):
+        for micro, counted in self.dist.passes(micros, [0]):
             rows = pairs.flat(micro)
             local = {row: k for k, row in enumerate(rows)}
             indexed = [
@@ -228,9 +228,9 @@ class PreferenceLoop(TrainingLoop):
             reference = pairs.reference[rows].to(policy.device, torch.float32)
             losses, margins, wins = dpo_losses(policy, reference, counts, indexed, self.config.beta)
             if backward:
-                weight = self.dist.loss_scale / scale if counts else 0.0
+                weight = self.dist.loss_scale / scale if counted else 0.0
                 (losses.sum() * weight).backward()
-            if not counts:
+            if not counted:
                 continue
             preferred = [w for w, _ in indexed]
             contrasted = ~torch.isnan(margins)
