@@ -26,6 +26,7 @@ from convtune.service.training_options import TrainOptions
 
 from .conftest import ROOT
 from .servers import wait_for
+from .test_local_trainer import PAIRS
 from .tiny_models import make_tiny_model
 
 CONVTUNE = str(ROOT / ".venv" / "bin" / "convtune")
@@ -38,21 +39,13 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def chats(tmp_path_factory) -> Path:
-    """24 chat examples: 3 steps of 8 an epoch."""
-    pairs = [
-        ("Hello", "Hey"),
-        ("Good morning", "Good morning to you"),
-        ("Can you read me the news?", "No, I can't"),
-        ("Open the pod bay doors please", "No"),
-        ("Is there something you can do?", "You should know"),
-        ("Oh okey", "Yeah"),
-    ]
+    """24 chat examples (the trainer tests' memorizable pairs, 4 times): 3 steps of 8 an epoch."""
     path = tmp_path_factory.mktemp("data") / "train.jsonl"
     lines = [
         json.dumps(
             {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
         )
-        for q, a in pairs * 4
+        for q, a in PAIRS * 4
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

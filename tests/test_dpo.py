@@ -56,6 +56,13 @@ def pairs(questions: list[str], *, rejected: str | None = REJECTED) -> list[Pref
     ]
 
 
+def write_chat(path: Path) -> Path:
+    """A one-example chat file: data of the other method, for refusals."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    path.write_text(json.dumps({"messages": messages}) + "\n", encoding="utf-8")
+    return path
+
+
 def write_pairs(path: Path, questions: list[str]) -> Path:
     lines = [
         json.dumps(pair_record([{"role": "user", "content": q}], PREFERRED, REJECTED))
@@ -197,19 +204,7 @@ def test_serve_trains_dpo_as_openai_takes_it(served, tiny, tmp_path):
     )
     assert isinstance(reply.choices[0].message.content, str)
 
-    chat_file = tmp_path / "chat.jsonl"
-    chat_file.write_text(
-        json.dumps(
-            {
-                "messages": [
-                    {"role": "user", "content": "hi"},
-                    {"role": "assistant", "content": "yo"},
-                ]
-            }
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    chat_file = write_chat(tmp_path / "chat.jsonl")
     with chat_file.open("rb") as f:
         chat_id = client.files.create(file=f, purpose="fine-tune").id
     wrong = client.fine_tuning.jobs.create(
@@ -237,19 +232,7 @@ def test_serve_trains_dpo_as_openai_takes_it(served, tiny, tmp_path):
 def test_train_refuses_data_of_the_other_method_before_uploading(tmp_path, isolated_home):
     import subprocess
 
-    chat = tmp_path / "chat.jsonl"
-    chat.write_text(
-        json.dumps(
-            {
-                "messages": [
-                    {"role": "user", "content": "hi"},
-                    {"role": "assistant", "content": "yo"},
-                ]
-            }
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    chat = write_chat(tmp_path / "chat.jsonl")
     prefs = write_pairs(tmp_path / "prefs.jsonl", TRAIN_QUESTIONS)
     for path, flags, said in (
         (chat, ["--method", "dpo"], "DPO trains on preference pairs, not chat examples"),
